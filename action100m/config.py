@@ -1,0 +1,229 @@
+"""Validated settings: defaults from DESIGN.md, overridden by YAML, environment and ``--set``.
+
+Precedence (last wins): profile defaults < YAML file < ``ACTION100M_SECTION__KEY`` < ``--set``.
+Each stage has a stable ``key``: a short hash of its own settings plus its input's key, so changing
+a caption model re-runs caption and later stages only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from action100m.errors import ConfigError
+
+ENV_PREFIX = "ACTION100M_"
+TINY_PREFIX = "tiny-random/"
+STAGES = ("embed", "segment", "caption", "aggregate")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # Settings that change how work runs, not what it produces: left out of the stage key.
+    runtime_fields: ClassVar[frozenset[str]] = frozenset()
+
+    def identity(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if k not in self.runtime_fields}
+
+
+class EmbedConfig(_Section):
+    runtime_fields: ClassVar[frozenset[str]] = frozenset({"batch_size", "device", "dtype"})
+    model: str = "facebook/vjepa2-vitg-fpc64-384"
+    frame_step: int = Field(4, ge=1, description="keep 1 of every N decoded frames")
+    window: int = Field(64, ge=2, description="sampled frames per encoder window")
+    stride: int = Field(8, ge=1, description="sampled frames between window starts")
+    batch_size: int = Field(4, ge=1, description="windows per forward pass")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class SegmentConfig(_Section):
+    min_duration: float = Field(0.5, gt=0, description="prune segments shorter than this, seconds")
+
+
+class CaptionConfig(_Section):
+    runtime_fields: ClassVar[frozenset[str]] = frozenset(
+        {"base_url", "concurrency", "timeout", "max_retries", "device", "api_key_env"}
+    )
+    backend: Literal["vllm-server", "vllm", "transformers"] = "vllm-server"
+    model: str = "cpatonn/Qwen3-VL-4B-Instruct-AWQ-4bit"
+    base_url: str = "http://localhost:8000/v1"
+    api_key_env: str = "VLLM_API_KEY"
+    concurrency: int = Field(16, ge=1)
+    frames: int = Field(32, ge=1, description="frames per segment caption")
+    size: int = Field(320, ge=16, description="frame side in pixels")
+    max_new_tokens: int = Field(1024, ge=1)
+    leaf_segment_caption: bool = False
+    timeout: float = Field(300.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class AggregateConfig(_Section):
+    runtime_fields: ClassVar[frozenset[str]] = frozenset(
+        {
+            "base_url",
+            "requests_per_minute",
+            "tokens_per_minute",
+            "concurrency",
+            "timeout",
+            "max_retries",
+            "prices",
+        }
+    )
+    provider: Literal["openai", "anthropic"] = "openai"
+    model: str = "gpt-4o"
+    base_url: str | None = None
+    rounds: int = Field(3, ge=1, description="Self-Refine rounds including the draft")
+    min_duration: float = Field(4.0, ge=0, description="annotate nodes at least this long")
+    max_prompt_tokens: int = Field(24000, ge=1000)
+    max_output_tokens: int = Field(2048, ge=64)
+    max_repairs: int = Field(1, ge=0)
+    requests_per_minute: int = Field(500, ge=1)
+    tokens_per_minute: int = Field(2_000_000, ge=1)
+    concurrency: int = Field(8, ge=1)
+    timeout: float = Field(120.0, gt=0)
+    max_retries: int = Field(6, ge=0)
+    # USD per million tokens: input, cached input, output.
+    prices: dict[str, float] = Field(
+        default_factory=lambda: {"input": 2.5, "cached_input": 1.25, "output": 10.0}
+    )
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    store: str = Field(default_factory=lambda: Path("./artifacts").resolve().as_uri())
+    profile: Literal["paper", "tiny"] = "paper"
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    segment: SegmentConfig = Field(default_factory=SegmentConfig)
+    caption: CaptionConfig = Field(default_factory=CaptionConfig)
+    aggregate: AggregateConfig = Field(default_factory=AggregateConfig)
+
+    # -- stage keys -------------------------------------------------------------------------
+    def stage_key(self, stage: str) -> str:
+        """Short hash of this stage's settings chained with the key of the stage before it."""
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}")
+        position = STAGES.index(stage)
+        payload = {
+            "stage": stage,
+            "settings": getattr(self, stage).identity(),
+            "input": self.stage_key(STAGES[position - 1]) if position else None,
+        }
+        digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        return digest[:12]
+
+    def summary(self) -> dict[str, Any]:
+        """What the per-video document records of the settings that shaped it."""
+        return {stage: getattr(self, stage).identity() for stage in STAGES}
+
+
+PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "tiny": {
+        "embed": {"model": TINY_PREFIX + "vjepa2", "batch_size": 8, "device": "cpu"},
+        "caption": {
+            "backend": "transformers",
+            "model": TINY_PREFIX + "qwen3vl",
+            "max_new_tokens": 16,
+            "frames": 8,
+            "size": 64,
+            "device": "cpu",
+        },
+    },
+}
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _set_path(tree: dict[str, Any], dotted: str, raw: Any) -> None:
+    parts = [p for p in dotted.split(".") if p]
+    if not parts:
+        raise ConfigError(f"empty setting name in {dotted!r}")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted!r}: {part!r} is not a section")
+    # YAML parsing types the value: "8" -> 8, "true" -> True, "[1, 2]" -> list.
+    node[parts[-1]] = yaml.safe_load(raw) if isinstance(raw, str) else raw
+
+
+def parse_assignments(assignments: list[str]) -> dict[str, Any]:
+    """``["caption.model=x", ...]`` -> nested dict."""
+    tree: dict[str, Any] = {}
+    for item in assignments:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        _set_path(tree, name.strip(), value)
+    return tree
+
+
+def _from_environment(environ: dict[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+        if dotted in ("store", "profile") or "." in dotted:
+            _set_path(tree, dotted, value)
+    return tree
+
+
+def load_settings(
+    *,
+    profile: str | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    store: str | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Build the settings from every source, validated; bad values raise ConfigError."""
+    env = dict(os.environ if environ is None else environ)
+    layers: list[dict[str, Any]] = []
+    if config_file:
+        try:
+            loaded = yaml.safe_load(Path(config_file).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {config_file} must hold a mapping")
+        layers.append(loaded)
+    layers.append(_from_environment(env))
+    if isinstance(overrides, dict):
+        layers.append(overrides)
+    elif overrides:
+        layers.append(parse_assignments(overrides))
+    if store:
+        layers.append({"store": store})
+    if profile:
+        layers.append({"profile": profile})
+
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged = _merge(merged, layer)
+    chosen = merged.get("profile", "paper")
+    if chosen not in PROFILE_DEFAULTS:
+        raise ConfigError(f"unknown profile {chosen!r}; choose one of {sorted(PROFILE_DEFAULTS)}")
+    merged = _merge(PROFILE_DEFAULTS[chosen], merged)
+    try:
+        return Settings.model_validate(merged)
+    except Exception as exc:  # pydantic.ValidationError, flattened into one clear line
+        raise ConfigError(f"invalid settings: {exc}".replace("\n", " ")) from exc

@@ -1,0 +1,165 @@
+"""Artifact store over fsspec URIs: ``file://`` (local folder) or ``s3://`` (MinIO, any S3 server).
+
+Layout (DESIGN.md): ``{root}/videos/{video_id}/{stage}/{key}/...`` with ``_SUCCESS`` written last, and
+the per-video document at ``{root}/videos/{video_id}/annotations.json``. Writes never leave a
+half-written file under its final name: local files are written to a temporary name and renamed; an
+S3 PUT is atomic per object. A stage folder counts as finished only once its ``_SUCCESS`` exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+
+from action100m.errors import StoreError
+
+SUCCESS = "_SUCCESS"
+
+
+def normalise_uri(uri: str) -> str:
+    """A plain path becomes an absolute ``file://`` URI; URIs keep their scheme."""
+    if "://" in uri:
+        return uri.rstrip("/")
+    return Path(uri).expanduser().resolve().as_uri()
+
+
+def s3_options_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """Storage options for s3fs from the usual AWS variables, with short timeouts so a dead
+    server fails in seconds instead of minutes of silent retries."""
+    env = os.environ if environ is None else environ
+    options: dict[str, Any] = {
+        "config_kwargs": {
+            "connect_timeout": 5,
+            "read_timeout": 60,
+            "retries": {"max_attempts": 3},
+        }
+    }
+    endpoint = env.get("ACTION100M_S3_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        options["client_kwargs"] = {"endpoint_url": endpoint}
+    return options
+
+
+class ArtifactStore:
+    """Reads and writes the pipeline's artifacts under one root URI."""
+
+    def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.root = normalise_uri(root)
+        protocol = self.root.split("://", 1)[0]
+        if storage_options is None:
+            storage_options = s3_options_from_env() if protocol in ("s3", "s3a") else {}
+        self.storage_options = storage_options
+        self.fs, _ = fsspec.core.url_to_fs(self.root, **storage_options)
+        self.is_local = protocol == "file"
+
+    def __repr__(self) -> str:
+        return f"ArtifactStore({self.root!r})"
+
+    # -- addresses ----------------------------------------------------------------------------
+    def join(self, *parts: str) -> str:
+        return "/".join([self.root, *(p.strip("/") for p in parts if p)])
+
+    def video_dir(self, video_id: str) -> str:
+        return self.join("videos", video_id)
+
+    def stage_dir(self, video_id: str, stage: str, key: str) -> str:
+        return self.join("videos", video_id, stage, key)
+
+    def document_uri(self, video_id: str) -> str:
+        return self.join("videos", video_id, "annotations.json")
+
+    # -- low-level I/O ------------------------------------------------------------------------
+    def _call(self, what: str, uri: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # botocore/aiohttp/OS errors: one clear message naming the URI
+            raise StoreError(f"object store: cannot {what} {uri}: {exc}") from exc
+
+    def exists(self, uri: str) -> bool:
+        return bool(self._call("check", uri, self.fs.exists, uri))
+
+    def read_bytes(self, uri: str) -> bytes:
+        data: bytes = self._call("read", uri, self.fs.cat_file, uri)
+        return data
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        if self.is_local:
+            path = Path(self.fs._strip_protocol(uri))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+            try:
+                tmp.write_bytes(data)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+        else:
+            self._call("write", uri, self.fs.pipe_file, uri, data)
+
+    def read_json(self, uri: str) -> Any:
+        return json.loads(self.read_bytes(uri))
+
+    def write_json(self, uri: str, value: Any) -> None:
+        self.write_bytes(uri, json.dumps(value, indent=1, ensure_ascii=False).encode())
+
+    def read_npy(self, uri: str) -> np.ndarray:
+        return np.load(io.BytesIO(self.read_bytes(uri)), allow_pickle=False)
+
+    def write_npy(self, uri: str, array: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        self.write_bytes(uri, buffer.getvalue())
+
+    def list(self, uri: str) -> list[str]:
+        if not self.exists(uri):
+            return []
+        found = self._call("list", uri, self.fs.ls, uri, False)
+        protocol = self.root.split("://", 1)[0]
+        return [f if "://" in f else f"{protocol}://{f}" for f in found]
+
+    # -- completion markers -------------------------------------------------------------------
+    def is_done(self, folder: str) -> bool:
+        return self.exists(f"{folder}/{SUCCESS}")
+
+    def mark_done(self, folder: str, info: dict[str, Any] | None = None) -> None:
+        """Written last: everything in ``folder`` is complete once this exists."""
+        self.write_json(f"{folder}/{SUCCESS}", {"finished_at": time.time(), **(info or {})})
+
+    def done_info(self, folder: str) -> dict[str, Any]:
+        info: dict[str, Any] = self.read_json(f"{folder}/{SUCCESS}")
+        return info
+
+    # -- inputs -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def local_copy(self, uri: str) -> Iterator[str]:
+        """A local path for ``uri``: the file itself when local, else a temporary download."""
+        uri = normalise_uri(uri)
+        fs, path = fsspec.core.url_to_fs(uri, **self._options_for(uri))
+        if uri.startswith("file://"):
+            yield path
+            return
+        suffix = Path(path).suffix
+        with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
+            with fs.open(path, "rb") as src:
+                shutil.copyfileobj(src, tmp)
+            tmp.flush()
+            yield tmp.name
+
+    def _options_for(self, uri: str) -> dict[str, Any]:
+        same_protocol = uri.split("://", 1)[0] == self.root.split("://", 1)[0]
+        if same_protocol:
+            return self.storage_options
+        return s3_options_from_env() if uri.startswith("s3") else {}
