@@ -1,0 +1,199 @@
+"""Adapters over the official ``openai`` and ``anthropic`` clients, and where keys come from.
+
+Keys and endpoints come from the environment (``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``), from an
+Airflow connection exported the usual way (``AIRFLOW_CONN_OPENAI_DEFAULT``,
+``AIRFLOW_CONN_ANTHROPIC_DEFAULT``, JSON or URI), or for endpoints from ``aggregate.base_url``;
+never from code, and never written to a log. The SDKs' own retries are off: :mod:`ratelimit`
+retries, so 429s pause every thread and retries count against the budgets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
+
+import anthropic
+import openai
+
+from action100m.config import AggregateConfig
+from action100m.errors import PermanentError
+from action100m.llm.messages import ChatRequest, Completion, Usage
+from action100m.llm.ratelimit import RateLimited, RequestRejected, TransientError, parse_retry_after
+
+KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+CONNECTION = {"openai": "openai_default", "anthropic": "anthropic_default"}
+EPHEMERAL = {"type": "ephemeral"}
+
+
+class ChatClient(Protocol):
+    provider: str
+    model: str
+
+    def complete(self, request: ChatRequest) -> Completion: ...
+
+
+def _connection(conn_id: str, environ: dict[str, str]) -> dict[str, Any]:
+    raw = environ.get(f"AIRFLOW_CONN_{conn_id.upper()}", "").strip()
+    if not raw:
+        return {}
+    if raw.startswith("{"):
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError:
+            return {}
+        return data if isinstance(data, dict) else {}
+    parts = urlsplit(raw)
+    return {"password": unquote(parts.password or ""), "host": parts.hostname or ""}
+
+
+def credentials(
+    cfg: AggregateConfig, environ: dict[str, str] | None = None
+) -> tuple[str | None, str | None]:
+    """``(api_key, base_url)`` for the configured provider; either may be None."""
+    env = dict(os.environ if environ is None else environ)
+    conn = _connection(CONNECTION[cfg.provider], env)
+    key = env.get(KEY_ENV[cfg.provider]) or conn.get("password") or None
+    extra = conn.get("extra") or {}
+    if isinstance(extra, str):
+        try:
+            extra = json.loads(extra)
+        except json.JSONDecodeError:
+            extra = {}
+    host = str(conn.get("host") or "")
+    base_url = cfg.base_url or extra.get("base_url") or (host if "://" in host else None)
+    return key, base_url
+
+
+def _status_error(provider: str, model: str, status: int, exc: Exception) -> Exception:
+    headers = getattr(getattr(exc, "response", None), "headers", {}) or {}
+    body = str(getattr(exc, "body", "") or "")
+    where = f"{provider} ({model}): HTTP {status}"
+    if status in (401, 403):
+        return PermanentError(f"{where}: the API key is missing, invalid or not allowed")
+    if status in (402, 404) or (status == 429 and "insufficient_quota" in body):
+        return PermanentError(f"{where}: {getattr(exc, 'message', exc)}")
+    if status == 429:
+        return RateLimited(f"{where}: rate limited", parse_retry_after(headers))
+    if status in (408, 409) or status >= 500:
+        return TransientError(f"{where}: server error")
+    return RequestRejected(f"{where}: request rejected: {getattr(exc, 'message', exc)}")
+
+
+class _Adapter:
+    provider = ""
+
+    def __init__(self, cfg: AggregateConfig, api_key: str | None, base_url: str | None) -> None:
+        self.model = cfg.model
+        self.base_url = base_url
+
+    def _guard(self, call: Callable[[], Completion]) -> Completion:
+        """SDK exceptions of either client as the pipeline's own (see ratelimit)."""
+        try:
+            return call()
+        except (openai.APIStatusError, anthropic.APIStatusError) as exc:
+            raise _status_error(self.provider, self.model, exc.status_code, exc) from None
+        except (openai.APITimeoutError, anthropic.APITimeoutError):
+            raise TransientError(f"{self.provider} ({self.model}): request timed out") from None
+        except (openai.APIConnectionError, anthropic.APIConnectionError) as exc:
+            raise TransientError(f"{self.provider}: cannot connect: {exc}") from None
+        except (openai.APIResponseValidationError, anthropic.APIResponseValidationError) as exc:
+            raise TransientError(f"{self.provider}: malformed response: {exc}") from None
+
+
+class OpenAIChat(_Adapter):
+    """OpenAI, or any OpenAI-compatible server (vLLM, …) when ``base_url`` is set."""
+
+    provider = "openai"
+
+    def __init__(self, cfg: AggregateConfig, api_key: str | None, base_url: str | None) -> None:
+        super().__init__(cfg, api_key, base_url)
+        self.client = openai.OpenAI(
+            api_key=api_key or "EMPTY", base_url=base_url, timeout=cfg.timeout, max_retries=0
+        )
+
+    def complete(self, request: ChatRequest) -> Completion:
+        messages: list[Any] = [
+            {"role": "system", "content": request.system},
+            {"role": "user", "content": "\n\n".join(request.blocks)},
+            *({"role": role, "content": text} for role, text in request.turns),
+        ]
+        options: dict[str, Any] = {"max_tokens": request.max_tokens}
+        if self.base_url is None:  # the OpenAI API itself
+            options = {
+                "max_completion_tokens": request.max_tokens,
+                "response_format": {"type": "json_object"},
+            }
+
+        def call() -> Completion:
+            response = self.client.chat.completions.create(
+                model=self.model, messages=messages, **options
+            )
+            choice = response.choices[0]
+            usage = Usage(requests=1)
+            if response.usage is not None:
+                usage.input_tokens = response.usage.prompt_tokens
+                usage.output_tokens = response.usage.completion_tokens
+                details = response.usage.prompt_tokens_details
+                usage.cached_input_tokens = (details.cached_tokens or 0) if details else 0
+            return Completion(
+                text=choice.message.content or "",
+                usage=usage,
+                finish_reason=choice.finish_reason,
+                refusal=getattr(choice.message, "refusal", None),
+            )
+
+        return self._guard(call)
+
+
+class AnthropicChat(_Adapter):
+    """Anthropic messages, with ``cache_control`` after the shared prefix and after the subtree."""
+
+    provider = "anthropic"
+
+    def __init__(self, cfg: AggregateConfig, api_key: str | None, base_url: str | None) -> None:
+        super().__init__(cfg, api_key, base_url)
+        self.client = anthropic.Anthropic(
+            api_key=api_key or "EMPTY", base_url=base_url, timeout=cfg.timeout, max_retries=0
+        )
+
+    def complete(self, request: ChatRequest) -> Completion:
+        last = len(request.blocks) - 1
+        first: list[dict[str, Any]] = [
+            {"type": "text", "text": text, **({"cache_control": EPHEMERAL} if i < last else {})}
+            for i, text in enumerate(request.blocks)
+        ]
+        messages: list[Any] = [
+            {"role": "user", "content": first},
+            *({"role": role, "content": text} for role, text in request.turns),
+        ]
+
+        def call() -> Completion:
+            response = self.client.messages.create(
+                model=self.model,
+                max_tokens=request.max_tokens,
+                system=[{"type": "text", "text": request.system}],
+                messages=messages,
+            )
+            text = "".join(b.text for b in response.content if b.type == "text")
+            u = response.usage
+            read = u.cache_read_input_tokens or 0
+            written = u.cache_creation_input_tokens or 0
+            usage = Usage(1, u.input_tokens + read + written, read, written, u.output_tokens)
+            refusal = text if response.stop_reason == "refusal" else None
+            return Completion(text, usage, response.stop_reason, refusal)
+
+        return self._guard(call)
+
+
+def make_client(cfg: AggregateConfig, environ: dict[str, str] | None = None) -> ChatClient:
+    api_key, base_url = credentials(cfg, environ)
+    if api_key is None and base_url is None:
+        raise PermanentError(
+            f"no {cfg.provider} API key: set {KEY_ENV[cfg.provider]} (or the "
+            f"{CONNECTION[cfg.provider]} connection) or aggregate.base_url"
+        )
+    adapter = OpenAIChat if cfg.provider == "openai" else AnthropicChat
+    return adapter(cfg, api_key, base_url)

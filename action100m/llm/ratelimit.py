@@ -1,0 +1,150 @@
+"""Rate limits and retries for LLM calls: token buckets for requests and tokens per minute, a bound
+on requests in flight, ``Retry-After`` on 429 (which pauses every caller, not just the one that was
+refused), exponential backoff with jitter on 5xx and timeouts, and no retry on what cannot succeed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+from action100m.errors import Action100MError, ServiceError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+MAX_RETRY_AFTER = 300.0
+
+
+class RateLimited(ServiceError):
+    """HTTP 429; ``retry_after`` seconds when the server said."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TransientError(ServiceError):
+    """5xx, a timeout or a refused connection: worth another try after a pause."""
+
+
+class RequestRejected(Action100MError):
+    """The endpoint refused this request (400, 413, 422): retrying the same request cannot help,
+    but other requests may succeed."""
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date)."""
+    value = headers.get("retry-after-ms")
+    if value:
+        with contextlib.suppress(ValueError):
+            return min(max(float(value) / 1000, 0.0), MAX_RETRY_AFTER)
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        if parsed is None:
+            return None
+        seconds = parsed.timestamp() - time.time()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+class TokenBucket:
+    """``per_minute`` units, refilled continuously; starts full."""
+
+    def __init__(self, per_minute: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.capacity = float(per_minute)
+        self.rate = per_minute / 60.0
+        self.tokens = self.capacity
+        self.clock = clock
+        self.updated = clock()
+        self.lock = threading.Lock()
+
+    def reserve(self, amount: float) -> float:
+        """Take ``amount`` now, going into debt if need be; returns seconds to wait before use."""
+        amount = min(amount, self.capacity)
+        with self.lock:
+            now = self.clock()
+            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+            self.tokens -= amount
+            return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+
+@dataclass
+class RetryPolicy:
+    max_retries: int = 6
+    base_delay: float = 1.0
+    max_delay: float = 60.0
+
+    def backoff(self, attempt: int) -> float:
+        """Exponential with jitter: half to all of ``base * 2**attempt``, capped."""
+        return min(self.max_delay, self.base_delay * 2**attempt) * random.uniform(0.5, 1.0)
+
+
+class RateLimiter:
+    """Shared by every thread annotating one video (or one process)."""
+
+    def __init__(
+        self,
+        requests_per_minute: int,
+        tokens_per_minute: int,
+        concurrency: int,
+        policy: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.requests = TokenBucket(requests_per_minute)
+        self.tokens = TokenBucket(tokens_per_minute)
+        self.slots = threading.BoundedSemaphore(concurrency)
+        self.policy = policy or RetryPolicy()
+        self.sleep = sleep
+        self.paused_until = 0.0
+        self.waited = 0.0  # seconds spent waiting on limits, for the logs and benchmarks
+
+    def pause(self, seconds: float) -> None:
+        """Hold every caller back for ``seconds`` (a 429's Retry-After)."""
+        self.paused_until = max(self.paused_until, time.monotonic() + seconds)
+
+    @contextlib.contextmanager
+    def slot(self, tokens: int) -> Iterator[None]:
+        wait = max(self.requests.reserve(1), self.tokens.reserve(tokens))
+        wait = max(wait, self.paused_until - time.monotonic())
+        if wait > 0:
+            self.waited += wait
+            self.sleep(wait)
+        with self.slots:
+            yield
+
+    def call(self, fn: Callable[[], T], tokens: int, what: str) -> T:
+        """``fn()`` within the limits, retried on 429 and transient faults; other errors pass."""
+        attempts = self.policy.max_retries + 1
+        for attempt in range(attempts):
+            try:
+                with self.slot(tokens):
+                    return fn()
+            except RateLimited as exc:
+                delay = exc.retry_after
+                if delay is None:
+                    delay = self.policy.backoff(attempt)
+                self.pause(delay)
+                problem: ServiceError = exc
+            except TransientError as exc:
+                delay = self.policy.backoff(attempt)
+                problem = exc
+            if attempt + 1 == attempts:
+                raise ServiceError(f"{what}: gave up after {attempts} attempts: {problem}")
+            log.warning(
+                "%s: %s; retry %d/%d in %.1f s", what, problem, attempt + 1, attempts - 1, delay
+            )
+            if isinstance(problem, TransientError):
+                self.sleep(delay)
+        raise AssertionError("unreachable")

@@ -1,0 +1,175 @@
+"""Stage 3: the five-field annotation of every node of ``aggregate.min_duration`` or more.
+
+Reads the tree, the captions and the video's metadata; asks the LLM with Self-Refine
+(:mod:`action100m.llm.refine`) for each node in a bounded thread pool under shared rate limits;
+writes ``aggregate/{key}/annotations.json`` and ``usage.json``, then ``_SUCCESS``.
+
+Outcomes: a node whose answers stay invalid (or whose request the endpoint rejects) carries an
+``error`` and the video goes on. An invalid key or unknown model stops the video at once
+(PermanentError). A node whose requests still hit 429s, 5xx or timeouts after every retry makes the
+task fail with ServiceError once the other nodes are done: the retry asks only for what is missing,
+because every answer already received is cached. A video whose every node failed raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from typing import Any
+
+from action100m.config import Settings
+from action100m.document import load_metadata, load_tree, stage_artifact, write_document
+from action100m.errors import MissingArtifactError, PermanentError, ServiceError
+from action100m.llm.clients import CONNECTION, KEY_ENV, credentials, make_client
+from action100m.llm.prompts import PromptBuilder
+from action100m.llm.ratelimit import RateLimiter, RetryPolicy
+from action100m.llm.refine import Session, annotate_node
+from action100m.store import ArtifactStore
+
+log = logging.getLogger(__name__)
+
+
+def llm_unavailable_reason(settings: Settings) -> str | None:
+    """None when an LLM is configured, else one sentence saying why aggregation is skipped."""
+    cfg = settings.aggregate
+    api_key, base_url = credentials(cfg)
+    if api_key or base_url:
+        return None
+    return (
+        f"no LLM configured for aggregation: set {KEY_ENV[cfg.provider]} (or the Airflow "
+        f"connection {CONNECTION[cfg.provider]}), or aggregate.base_url for an "
+        "OpenAI-compatible server"
+    )
+
+
+def _session(settings: Settings, store: ArtifactStore) -> Session:
+    cfg = settings.aggregate
+    limiter = RateLimiter(
+        cfg.requests_per_minute,
+        cfg.tokens_per_minute,
+        cfg.concurrency,
+        RetryPolicy(max_retries=cfg.max_retries),
+    )
+    return Session(make_client(cfg), limiter, store, cfg)
+
+
+def _usage_summary(session: Session, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    prices = session.cfg.prices
+    return {
+        "provider": session.client.provider,
+        "model": session.client.model,
+        "nodes_annotated": sum(1 for r in results.values() if r["annotation"] is not None),
+        "nodes_failed": sum(1 for r in results.values() if r["error"]),
+        **session.usage.to_json(),
+        "cost_usd": round(session.usage.cost(prices), 6),
+        "cache_hits": session.cache_hits,
+        "paid_this_run": session.paid.to_json(),
+        "paid_cost_usd": round(session.paid.cost(prices), 6),
+        "rate_limit_wait_s": round(session.limiter.waited, 3),
+        "prices": prices,
+    }
+
+
+def run_aggregate(settings: Settings, store: ArtifactStore, video_id: str) -> str:
+    """Annotate ``video_id``'s long-enough nodes; returns the stage folder URI (skips if done)."""
+    cfg = settings.aggregate
+    folder = store.stage_dir(video_id, "aggregate", settings.stage_key("aggregate"))
+    if store.is_done(folder):
+        log.info("video %s: aggregate already done in %s", video_id, folder)
+        return folder
+    reason = llm_unavailable_reason(settings)
+    if reason:
+        raise PermanentError(f"video {video_id}: {reason}")
+    tree = load_tree(settings, store, video_id)
+    captions_uri = stage_artifact(settings, store, video_id, "caption", "captions.json")
+    if captions_uri is None:
+        raise MissingArtifactError(f"video {video_id}: no finished captions; run `caption` first")
+    captions = store.read_json(captions_uri).get("nodes", {})
+    builder = PromptBuilder(tree, captions, load_metadata(store, video_id), cfg.max_prompt_tokens)
+    targets = [node for node in tree.nodes if node.duration >= cfg.min_duration]
+    session = _session(settings, store)
+    started = time.monotonic()
+    log.info(
+        "video %s: annotating %d of %d nodes (>= %.1f s) with %s %s, %d rounds",
+        video_id,
+        len(targets),
+        len(tree),
+        cfg.min_duration,
+        cfg.provider,
+        cfg.model,
+        cfg.rounds,
+    )
+
+    results: dict[str, dict[str, Any]] = {}
+    transient = 0
+    with ThreadPoolExecutor(cfg.concurrency, thread_name_prefix="aggregate") as pool:
+        futures: dict[Future[dict[str, Any]], Any] = {
+            pool.submit(
+                annotate_node,
+                session,
+                builder,
+                node,
+                f"video {video_id} node [{node.start:.1f}-{node.end:.1f}s]",
+            ): node
+            for node in targets
+        }
+        try:
+            for future in as_completed(futures):
+                node = futures[future]
+                try:
+                    results[node.node_id] = future.result()
+                except ServiceError as exc:
+                    transient += 1
+                    results[node.node_id] = {"annotation": None, "error": str(exc), "rounds": []}
+                if results[node.node_id]["error"]:
+                    log.warning(
+                        "video %s: node %s failed: %s",
+                        video_id,
+                        node.node_id,
+                        results[node.node_id]["error"],
+                    )
+                log.info("video %s: annotated %d/%d nodes", video_id, len(results), len(targets))
+        except BaseException:
+            session.abort.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+    failed = sum(1 for r in results.values() if r["error"])
+    usage = _usage_summary(session, results)
+    log.info(
+        "video %s: %d annotated, %d failed in %.1f s; %d requests (%d from cache), "
+        "%d tokens in (%d cached), %d out, about $%.4f",
+        video_id,
+        len(targets) - failed,
+        failed,
+        time.monotonic() - started,
+        usage["requests"],
+        session.cache_hits,
+        usage["input_tokens"],
+        usage["cached_input_tokens"],
+        usage["output_tokens"],
+        usage["cost_usd"],
+    )
+    if transient:
+        raise ServiceError(
+            f"video {video_id}: {transient} of {len(targets)} nodes hit service errors after "
+            "every retry; a retry asks only for those (answers so far are cached)"
+        )
+    if targets and failed == len(targets):
+        raise PermanentError(
+            f"video {video_id}: every node failed aggregation, e.g. "
+            f"{next(iter(results.values()))['error']}"
+        )
+
+    nodes = {
+        node.node_id: results.get(node.node_id, {"annotation": None, "error": None, "rounds": []})
+        for node in tree.nodes
+    }
+    store.write_json(
+        f"{folder}/annotations.json", {"model": cfg.model, "provider": cfg.provider, "nodes": nodes}
+    )
+    store.write_json(f"{folder}/usage.json", usage)
+    store.mark_done(folder, {"annotated": len(targets) - failed, "failed": failed})
+    write_document(settings, store, video_id)
+    return folder
