@@ -1,7 +1,7 @@
 """Artifact store over fsspec URIs: ``file://`` (local folder) or ``s3://`` (MinIO, any S3 server).
 
-Layout (DESIGN.md): ``{root}/videos/{video_id}/{stage}/{key}/...`` with ``_SUCCESS`` written last, and
-the per-video document at ``{root}/videos/{video_id}/annotations.json``. Writes never leave a
+Layout (DESIGN.md): ``{root}/videos/{video_id}/{stage}/{key}/...`` with ``_SUCCESS`` written
+last, and the per-video document at ``{root}/videos/{video_id}/annotations.json``. Writes never leave a
 half-written file under its final name: local files are written to a temporary name and renamed; an
 S3 PUT is atomic per object. A stage folder counts as finished only once its ``_SUCCESS`` exists.
 """

@@ -90,10 +90,11 @@ def _pyav_frames(
     with av.open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        time_base = float(stream.time_base or 0)
         for index, frame in enumerate(container.decode(stream)):
             if index % step or frame.pts is None:
                 continue
-            pts = float(frame.pts * stream.time_base)
+            pts = frame.pts * time_base
             if after is not None and pts <= after:
                 continue
             yield pts, frame.to_ndarray(width=size[0], height=size[1], format="rgb24")
@@ -143,7 +144,7 @@ def read_frames_at(
         with av.open(path) as container:
             stream = container.streams.video[0]
             base = stream.start_time or 0
-            tb = float(stream.time_base)
+            tb = float(stream.time_base or 0)
             for target in wanted:
                 if target in found:
                     continue

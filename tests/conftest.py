@@ -13,7 +13,9 @@ from action100m.samples import make_video
 from action100m.store import ArtifactStore
 
 # Tiny models are built once per test session into this cache instead of the user's home.
-os.environ.setdefault("ACTION100M_CACHE", str(Path(__file__).parent.parent / ".pytest_cache" / "models"))
+os.environ.setdefault(
+    "ACTION100M_CACHE", str(Path(__file__).parent.parent / ".pytest_cache" / "models")
+)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ the real one (the way transformers tests itself).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -34,10 +35,9 @@ def resolve_model(name: str, builders: dict[str, Callable[[Path], None]]) -> str
         scratch = Path(tempfile.mkdtemp(prefix=f".{tiny}-", dir=target.parent))
         try:
             builders[tiny](scratch)
-            try:
+            # Another process may have finished first; its copy is as good as ours.
+            with contextlib.suppress(OSError):
                 scratch.rename(target)
-            except OSError:  # another process finished first; its copy is as good as ours
-                pass
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     return str(target)

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from action100m.models import pick_device, resolve_model
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -66,14 +70,16 @@ class VJEPA2Encoder:
         self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 1, 3, 1, 1)
         log.info("V-JEPA 2 %s loaded on %s (%s)", model, self.device, dtype)
 
-    def preprocess(self, frames: np.ndarray) -> "torch.Tensor":  # noqa: F821
+    def preprocess(self, frames: np.ndarray) -> torch.Tensor:
         """(B, T, H, W, 3) uint8, shortest side already ``resize_size`` -> (B, T, 3, crop, crop)."""
         import torch
 
         video = torch.from_numpy(frames).to(self.device).permute(0, 1, 4, 2, 3)
         height, width = video.shape[-2:]
         if min(height, width) != self.resize_size:
-            raise ValueError(f"frames must have shortest side {self.resize_size}, got {height}x{width}")
+            raise ValueError(
+                f"frames must have shortest side {self.resize_size}, got {height}x{width}"
+            )
         top = (height - self.crop_size) // 2
         left = (width - self.crop_size) // 2
         video = video[..., top : top + self.crop_size, left : left + self.crop_size]

@@ -1,0 +1,29 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# pip takes the CPU torch on disk only when torch==2.13.0 is named in the same command as the rest.
+INSTALL := $(BIN)/pip install -q -c constraints.txt -r requirements.txt -r requirements-dev.txt -e .
+
+.PHONY: install test lint demo clean
+
+$(BIN)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(INSTALL)
+	touch $@
+
+install: $(BIN)/.installed
+
+lint: install
+	$(BIN)/ruff check action100m dags plugins tests benchmarks
+	$(BIN)/ruff format --check action100m dags plugins tests benchmarks
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest -q -p no:cacheprovider tests
+
+demo: install
+	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh
+
+clean:
+	rm -rf $(VENV) .demo artifacts

@@ -1,0 +1,79 @@
+"""Windowing, overlap averaging and the V-JEPA 2 wiring at the paper's shapes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from action100m.models.vjepa2 import VJEPA2Encoder
+from action100m.stages.embed import embed_frames, window_starts
+
+
+@pytest.mark.parametrize(
+    ("frames", "expected"),
+    [(30, [0]), (64, [0]), (72, [0, 8]), (100, [0, 8, 16, 24, 32, 36])],
+)
+def test_window_starts_cover_the_tail(frames: int, expected: list[int]) -> None:
+    assert window_starts(frames, 64, 8) == expected
+
+
+@pytest.mark.parametrize("total", [1, 40, 64, 65, 100, 201])
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_overlapping_windows_average_per_frame(total: int, batch_size: int) -> None:
+    """Encode each frame as its own index plus the window's start: the average over the
+    windows covering a frame is then index + mean(start of covering windows)."""
+    starts_seen: list[list[int]] = []
+
+    def encode(windows: np.ndarray) -> np.ndarray:
+        index = windows[:, :, 0, 0, 0].astype(np.float32)
+        start = index[:, :1]
+        starts_seen.append(list(start[:, 0]))
+        return np.stack([index, np.broadcast_to(start, index.shape)], axis=-1)
+
+    frames = (np.full((2, 2, 3), i, np.uint8) for i in range(total))
+    out = embed_frames(frames, encode, window=64, stride=8, batch_size=batch_size)
+    assert out.shape == (total, 2)
+    assert np.allclose(out[:, 0], np.arange(total))
+    starts = window_starts(total, 64, 8)
+    assert sorted(s for batch in starts_seen for s in batch) == starts
+    for frame in range(total):
+        covering = [s for s in starts if s <= frame < s + 64]
+        assert out[frame, 1] == pytest.approx(np.mean(covering))
+    assert max(len(batch) for batch in starts_seen) <= batch_size + 1
+
+
+def test_paper_shapes_reach_the_encoder(tmp_path: Path) -> None:
+    """64 frames at 384 px with tubelet 2 and patch 16 -> 32 x 24 x 24 tokens; pooled back to
+    one vector per frame. A tiny-width model keeps it cheap; the shapes are the paper's."""
+    import torch
+    from transformers import VJEPA2Config, VJEPA2Model
+
+    config = VJEPA2Config(
+        crop_size=384,
+        frames_per_clip=64,
+        patch_size=16,
+        tubelet_size=2,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        mlp_ratio=1,
+        pred_hidden_size=16,
+        pred_num_hidden_layers=1,
+        pred_num_attention_heads=1,
+    )
+    VJEPA2Model(config).save_pretrained(tmp_path / "model")
+    encoder = VJEPA2Encoder(str(tmp_path / "model"), device="cpu")
+    assert (encoder.crop_size, encoder.resize_size) == (384, 438)
+    frames = np.random.default_rng(0).integers(0, 255, (1, 64, 438, 520, 3), dtype=np.uint8)
+    pixels = encoder.preprocess(frames)
+    assert tuple(pixels.shape) == (1, 64, 3, 384, 384)
+    with torch.inference_mode():
+        tokens = encoder.model.get_vision_features(pixels)
+    assert tuple(tokens.shape) == (1, 32 * 24 * 24, 16)
+    per_frame = encoder.encode(frames)
+    assert per_frame.shape == (1, 64, 16)
+    assert np.allclose(per_frame[0, 0], per_frame[0, 1]) and not np.allclose(
+        per_frame[0, 0], per_frame[0, 2]
+    )
