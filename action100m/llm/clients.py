@@ -99,8 +99,12 @@ class _Adapter:
             raise TransientError(f"{self.provider} ({self.model}): request timed out") from None
         except (openai.APIConnectionError, anthropic.APIConnectionError) as exc:
             raise TransientError(f"{self.provider}: cannot connect: {exc}") from None
-        except (openai.APIResponseValidationError, anthropic.APIResponseValidationError) as exc:
-            raise TransientError(f"{self.provider}: malformed response: {exc}") from None
+        except (
+            openai.APIResponseValidationError,
+            anthropic.APIResponseValidationError,
+            json.JSONDecodeError,
+        ) as exc:
+            raise TransientError(f"{self.provider}: malformed response body: {exc}") from None
 
 
 class OpenAIChat(_Adapter):

@@ -1,0 +1,322 @@
+"""A scripted LLM endpoint on loopback that speaks the OpenAI chat completions API and the Anthropic
+messages API, for tests and benchmarks (no network, real HTTP, the real ``openai``/``anthropic``
+clients on the other side).
+
+    from tests.llm_server import LLMServer, Reply
+
+    with LLMServer() as server:                 # default mode: every request gets a valid answer
+        settings.aggregate.base_url = server.base_url            # OpenAI: http://127.0.0.1:PORT/v1
+        # Anthropic: provider="anthropic", base_url=server.anthropic_base_url (no /v1)
+        server.script(Reply.status(429, retry_after=0.2), Reply.text("not json"))  # next replies
+        server.responder = lambda req: Reply.json({...}) if "refine" in req.prompt else None
+        ...
+        server.requests            # every request received: api, path, headers, body, prompt
+
+Replies: ``Reply.valid()`` (the default), ``Reply.text(str)``, ``Reply.json(obj)``,
+``Reply.status(code, retry_after=None)``, ``Reply.hang(seconds)``, ``Reply.garbage()`` (HTTP 200
+whose body is not JSON), ``Reply.refusal(text)``. Scripted replies are used first, in order; then
+``responder`` (return None to fall through); then ``mode`` (``"valid"`` or ``"error"``: HTTP 500).
+``api_key`` set: requests without that key get 401. Usage reports tokens as characters / 4, and
+simulates prompt caching: OpenAI-style prefix caching (prompts from 1024 tokens, whole 128-token
+steps) and Anthropic ``cache_control`` breakpoints (cache reads and writes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+FIELDS = ("brief_action", "detailed_action", "actor", "brief_caption", "detailed_caption")
+BLOCK = 512  # characters per hashed block of the simulated OpenAI prefix cache
+MIN_CACHE_TOKENS = 1024
+
+
+@dataclass
+class Reply:
+    kind: str = "valid"
+    answer: str = ""
+    code: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @classmethod
+    def valid(cls) -> Reply:
+        return cls("valid")
+
+    @classmethod
+    def text(cls, text: str) -> Reply:
+        return cls("text", answer=text)
+
+    @classmethod
+    def json(cls, value: Any) -> Reply:
+        return cls("text", answer=json.dumps(value))
+
+    @classmethod
+    def status(cls, code: int, retry_after: float | None = None) -> Reply:
+        headers = {} if retry_after is None else {"retry-after": f"{retry_after:g}"}
+        return cls("status", code=code, headers=headers)
+
+    @classmethod
+    def hang(cls, seconds: float = 30.0) -> Reply:
+        return cls("hang", seconds=seconds)
+
+    @classmethod
+    def garbage(cls) -> Reply:
+        return cls("garbage")
+
+    @classmethod
+    def refusal(cls, text: str = "I'm sorry, I can't help with that.") -> Reply:
+        return cls("refusal", answer=text)
+
+
+@dataclass
+class Request:
+    api: str  # "openai" | "anthropic"
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+    @property
+    def segments(self) -> list[tuple[str, bool]]:
+        """Every text sent, in order, each with whether a cache breakpoint follows it."""
+        out: list[tuple[str, bool]] = []
+        system = self.body.get("system")
+        for item in [{"role": "system", "content": system}] if system else []:
+            out += _texts(item["content"])
+        for message in self.body.get("messages", []):
+            out += _texts(message.get("content"))
+        return out
+
+    @property
+    def prompt(self) -> str:
+        return "\n".join(text for text, _ in self.segments)
+
+    @property
+    def turns(self) -> list[dict[str, Any]]:
+        return list(self.body.get("messages", []))
+
+
+def _texts(content: Any) -> list[tuple[str, bool]]:
+    if isinstance(content, str):
+        return [(content, False)]
+    return [(b.get("text", ""), "cache_control" in b) for b in content or [] if isinstance(b, dict)]
+
+
+def valid_answer(request: Request) -> dict[str, str]:
+    """Five fields naming the segment the prompt asks about (and the round, from its turns)."""
+    found = re.search(r"Segment to annotate: (\[[^\]]*\])", request.prompt)
+    where = found.group(1) if found else "[?]"
+    version = sum(1 for m in request.turns if m.get("role") == "assistant") + 1
+    return {name: f"{name} of {where} v{version}" for name in FIELDS}
+
+
+class LLMServer:
+    def __init__(self, mode: str = "valid", api_key: str | None = None) -> None:
+        self.mode = mode
+        self.api_key = api_key
+        self.responder: Callable[[Request], Reply | None] | None = None
+        self.requests: list[Request] = []
+        self._script: list[Reply] = []
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._httpd: ThreadingHTTPServer | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> LLMServer:
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._httpd.daemon_threads = True
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+
+    def __enter__(self) -> LLMServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._httpd is not None, "start() the server first"
+        return int(self._httpd.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def anthropic_base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # -- scripting ------------------------------------------------------------------------------
+    def script(self, *replies: Reply) -> None:
+        with self._lock:
+            self._script.extend(replies)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._script.clear()
+            self.requests.clear()
+            self._seen.clear()
+
+    def _next(self, request: Request) -> Reply:
+        with self._lock:
+            self.requests.append(request)
+            if self._script:
+                return self._script.pop(0)
+        if self.responder is not None:
+            reply = self.responder(request)
+            if reply is not None:
+                return reply
+        return Reply.valid() if self.mode == "valid" else Reply.status(500)
+
+    # -- simulated prompt caching -----------------------------------------------------------
+    def _cached_openai(self, text: str) -> int:
+        digest, hits, counting = hashlib.sha256(), 0, True
+        with self._lock:
+            for i in range(0, len(text) - len(text) % BLOCK, BLOCK):
+                digest.update(text[i : i + BLOCK].encode())
+                key = "o" + digest.hexdigest()
+                counting = counting and key in self._seen
+                hits += counting
+                self._seen.add(key)
+        tokens = hits * BLOCK // 4
+        return 0 if len(text) // 4 < MIN_CACHE_TOKENS else tokens - tokens % 128
+
+    def _cached_anthropic(self, segments: list[tuple[str, bool]]) -> tuple[int, int]:
+        read = written = 0
+        prefix = ""
+        digest = hashlib.sha256()
+        with self._lock:
+            for text, breakpoint in segments:
+                prefix += text
+                digest.update(text.encode())
+                if not breakpoint or len(prefix) // 4 < MIN_CACHE_TOKENS:
+                    continue
+                key = "a" + digest.hexdigest()
+                if key in self._seen:
+                    read, written = len(prefix) // 4, 0
+                else:
+                    written = len(prefix) // 4 - read
+                    self._seen.add(key)
+        return read, written
+
+    def usage(self, request: Request, answer: str) -> dict[str, Any]:
+        prompt = request.prompt
+        total, out = len(prompt) // 4 + 1, len(answer) // 4 + 1
+        if request.api == "openai":
+            cached = self._cached_openai(prompt)
+            return {
+                "prompt_tokens": total,
+                "completion_tokens": out,
+                "total_tokens": total + out,
+                "prompt_tokens_details": {"cached_tokens": cached},
+            }
+        read, written = self._cached_anthropic(request.segments)
+        return {
+            "input_tokens": max(total - read - written, 0),
+            "output_tokens": out,
+            "cache_read_input_tokens": read,
+            "cache_creation_input_tokens": written,
+        }
+
+    def wait(self, seconds: float) -> None:
+        self._stopping.wait(seconds)
+
+
+def _body(api: str, request: Request, reply: Reply, server: LLMServer) -> tuple[int, Any]:
+    if reply.kind == "status":
+        message = {401: "invalid api key", 429: "rate limited"}.get(reply.code, "server error")
+        if api == "openai":
+            return reply.code, {"error": {"message": message, "type": "error", "code": None}}
+        return reply.code, {"type": "error", "error": {"type": "api_error", "message": message}}
+    answer = (
+        reply.answer if reply.kind in ("text", "refusal") else json.dumps(valid_answer(request))
+    )
+    model = request.body.get("model", "scripted")
+    usage = server.usage(request, answer)
+    if api == "openai":
+        refused = reply.kind == "refusal"
+        message = {
+            "role": "assistant",
+            "content": None if refused else answer,
+            "refusal": answer if refused else None,
+        }
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        return 200, {
+            "id": f"chatcmpl-{len(server.requests)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [choice],
+            "usage": usage,
+        }
+    return 200, {
+        "id": f"msg_{len(server.requests)}",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": answer}],
+        "stop_reason": "refusal" if reply.kind == "refusal" else "end_turn",
+        "stop_sequence": None,
+        "usage": usage,
+    }
+
+
+def _handler(server: LLMServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:  # quiet
+            pass
+
+        def _send(self, status: int, payload: bytes, headers: dict[str, str]) -> None:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # client gave up
+                self.send_response(status)
+                for name, value in {"content-type": "application/json", **headers}.items():
+                    self.send_header(name, value)
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            length = int(self.headers.get("content-length", 0))
+            body = json.loads(self.rfile.read(length) or b"{}")
+            api = "anthropic" if self.path.rstrip("/").endswith("/messages") else "openai"
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            request = Request(api, self.path, headers, body)
+            key = headers.get("x-api-key") or headers.get("authorization", "").removeprefix(
+                "Bearer "
+            )
+            reply = self._choose(request, key)
+            if reply.kind == "hang":
+                server.wait(reply.seconds)
+                reply = Reply.valid()
+            if reply.kind == "garbage":
+                self._send(200, b"{this is not json", {})
+                return
+            status, payload = _body(api, request, reply, server)
+            self._send(status, json.dumps(payload).encode(), reply.headers)
+
+        def _choose(self, request: Request, key: str) -> Reply:
+            if server.api_key is not None and key != server.api_key:
+                with server._lock:
+                    server.requests.append(request)
+                return Reply.status(401)
+            return server._next(request)
+
+    return Handler
