@@ -76,8 +76,10 @@ def run_aggregate(settings: Settings, store: ArtifactStore, video_id: str) -> st
     cfg = settings.aggregate
     folder = store.stage_dir(video_id, "aggregate", settings.stage_key("aggregate"))
     if store.is_done(folder):
-        log.info("video %s: aggregate already done in %s", video_id, folder)
-        return folder
+        if not store.done_info(folder).get("imported"):
+            log.info("video %s: aggregate already done in %s", video_id, folder)
+            return folder
+        log.info("video %s: replacing the annotations imported from the release", video_id)
     reason = llm_unavailable_reason(settings)
     if reason:
         raise PermanentError(f"video {video_id}: {reason}")

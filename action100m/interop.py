@@ -1,0 +1,243 @@
+"""The official Action100M format in and out.
+
+``import_file`` reads a release file (JSON as in ``reference/hySSAAw4t24.json``, columnar with one
+list entry per video; JSON Lines or Parquet with one row per video) into the store as finished
+``segment`` and ``caption`` stages under the current keys, node ids kept, so later stages can run on
+released trees. The release's own annotations fill the ``aggregate`` slot, marked as imported: the
+per-video document and exports show them until ``aggregate`` runs, which replaces them.
+
+``export`` writes the per-video documents as JSON Lines or Parquet (by the extension of ``out``):
+``action100m`` uses the release's field names (``plm_caption``, ``llama3_caption``,
+``gpt.summary.brief``, ...), one row per video; ``flat`` has one row per node with the five fields.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import PurePosixPath
+from typing import Any, Literal
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from action100m.config import Settings
+from action100m.document import metadata_uri, write_document
+from action100m.errors import PermanentError
+from action100m.llm.schema import FIELDS
+from action100m.store import ArtifactStore, normalise_uri
+from action100m.tree import Node, Tree
+
+RELEASE = "action100m-release"
+# our field -> (gpt group, key) in the release
+OFFICIAL = {
+    "brief_action": ("action", "brief"),
+    "detailed_action": ("action", "detailed"),
+    "actor": ("action", "actor"),
+    "brief_caption": ("summary", "brief"),
+    "detailed_caption": ("summary", "detailed"),
+}
+
+
+def read_records(path: str) -> list[dict[str, Any]]:
+    """One dict per video (``video_uid``, ``metadata``, ``nodes``) from a JSON, JSONL or Parquet."""
+    uri = normalise_uri(path)
+    with fsspec.open(uri, "rb") as handle:
+        data = handle.read()
+    if uri.endswith(".parquet"):
+        return list(pq.read_table(io.BytesIO(data)).to_pylist())
+    if uri.endswith(".jsonl"):
+        return [json.loads(line) for line in data.splitlines() if line.strip()]
+    value = json.loads(data)
+    if isinstance(value, list):
+        return value
+    if isinstance(value.get("video_uid"), list):  # columnar, as the release's JSON sample
+        columns = {k: v for k, v in value.items() if isinstance(v, list)}
+        return [dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+    return [value]
+
+
+def release_tree(video_id: str, metadata: dict[str, Any], rows: list[dict[str, Any]]) -> Tree:
+    """The release's nodes as a :class:`Tree` in depth-first pre-order, ids and levels kept."""
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    for row in rows:
+        children.setdefault(row.get("parent_id"), []).append(row)
+    roots = children.get(None, [])
+    known = {row["node_id"] for row in rows}
+    if len(roots) != 1 or any(p is not None and p not in known for p in children):
+        raise PermanentError(f"video {video_id}: the nodes do not form one tree")
+    nodes: list[Node] = []
+    stack = [roots[0]]
+    while stack:
+        row = stack.pop()
+        kids = sorted(children.get(row["node_id"], []), key=lambda r: float(r["start"]))
+        nodes.append(
+            Node(
+                row["node_id"],
+                row.get("parent_id"),
+                int(row["level"]),
+                float(row["start"]),
+                float(row["end"]),
+                [k["node_id"] for k in kids],
+            )
+        )
+        stack.extend(reversed(kids))
+    root = nodes[0]
+    return Tree(
+        video_id, root.end, float(metadata.get("fps") or 0.0), f"{RELEASE}:{video_id}", nodes
+    )
+
+
+def _caption(row: dict[str, Any], leaf: bool) -> dict[str, Any]:
+    frame = leaf and bool(row.get("llama3_caption"))
+    return {
+        "caption": row.get("llama3_caption")
+        if frame
+        else (row.get("plm_caption") or row.get("llama3_caption")),
+        "kind": "frame" if frame else "segment",
+        "segment_caption": row.get("plm_caption") if frame else None,
+        "action": row.get("plm_action"),
+        "error": None,
+    }
+
+
+def _annotation(gpt: Any) -> dict[str, Any] | None:
+    if not isinstance(gpt, dict):
+        return None
+    out = {f: (gpt.get(group) or {}).get(key) for f, (group, key) in OFFICIAL.items()}
+    return out if all(isinstance(v, str) for v in out.values()) else None
+
+
+def import_file(
+    settings: Settings, store: ArtifactStore, path: str, *, annotations: bool = True
+) -> list[str]:
+    """Import every video in ``path``; returns their ids. ``annotations=False`` leaves the
+    release's annotations out (the aggregate stage then simply has not run)."""
+    imported = []
+    for record in read_records(path):
+        video_id = str(record["video_uid"])
+        metadata = dict(record.get("metadata") or {})
+        rows = list(record.get("nodes") or [])
+        tree = release_tree(video_id, metadata, rows)
+        by_id = {row["node_id"]: row for row in rows}
+        info = {"imported": PurePosixPath(path).name}
+
+        store.write_json(metadata_uri(store, video_id), metadata)
+        folder = store.stage_dir(video_id, "segment", settings.stage_key("segment"))
+        store.write_json(f"{folder}/tree.json", tree.to_json())
+        store.mark_done(folder, info)
+        folder = store.stage_dir(video_id, "caption", settings.stage_key("caption"))
+        captions = {n.node_id: _caption(by_id[n.node_id], n.is_leaf) for n in tree.nodes}
+        store.write_json(f"{folder}/captions.json", {"model": RELEASE, "nodes": captions})
+        store.mark_done(folder, info)
+        if annotations:
+            folder = store.stage_dir(video_id, "aggregate", settings.stage_key("aggregate"))
+            nodes: dict[str, Any] = {
+                n.node_id: {
+                    "annotation": _annotation(by_id[n.node_id].get("gpt")),
+                    "error": None,
+                    "rounds": [],
+                }
+                for n in tree.nodes
+            }
+            store.write_json(
+                f"{folder}/annotations.json",
+                {"model": RELEASE, "provider": "import", "nodes": nodes},
+            )
+            store.write_json(f"{folder}/usage.json", {"provider": "import", "requests": 0})
+            store.mark_done(folder, info)
+        write_document(settings, store, video_id)
+        imported.append(video_id)
+    return imported
+
+
+def official_record(document: dict[str, Any]) -> dict[str, Any]:
+    """A per-video document in the release's shape and field names."""
+    nodes = []
+    for node in document["nodes"]:
+        frame = node.get("caption_kind") == "frame"
+        annotation = node.get("annotation")
+        gpt: dict[str, Any] | None = None
+        if annotation:
+            gpt = {"summary": {}, "action": {}}
+            for name, (group, key) in OFFICIAL.items():
+                gpt[group][key] = annotation.get(name)
+        nodes.append(
+            {
+                **{k: node[k] for k in ("node_id", "parent_id", "level", "start", "end")},
+                "plm_action": node.get("caption_action"),
+                "plm_caption": node.get("segment_caption") if frame else node.get("caption"),
+                "llama3_caption": node.get("caption") if frame else None,
+                "gpt": gpt,
+            }
+        )
+    return {"video_uid": document["video_uid"], "metadata": document["metadata"], "nodes": nodes}
+
+
+def flat_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per node: where it is, its caption, and the five fields (null where none)."""
+    rows = []
+    for node in document["nodes"]:
+        annotation = node.get("annotation") or {}
+        rows.append(
+            {
+                "video_uid": document["video_uid"],
+                **{k: node[k] for k in ("node_id", "parent_id", "level", "start", "end")},
+                "caption": node.get("caption"),
+                "caption_kind": node.get("caption_kind"),
+                **{name: annotation.get(name) for name in FIELDS},
+                "error": node.get("error"),
+            }
+        )
+    return rows
+
+
+def _documents(store: ArtifactStore, video_ids: list[str] | None) -> list[dict[str, Any]]:
+    """The named videos' documents (each must exist), or every document in the store."""
+    chosen = video_ids
+    if chosen is None:
+        folders = store.list(store.join("videos"))
+        chosen = sorted(PurePosixPath(f.split("://", 1)[1]).name for f in folders)
+    documents = []
+    for video_id in chosen:
+        uri = store.document_uri(video_id)
+        if store.exists(uri):
+            documents.append(store.read_json(uri))
+        elif video_ids is not None:
+            raise PermanentError(f"video {video_id}: no document in {store.root}; run `publish`")
+    return documents
+
+
+def _table(rows: list[dict[str, Any]]) -> pa.Table:
+    try:
+        return pa.Table.from_pylist(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # metadata whose types differ between videos
+        return pa.Table.from_pylist([{**r, "metadata": json.dumps(r["metadata"])} for r in rows])
+
+
+def export(
+    settings: Settings,
+    store: ArtifactStore,
+    fmt: Literal["action100m", "flat"],
+    out: str,
+    video_ids: list[str] | None = None,
+) -> str:
+    """Write the documents of ``video_ids`` (default: all) to ``out`` (``.parquet``: Parquet,
+    else JSON Lines); returns the URI written."""
+    if fmt not in ("action100m", "flat"):
+        raise PermanentError(f"unknown export format {fmt!r}; choose action100m or flat")
+    documents = _documents(store, video_ids)
+    if fmt == "action100m":
+        rows = [official_record(document) for document in documents]
+    else:
+        rows = [row for document in documents for row in flat_rows(document)]
+    uri = normalise_uri(out)
+    if uri.endswith(".parquet"):
+        buffer = io.BytesIO()
+        pq.write_table(_table(rows), buffer)
+        data = buffer.getvalue()
+    else:
+        data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
+    ArtifactStore(uri.rsplit("/", 1)[0]).write_bytes(uri, data)
+    return uri
