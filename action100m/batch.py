@@ -1,0 +1,201 @@
+"""Many videos at once, without Airflow: video lists, manifests, shards and the run report.
+
+The Airflow DAGs call these; so can any other orchestrator. Nothing here imports Airflow or a model.
+
+- :func:`resolve_batch`: the per-run list of ``{video_id, uri, metadata}``, duplicates dropped,
+  bounded by :func:`max_videos_per_run` with an error pointing at the backfill DAG.
+- :func:`read_manifest`: a plain list of IDs (one a line) or a HowTo100M CSV with a ``video_id``
+  column, from any URI the store can read.
+- :func:`pending_videos` and :func:`shard`: what a backfill still has to do, in runs of a given size.
+- :func:`build_report` / :func:`format_report`: per video done / failed (with the reason) / skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import re
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from action100m.errors import PermanentError
+from action100m.pipeline import resolve_video
+from action100m.store import ArtifactStore, normalise_uri
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_VIDEOS_PER_RUN = 256
+BACKFILL_DAG_ID = "action100m_backfill"
+_SEPARATORS = re.compile(r"[\s,;]+")
+STATUSES = ("done", "skipped", "failed")
+
+
+def max_videos_per_run(environ: dict[str, str] | None = None) -> int:
+    """Videos one run may map (``ACTION100M_MAX_VIDEOS_PER_RUN``), far below Airflow's
+    ``max_map_length`` of 1024: thousands of mapped instances slow the scheduler and the UI."""
+    env = os.environ if environ is None else environ
+    return int(env.get("ACTION100M_MAX_VIDEOS_PER_RUN", DEFAULT_MAX_VIDEOS_PER_RUN))
+
+
+def parse_video_list(videos: str | Sequence[str] | None) -> list[str]:
+    """Entries of a list, or of a string separated by newlines, commas or spaces; order kept."""
+    if videos is None:
+        return []
+    if isinstance(videos, str):
+        videos = [videos]
+    entries: list[str] = []
+    for item in videos:
+        entries.extend(part for part in _SEPARATORS.split(str(item)) if part)
+    return entries
+
+
+def resolve_batch(
+    videos: str | Sequence[str] | None,
+    source_template: str | None = None,
+    metadata_template: str | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """``[{video_id, uri, metadata}]`` for one run. A video ID seen twice is kept once."""
+    entries = parse_video_list(videos)
+    if not entries:
+        raise PermanentError("no videos given: set the 'videos' parameter (IDs, paths or URIs)")
+    limit = max_videos_per_run() if limit is None else limit
+    batch: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        video_id, uri = resolve_video(entry, source_template or None)
+        if video_id in batch:
+            log.info("video %s listed twice; keeping %s", video_id, batch[video_id]["uri"])
+            continue
+        metadata = metadata_template.format(video_id=video_id) if metadata_template else None
+        batch[video_id] = {"video_id": video_id, "uri": uri, "metadata": metadata}
+    if len(batch) > limit:
+        raise PermanentError(
+            f"{len(batch)} videos in one run; one run takes at most {limit} "
+            f"(ACTION100M_MAX_VIDEOS_PER_RUN). For more, put the IDs in a manifest and trigger "
+            f"the {BACKFILL_DAG_ID} DAG: it runs them in shards of shard_size videos."
+        )
+    return list(batch.values())
+
+
+def parse_manifest(text: str) -> list[str]:
+    """Video IDs from a plain list (one a line, ``#`` comments) or a CSV with ``video_id``."""
+    lines = [line.strip() for line in text.splitlines()]
+    header = next((line for line in lines if line and not line.startswith("#")), "")
+    if "," in header and "video_id" in [cell.strip() for cell in header.split(",")]:
+        rows = csv.DictReader(io.StringIO(text))
+        ids = [(row.get("video_id") or "").strip() for row in rows]
+    else:
+        ids = [line.split()[0] for line in lines if line and not line.startswith("#")]
+    return list(dict.fromkeys(video_id for video_id in ids if video_id))
+
+
+def read_manifest(uri: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """The manifest's video IDs, duplicates dropped; ``uri`` is a path or any fsspec URI."""
+    uri = normalise_uri(uri)
+    parent, _, _ = uri.rpartition("/")
+    reader = ArtifactStore(parent, storage_options)
+    if not reader.exists(uri):
+        raise PermanentError(f"manifest {uri} does not exist")
+    ids = parse_manifest(reader.read_bytes(uri).decode("utf-8-sig"))
+    if not ids:
+        raise PermanentError(f"manifest {uri} lists no video IDs")
+    return ids
+
+
+def pending_videos(store: ArtifactStore, video_ids: Iterable[str], workers: int = 16) -> list[str]:
+    """The IDs whose per-video document does not exist yet, in order."""
+    ids = list(video_ids)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        done = list(pool.map(lambda vid: store.exists(store.document_uri(vid)), ids))
+    return [vid for vid, finished in zip(ids, done, strict=True) if not finished]
+
+
+def shard(items: Sequence[str], size: int) -> list[list[str]]:
+    if size < 1:
+        raise PermanentError(f"shard_size must be at least 1, got {size}")
+    return [list(items[start : start + size]) for start in range(0, len(items), size)]
+
+
+def build_report(
+    videos: Sequence[dict[str, Any]],
+    states: dict[str, dict[str, str | None]],
+    results: dict[str, dict[str, Any]],
+    failures: dict[str, dict[str, str]],
+) -> dict[str, Any]:
+    """Per video: ``done`` (work ran), ``skipped`` (everything was already finished) or ``failed``
+    (the stage and reason). ``states`` maps video_id -> {stage: task state}; ``results`` the
+    publish summary of finished videos; ``failures`` video_id -> {"stage", "error"}."""
+    rows: list[dict[str, Any]] = []
+    for video in videos:
+        video_id = video["video_id"]
+        result = results.get(video_id)
+        row: dict[str, Any] = {"video_id": video_id, "source": video["uri"]}
+        if result is not None:
+            row["status"] = "skipped" if result.get("reused_all") else "done"
+            row["document"] = result.get("document")
+            row["notes"] = result.get("notes", [])
+            row["usage"] = result.get("usage") or {}
+        else:
+            failure = failures.get(video_id) or _failure_from_states(states.get(video_id, {}))
+            row.update(status="failed", stage=failure["stage"], reason=failure["error"])
+        rows.append(row)
+    counts = {status: sum(r["status"] == status for r in rows) for status in STATUSES}
+    usage = _sum_usage(r.get("usage", {}) for r in rows)
+    return {"videos": rows, "counts": counts, "usage": usage}
+
+
+def _failure_from_states(states: dict[str, str | None]) -> dict[str, str]:
+    for stage, state in states.items():
+        if state in ("failed", "upstream_failed", "removed"):
+            return {"stage": stage, "error": f"task {state} (see its log)"}
+    unfinished = [stage for stage, state in states.items() if state != "success"]
+    stage = unfinished[0] if unfinished else "publish"
+    return {"stage": stage, "error": f"task {states.get(stage) or 'did not run'}"}
+
+
+def usage_totals(store: ArtifactStore, aggregate_uri: str) -> dict[str, float]:
+    """Numeric totals (tokens, cost) from an aggregate stage's ``usage.json``; {} if absent."""
+    uri = f"{aggregate_uri}/usage.json"
+    if not store.exists(uri):
+        return {}
+    usage = store.read_json(uri)
+    if isinstance(usage, dict) and isinstance(usage.get("total"), dict):
+        usage = usage["total"]
+    return _sum_usage([usage]) if isinstance(usage, dict) else {}
+
+
+def _sum_usage(usages: Iterable[dict[str, Any]]) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for usage in usages:
+        for key, value in usage.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                total[key] = total.get(key, 0) + value
+    return total
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A table a person reads in the task log."""
+    counts = report["counts"]
+    lines = [
+        "run report: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES),
+        f"{'video':<24} {'status':<8} detail",
+    ]
+    for row in report["videos"]:
+        if row["status"] == "failed":
+            detail = f"{row['stage']}: {row['reason']}"
+        else:
+            detail = row.get("document") or ""
+            if row.get("notes"):
+                detail += "  (" + "; ".join(row["notes"]) + ")"
+        lines.append(f"{row['video_id']:<24} {row['status']:<8} {detail}")
+    usage = report.get("usage") or {}
+    if usage:
+        lines.append("usage: " + ", ".join(f"{k}={_number(v)}" for k, v in sorted(usage.items())))
+    return "\n".join(lines)
+
+
+def _number(value: float) -> str:
+    return f"{value:.4f}" if isinstance(value, float) and not value.is_integer() else f"{value:g}"

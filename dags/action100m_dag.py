@@ -1,0 +1,67 @@
+"""### action100m: hierarchical action annotations for a batch of videos
+
+Trigger with `videos` (IDs, paths or URIs; IDs go through the `source` template). Each video runs
+**embed** (pool `gpu`, queue `gpu`) → **segment** → **caption** (pool `gpu`) → **aggregate**
+(pool `llm`) → **publish** in its own mapped task group, labelled with its video ID; a failing
+video never stops the others. **report** lists every video as done / failed (with the reason) /
+skipped and writes it to `{store}/runs/{run_id}/report.json`.
+
+Artifacts go to the store of the `action100m_store` connection (or `ACTION100M_STORE`). The LLM
+comes from `openai_default` / `anthropic_default`, the captioning server from `vllm_default`.
+For more videos than one run takes, use the `action100m_backfill` DAG with a manifest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from action100m_airflow import DAG_ID, STAGE_OPTIONS, STAGES, VIDEO_GROUP, task_defaults
+from action100m_airflow import tasks as pipeline_tasks
+from action100m_airflow.params import run_params, videos_param
+from airflow.sdk import TriggerRule, dag, task, task_group
+
+VIDEO_LABEL = "{{ video_id }}"
+
+
+def stage_task(stage: str) -> Any:
+    """The task running one stage for one video; its map index shows the video ID."""
+
+    @task(task_id=stage, map_index_template=VIDEO_LABEL, **STAGE_OPTIONS[stage])
+    def run(video: dict[str, Any]) -> dict[str, Any]:
+        return pipeline_tasks.run_stage(stage, video)
+
+    return run
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule=None,
+    catchup=False,
+    doc_md=__doc__,
+    default_args=task_defaults(),
+    tags=["action100m"],
+    params={
+        "videos": videos_param(),
+        **run_params(),
+    },
+)
+def action100m() -> None:
+    @task(retries=0)
+    def resolve_videos() -> list[dict[str, Any]]:
+        return pipeline_tasks.resolve_videos()
+
+    @task_group(group_id=VIDEO_GROUP)
+    def video(item: dict[str, Any]) -> Any:
+        summary = item
+        for stage in STAGES:
+            summary = stage_task(stage)(summary)
+        return summary
+
+    @task(trigger_rule=TriggerRule.ALL_DONE, retries=0)
+    def report() -> dict[str, Any]:
+        return pipeline_tasks.write_report()
+
+    video.expand(item=resolve_videos()) >> report()
+
+
+action100m()

@@ -1,0 +1,211 @@
+"""Task bodies of the ``action100m`` DAG: resolve the videos, run one stage for one video, report.
+
+Only URIs and small summaries go through XCom. A ``PermanentError`` (corrupt video, bad key) or
+invalid settings fail the task at once (``AirflowFailException``, no retry); anything else is
+retried by Airflow with exponential backoff. Each failure is also pushed as an XCom ``failure``
+(stage and reason) for the run report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from airflow.sdk import get_current_context
+from airflow.sdk.exceptions import AirflowFailException
+
+from action100m_airflow import DAG_ID, STAGES, VIDEO_GROUP
+from action100m_airflow.connections import ArtifactStoreHook, model_service_overrides
+
+log = logging.getLogger("action100m.airflow")
+
+FAILURE_KEY = "failure"
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def build_runtime(params: dict[str, Any]) -> tuple[Any, Any]:
+    """``(settings, store)`` for this run: store from its connection, models from the params,
+    LLM and vLLM endpoints from their connections (explicit ``overrides`` win)."""
+    from action100m.config import load_settings, parse_assignments
+
+    raw = params.get("overrides") or {}
+    user = raw if isinstance(raw, dict) else parse_assignments([str(item) for item in raw])
+    store = ArtifactStoreHook().get_store()
+    services = model_service_overrides(user.get("aggregate", {}).get("provider"))
+    settings = load_settings(
+        profile=params.get("profile") or None, overrides=_merge(services, user), store=store.root
+    )
+    return settings, store
+
+
+def _one_line(exc: BaseException, limit: int = 400) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@contextlib.contextmanager
+def failures_reported(stage: str, video_id: str | None) -> Iterator[None]:
+    """Record why a task failed; fail at once (no retry) where a retry cannot help."""
+    from action100m.errors import ConfigError, PermanentError
+
+    try:
+        yield
+    except Exception as exc:
+        permanent = isinstance(exc, PermanentError | ConfigError)
+        reason = _one_line(exc)
+        context = get_current_context()
+        context["ti"].xcom_push(
+            key=FAILURE_KEY,
+            value={"video_id": video_id, "stage": stage, "error": reason, "permanent": permanent},
+        )
+        if permanent:
+            raise AirflowFailException(f"{stage} failed, not retried: {reason}") from exc
+        raise
+
+
+def resolve_videos() -> list[dict[str, Any]]:
+    """The run's videos as ``{video_id, uri, metadata}``, from the params."""
+    from action100m.batch import resolve_batch
+
+    params = get_current_context()["params"]
+    with failures_reported("resolve", None):
+        videos = resolve_batch(params.get("videos"), params.get("source"), params.get("metadata"))
+    log.info("%d video(s) to process: %s", len(videos), ", ".join(v["video_id"] for v in videos))
+    return videos
+
+
+def _stage_folder(settings: Any, store: Any, stage: str, video_id: str) -> str:
+    if stage == "publish":
+        return store.document_uri(video_id)
+    return store.stage_dir(video_id, stage, settings.stage_key(stage))
+
+
+def _already_done(settings: Any, store: Any, stage: str, video_id: str) -> bool:
+    folder = _stage_folder(settings, store, stage, video_id)
+    return store.exists(folder) if stage == "publish" else store.is_done(folder)
+
+
+def _call_stage(settings: Any, store: Any, stage: str, video: dict[str, Any]) -> str | None:
+    from action100m import pipeline
+
+    video_id = video["video_id"]
+    if stage == "embed":
+        pipeline.save_metadata(store, video_id, video.get("metadata"))
+        return pipeline.run_embed(settings, store, video_id, video["uri"])
+    runner = {
+        "segment": pipeline.run_segment,
+        "caption": pipeline.run_caption,
+        "aggregate": pipeline.run_aggregate,
+        "publish": pipeline.run_publish,
+    }[stage]
+    return runner(settings, store, video_id)
+
+
+def run_stage(stage: str, video: dict[str, Any]) -> dict[str, Any]:
+    """Run ``stage`` for one video; return the video's summary extended with this stage."""
+    context = get_current_context()
+    video_id = video["video_id"]
+    context["video_id"] = video_id  # type: ignore[typeddict-unknown-key]  # map_index_template
+    with failures_reported(stage, video_id):
+        settings, store = build_runtime(context["params"])
+        reused = _already_done(settings, store, stage, video_id)
+        log.info(
+            "%s video %s: %s (store %s)",
+            stage,
+            video_id,
+            "finished before, reusing" if reused else "starting",
+            store.root,
+        )
+        started = time.monotonic()
+        uri = _call_stage(settings, store, stage, video)
+        seconds = round(time.monotonic() - started, 3)
+    record = {"uri": uri, "reused": reused or uri is None, "seconds": seconds}
+    summary = {**video, "stages": {**video.get("stages", {}), stage: record}}
+    notes = list(video.get("notes", []))
+    if stage == "aggregate":
+        if uri is None:
+            notes.append(f"aggregate skipped: {_llm_unavailable_reason(settings)}")
+        else:
+            summary["usage"] = _usage(store, uri)
+    if stage == "publish":
+        summary["document"] = uri
+        summary["reused_all"] = all(r["reused"] for r in summary["stages"].values())
+    summary["notes"] = notes
+    log.info("%s video %s: done in %.1f s -> %s", stage, video_id, seconds, uri or "(skipped)")
+    return summary
+
+
+def _llm_unavailable_reason(settings: Any) -> str:
+    try:
+        from action100m.stages.aggregate import llm_unavailable_reason
+    except ImportError:
+        return "no LLM configured"
+    return llm_unavailable_reason(settings) or "no LLM configured"
+
+
+def _usage(store: Any, aggregate_uri: str) -> dict[str, float]:
+    """Token counts and cost of the aggregate stage (numbers only, from its ``usage.json``)."""
+    from action100m.batch import usage_totals
+
+    return usage_totals(store, aggregate_uri)
+
+
+def _pull_all(ti: Any, task_id: str, key: str = "return_value") -> list[dict[str, Any]]:
+    """Every XCom value of a mapped task, whatever the map index (values carry the video ID)."""
+    values = ti.xcom_pull(task_ids=[task_id], key=key)
+    if values is None:
+        return []
+    if isinstance(values, dict):
+        return [values]
+    return [value for value in values if isinstance(value, dict)]
+
+
+def _states_by_video(ti: Any, run_id: str, videos: list[dict[str, Any]]) -> dict[str, dict]:
+    task_ids = [f"{VIDEO_GROUP}.{stage}" for stage in STAGES]
+    found = ti.get_task_states(dag_id=DAG_ID, task_ids=task_ids, run_ids=[run_id]).get(run_id, {})
+    states: dict[str, dict[str, str | None]] = {}
+    for index, video in enumerate(videos):
+        states[video["video_id"]] = {
+            stage: found.get(f"{VIDEO_GROUP}.{stage}_{index}") for stage in STAGES
+        }
+    return states
+
+
+def write_report() -> dict[str, Any]:
+    """Per video done / failed (with the reason) / skipped, tokens and cost; logged, written to
+    ``{store}/runs/{run_id}/report.json``. Fails the task (and so the run) if any video failed."""
+    from action100m.batch import build_report, format_report
+
+    context = get_current_context()
+    ti, run_id = context["ti"], context["run_id"]
+    videos = ti.xcom_pull(task_ids="resolve_videos")
+    if not videos:
+        raise AirflowFailException("no videos were resolved; see the resolve_videos task's log")
+    results = {r["video_id"]: r for r in _pull_all(ti, f"{VIDEO_GROUP}.publish")}
+    failures: dict[str, dict[str, str]] = {}
+    for stage in STAGES:
+        for failure in _pull_all(ti, f"{VIDEO_GROUP}.{stage}", FAILURE_KEY):
+            failures.setdefault(failure["video_id"], failure)
+    report = build_report(videos, _states_by_video(ti, run_id, videos), results, failures)
+    report.update(dag_id=DAG_ID, run_id=run_id)
+    store = ArtifactStoreHook().get_store()
+    uri = store.join("runs", re.sub(r"[^A-Za-z0-9._-]+", "_", run_id), "report.json")
+    store.write_json(uri, report)
+    log.info("%s\nreport written to %s", format_report(report), uri)
+    failed = report["counts"]["failed"]
+    if failed:
+        raise AirflowFailException(f"{failed} of {len(videos)} video(s) failed; see {uri}")
+    return {"report": uri, "counts": report["counts"]}
