@@ -2,13 +2,13 @@
 messages API, for tests and benchmarks (no network, real HTTP, the real ``openai``/``anthropic``
 clients on the other side).
 
-    from tests.llm_server import LLMServer, Reply
+    from llm_server import LLMServer, Reply     # tests/ is on sys.path under pytest
 
     with LLMServer() as server:                 # default mode: every request gets a valid answer
         settings.aggregate.base_url = server.base_url            # OpenAI: http://127.0.0.1:PORT/v1
         # Anthropic: provider="anthropic", base_url=server.anthropic_base_url (no /v1)
         server.script(Reply.status(429, retry_after=0.2), Reply.text("not json"))  # next replies
-        server.responder = lambda req: Reply.json({...}) if "refine" in req.prompt else None
+        server.responder = lambda req: Reply.text("no") if req.segment == "[0.0s-8.0s]" else None
         ...
         server.requests            # every request received: api, path, headers, body, prompt
 
@@ -103,6 +103,22 @@ class Request:
     def turns(self) -> list[dict[str, Any]]:
         return list(self.body.get("messages", []))
 
+    @property
+    def segment(self) -> str | None:
+        """The span the prompt asks about (``"[4.0s-12.0s]"``), from "Segment to annotate: ..."."""
+        found = re.search(r"Segment to annotate: (\[[^\]]*\])", self.prompt)
+        return found.group(1) if found else None
+
+    @property
+    def answers_so_far(self) -> list[str]:
+        """The assistant turns sent back (a draft being refined, an answer being repaired)."""
+        return [_texts(m.get("content"))[0][0] for m in self.turns if m.get("role") == "assistant"]
+
+    @property
+    def last_user(self) -> str:
+        users = [m for m in self.turns if m.get("role") == "user"]
+        return "\n".join(text for text, _ in _texts(users[-1].get("content"))) if users else ""
+
 
 def _texts(content: Any) -> list[tuple[str, bool]]:
     if isinstance(content, str):
@@ -111,11 +127,12 @@ def _texts(content: Any) -> list[tuple[str, bool]]:
 
 
 def valid_answer(request: Request) -> dict[str, str]:
-    """Five fields naming the segment the prompt asks about (and the round, from its turns)."""
-    found = re.search(r"Segment to annotate: (\[[^\]]*\])", request.prompt)
-    where = found.group(1) if found else "[?]"
-    version = sum(1 for m in request.turns if m.get("role") == "assistant") + 1
-    return {name: f"{name} of {where} v{version}" for name in FIELDS}
+    """Five fields naming the segment the prompt asks about and a version: one more than the
+    answer being refined (``v1`` for a draft)."""
+    previous = request.answers_so_far[-1] if request.answers_so_far else ""
+    found = re.search(r" v(\d+)\"", previous)
+    version = int(found.group(1)) + 1 if found else len(request.answers_so_far) + 1
+    return {name: f"{name} of {request.segment or '[?]'} v{version}" for name in FIELDS}
 
 
 class LLMServer:

@@ -26,6 +26,7 @@ from action100m.llm.prompts import PromptBuilder
 from action100m.llm.ratelimit import RateLimiter, RetryPolicy
 from action100m.llm.refine import Session, annotate_node
 from action100m.store import ArtifactStore
+from action100m.tree import Node
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,15 @@ def _usage_summary(session: Session, results: dict[str, dict[str, Any]]) -> dict
     }
 
 
+def _annotate(session: Session, builder: PromptBuilder, node: Node, what: str) -> dict[str, Any]:
+    """One node; a permanent failure (bad key, unknown model) stops every other node too."""
+    try:
+        return annotate_node(session, builder, node, what)
+    except PermanentError:
+        session.abort.set()
+        raise
+
+
 def run_aggregate(settings: Settings, store: ArtifactStore, video_id: str) -> str:
     """Annotate ``video_id``'s long-enough nodes; returns the stage folder URI (skips if done)."""
     cfg = settings.aggregate
@@ -108,7 +118,7 @@ def run_aggregate(settings: Settings, store: ArtifactStore, video_id: str) -> st
     with ThreadPoolExecutor(cfg.concurrency, thread_name_prefix="aggregate") as pool:
         futures: dict[Future[dict[str, Any]], Any] = {
             pool.submit(
-                annotate_node,
+                _annotate,
                 session,
                 builder,
                 node,

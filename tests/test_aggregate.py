@@ -1,0 +1,309 @@
+"""Stage 3 end to end against the scripted HTTP server, through the real openai/anthropic clients."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from collections.abc import Iterator
+
+import pytest
+from llm_server import LLMServer, Reply, Request
+
+from action100m.config import Settings, load_settings
+from action100m.errors import PermanentError, ServiceError
+from action100m.llm import prompts
+from action100m.llm.ratelimit import RetryPolicy
+from action100m.stages import aggregate
+from action100m.stages.aggregate import llm_unavailable_reason, run_aggregate
+from action100m.store import ArtifactStore
+from action100m.tree import Node, Tree, make_node_id
+
+VIDEO = "vid1"
+# (start, end, children): durations 20, 12, 5, 7, 3, 4, 8, 2, 6 -> seven nodes of 4 s or more
+SPANS = (
+    0,
+    20,
+    (
+        (0, 12, ((0, 5, ()), (5, 12, ((5, 8, ()), (8, 12, ()))))),
+        (12, 20, ((12, 14, ()), (14, 20, ()))),
+    ),
+)
+LONG = 7
+
+
+def build_tree(video_id: str, spans: tuple = SPANS) -> Tree:
+    nodes: list[Node] = []
+
+    def add(span: tuple, parent: str | None, level: int) -> str:
+        start, end, kids = span
+        node = Node(make_node_id(video_id, start, end), parent, level, float(start), float(end))
+        nodes.append(node)
+        node.children = [add(kid, node.node_id, level + 1) for kid in kids]
+        return node.node_id
+
+    add(spans, None, 0)
+    return Tree(video_id, float(spans[1]), 30.0, f"/videos/{video_id}.mp4", nodes)
+
+
+def write_inputs(
+    settings: Settings, store: ArtifactStore, video_id: str = VIDEO, transcript_lines: int = 3
+) -> Tree:
+    """A finished segment and caption stage, and metadata, for ``video_id``."""
+    tree = build_tree(video_id)
+    folder = store.stage_dir(video_id, "segment", settings.stage_key("segment"))
+    store.write_json(f"{folder}/tree.json", tree.to_json())
+    store.mark_done(folder)
+    captions = {
+        n.node_id: {
+            "caption": f"A person works at a bench from {n.start:g} s to {n.end:g} s.",
+            "kind": "frame" if n.is_leaf else "segment",
+            "error": None,
+        }
+        for n in tree.nodes
+    }
+    folder = store.stage_dir(video_id, "caption", settings.stage_key("caption"))
+    store.write_json(f"{folder}/captions.json", {"model": "captioner", "nodes": captions})
+    store.mark_done(folder)
+    transcript = [
+        {"time": i * 0.5, "text": f"now we sand the board, step {i}"}
+        for i in range(transcript_lines)
+    ]
+    store.write_json(
+        f"{store.video_dir(video_id)}/metadata.json",
+        {"title": "Sanding a board", "description": "How I sand.", "transcript": transcript},
+    )
+    return tree
+
+
+@pytest.fixture
+def llm() -> Iterator[LLMServer]:
+    with LLMServer() as server:
+        yield server
+
+
+@pytest.fixture
+def settings(store: ArtifactStore, llm: LLMServer, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setattr(aggregate, "RetryPolicy", functools.partial(RetryPolicy, base_delay=0.02))
+    overrides = {
+        "aggregate": {
+            "base_url": llm.base_url,
+            "model": "scripted",
+            "concurrency": 3,
+            "timeout": 2.0,
+            "max_retries": 3,
+        }
+    }
+    return load_settings(profile="tiny", store=store.root, environ={}, overrides=overrides)
+
+
+def annotations(settings: Settings, store: ArtifactStore) -> dict:
+    folder = store.stage_dir(VIDEO, "aggregate", settings.stage_key("aggregate"))
+    return store.read_json(f"{folder}/annotations.json")["nodes"]
+
+
+def usage(settings: Settings, store: ArtifactStore) -> dict:
+    folder = store.stage_dir(VIDEO, "aggregate", settings.stage_key("aggregate"))
+    return store.read_json(f"{folder}/usage.json")
+
+
+def test_annotates_long_nodes_with_three_rounds(settings, store, llm, caplog) -> None:
+    tree = write_inputs(settings, store)
+    with caplog.at_level(logging.INFO):
+        folder = run_aggregate(settings, store, VIDEO)
+    assert store.is_done(folder)
+    nodes = annotations(settings, store)
+    assert set(nodes) == {n.node_id for n in tree.nodes}
+    for node in tree.nodes:
+        entry = nodes[node.node_id]
+        if node.duration >= 4.0:
+            where = prompts.span(node.start, node.end)
+            assert entry["annotation"]["brief_action"] == f"brief_action of {where} v3"
+            assert [r["kind"] for r in entry["rounds"]] == ["draft", "refine", "refine"]
+        else:
+            assert entry == {"annotation": None, "error": None, "rounds": []}
+    assert len(llm.requests) == 3 * LONG
+    refines = [r for r in llm.requests if r.answers_so_far]
+    assert len(refines) == 2 * LONG
+    for request in refines:  # the previous answer is shown and the model asked to verify it
+        assert json.loads(request.answers_so_far[-1])["brief_action"].startswith("brief_action")
+        assert request.last_user == prompts.REFINE
+        assert len(request.answers_so_far) == 1  # no growing conversation
+    # the shared prefix (system + metadata + global context) is byte-identical for every node
+    firsts = {r.prompt.split("# Segment to annotate")[0] for r in llm.requests}
+    assert len(firsts) == 1 and "Sanding a board" in firsts.pop()
+    spent = usage(settings, store)
+    assert spent["requests"] == 3 * LONG and spent["nodes_annotated"] == LONG
+    assert spent["input_tokens"] > 0 and spent["output_tokens"] > 0 and spent["cost_usd"] > 0
+    document = store.read_json(store.document_uri(VIDEO))
+    assert sum(1 for n in document["nodes"] if n["annotation"]) == LONG
+    assert f"video {VIDEO}: annotated {LONG}/{LONG} nodes" in caplog.text
+    assert "sk-test" not in caplog.text
+
+
+def test_rerun_and_retry_never_pay_twice(settings, store, llm) -> None:
+    write_inputs(settings, store)
+    folder = run_aggregate(settings, store, VIDEO)
+    run_aggregate(settings, store, VIDEO)  # finished: skipped
+    assert len(llm.requests) == 3 * LONG
+    store.fs.rm(store.fs._strip_protocol(f"{folder}/_SUCCESS"))  # as if the task died before
+    run_aggregate(settings, store, VIDEO)
+    assert len(llm.requests) == 3 * LONG
+    spent = usage(settings, store)
+    assert spent["cache_hits"] == 3 * LONG and spent["paid_this_run"]["requests"] == 0
+    assert spent["requests"] == 3 * LONG  # the video's usage still counts the cached answers
+
+
+def test_429_with_retry_after_waits_and_recovers(settings, store, llm) -> None:
+    write_inputs(settings, store)
+    llm.script(Reply.status(429, retry_after=0.4))
+    started = time.monotonic()
+    run_aggregate(settings, store, VIDEO)
+    assert time.monotonic() - started >= 0.4
+    assert len(llm.requests) == 3 * LONG + 1
+    assert all(n["error"] is None for n in annotations(settings, store).values())
+
+
+def test_5xx_timeout_and_broken_body_are_retried(settings, store, llm) -> None:
+    write_inputs(settings, store)
+    settings.aggregate.timeout = 0.5
+    llm.script(Reply.status(503), Reply.hang(5), Reply.garbage())
+    run_aggregate(settings, store, VIDEO)
+    assert len(llm.requests) == 3 * LONG + 3
+    assert usage(settings, store)["nodes_failed"] == 0
+
+
+def test_service_errors_fail_the_task_and_the_retry_pays_only_the_rest(
+    settings, store, llm
+) -> None:
+    write_inputs(settings, store)
+    root = prompts.span(0, 20)
+    llm.responder = lambda req: Reply.status(500) if req.segment == root else None
+    with pytest.raises(ServiceError, match="1 of 7 nodes"):
+        run_aggregate(settings, store, VIDEO)
+    folder = store.stage_dir(VIDEO, "aggregate", settings.stage_key("aggregate"))
+    assert not store.is_done(folder)
+    assert len(llm.requests) == 3 * (LONG - 1) + 4  # the root's draft tried 1 + 3 times
+    llm.responder = None
+    llm.reset()
+    run_aggregate(settings, store, VIDEO)
+    assert len(llm.requests) == 3  # only the root's three rounds are new
+    assert usage(settings, store)["paid_this_run"]["requests"] == 3
+
+
+def _bad_answers(request: Request) -> Reply | None:
+    if request.segment == prompts.span(0, 20) and not request.answers_so_far:
+        return Reply.text(
+            'Sure! Here it is:\n```json\n{"annotation": {"Brief Action": "sand", '
+            '"detailed-action": "d", "actor": "a person", "brief_caption": "b", '
+            '"detailed_caption": "c"}}\n```\nHope this helps.'
+        )
+    if request.segment == prompts.span(0, 12) and not request.answers_so_far:
+        return Reply.text("{'brief_action': broken")  # repaired by the next turn
+    if request.segment == prompts.span(12, 20):
+        return Reply.json(
+            {"brief_action": "x", "detailed_action": "y", "actor": "z", "brief_caption": "w"}
+        )  # never gives detailed_caption
+    if request.segment == prompts.span(14, 20):
+        return Reply.refusal()
+    return None
+
+
+def test_malformed_answers_are_repaired_or_recorded(settings, store, llm) -> None:
+    write_inputs(settings, store)
+    llm.responder = _bad_answers
+    run_aggregate(settings, store, VIDEO)
+    nodes = annotations(settings, store)
+    by_span = {prompts.span(n.start, n.end): nodes[n.node_id] for n in build_tree(VIDEO).nodes}
+    assert by_span[prompts.span(0, 20)]["rounds"][0]["annotation"]["brief_action"] == "sand"
+    repaired = by_span[prompts.span(0, 12)]["rounds"][0]
+    assert repaired["annotation"] and len(repaired["attempts"]) == 2
+    assert repaired["attempts"][0]["error"].startswith("the answer holds no JSON")
+    repairs = [r for r in llm.requests if "could not be used" in r.last_user]
+    assert any("{'brief_action': broken" in r.answers_so_far[-1] for r in repairs)
+    missing = by_span[prompts.span(12, 20)]
+    assert missing["annotation"] is None and "detailed_caption" in missing["error"]
+    refused = by_span[prompts.span(14, 20)]
+    assert refused["annotation"] is None and "refus" in refused["error"]
+    document = store.read_json(store.document_uri(VIDEO))
+    assert sum(1 for n in document["nodes"] if n.get("error")) == 2
+    assert usage(settings, store)["nodes_failed"] == 2
+
+
+def test_every_node_failing_fails_the_video(settings, store, llm) -> None:
+    write_inputs(settings, store)
+    llm.responder = lambda req: Reply.text("I cannot do this.")
+    with pytest.raises(PermanentError, match="every node failed"):
+        run_aggregate(settings, store, VIDEO)
+    assert not store.is_done(store.stage_dir(VIDEO, "aggregate", settings.stage_key("aggregate")))
+
+
+def test_invalid_key_fails_fast(settings, store, monkeypatch, caplog) -> None:
+    write_inputs(settings, store)
+    with LLMServer(api_key="sk-right") as guarded:
+        settings.aggregate.base_url = guarded.base_url
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong")
+        started = time.monotonic()
+        with pytest.raises(PermanentError, match="API key"):
+            run_aggregate(settings, store, VIDEO)
+        assert time.monotonic() - started < 2
+        assert len(guarded.requests) <= settings.aggregate.concurrency
+    assert "sk-wrong" not in caplog.text
+
+
+def test_dead_endpoint_is_a_service_error(settings, store) -> None:
+    write_inputs(settings, store)
+    settings.aggregate.base_url = "http://127.0.0.1:9/v1"
+    settings.aggregate.max_retries = 1
+    with pytest.raises(ServiceError):
+        run_aggregate(settings, store, VIDEO)
+
+
+def test_anthropic_uses_cache_control_and_records_cached_tokens(
+    settings, store, llm, monkeypatch
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    settings.aggregate.provider = "anthropic"
+    settings.aggregate.model = "claude-scripted"
+    settings.aggregate.base_url = llm.anthropic_base_url
+    write_inputs(settings, store, transcript_lines=400)  # a prefix long enough to be cached
+    run_aggregate(settings, store, VIDEO)
+    assert {r.path for r in llm.requests} == {"/v1/messages"}
+    for request in llm.requests:
+        auth = request.headers.get("x-api-key") or request.headers.get("authorization", "")
+        assert auth.endswith("sk-ant-test")
+        blocks = request.body["messages"][0]["content"]
+        assert [("cache_control" in b) for b in blocks] == [True, True, False]
+        assert blocks[0]["text"] == llm.requests[0].body["messages"][0]["content"][0]["text"]
+    spent = usage(settings, store)
+    assert spent["provider"] == "anthropic" and spent["requests"] == 3 * LONG
+    assert spent["cached_input_tokens"] > spent["cache_write_tokens"] > 0
+    uncached = spent["input_tokens"] * settings.aggregate.prices["input"] / 1e6
+    assert spent["cost_usd"] < uncached
+
+
+def test_llm_unavailable_reason(store, monkeypatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("AIRFLOW_CONN_OPENAI_DEFAULT", raising=False)
+    settings = load_settings(store=store.root, environ={})
+    reason = llm_unavailable_reason(settings)
+    assert reason and "OPENAI_API_KEY" in reason and "aggregate.base_url" in reason
+    with pytest.raises(PermanentError, match="no LLM configured"):
+        run_aggregate(settings, store, VIDEO)
+    settings.aggregate.base_url = "http://localhost:8000/v1"
+    assert llm_unavailable_reason(settings) is None
+    settings.aggregate.base_url = None
+    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", '{"conn_type": "openai", "password": "k"}')
+    assert llm_unavailable_reason(settings) is None
+
+
+def test_imported_annotations_are_replaced(settings, store, llm) -> None:
+    write_inputs(settings, store)
+    folder = store.stage_dir(VIDEO, "aggregate", settings.stage_key("aggregate"))
+    store.write_json(f"{folder}/annotations.json", {"model": "release", "nodes": {}})
+    store.mark_done(folder, {"imported": "release.json"})
+    run_aggregate(settings, store, VIDEO)
+    assert len(llm.requests) == 3 * LONG
+    assert not store.done_info(folder).get("imported")
