@@ -1,0 +1,151 @@
+"""Stage 3 building blocks without a server: answer parsing, prompt budget, rate limits, cost."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+
+import pytest
+from test_aggregate import build_tree
+
+from action100m.llm import prompts
+from action100m.llm.messages import ChatRequest, Usage
+from action100m.llm.ratelimit import TokenBucket, parse_retry_after
+from action100m.llm.schema import AnswerError, parse_answer
+from action100m.tree import Node, Tree, make_node_id
+
+GOOD = (
+    '{"brief_action": "sand a board", "detailed_action": "Moves the sander along the grain.", '
+    '"actor": "a woodworker", "brief_caption": "A woodworker sands.", '
+    '"detailed_caption": "A woodworker sands a pine board."}'
+)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        GOOD,
+        f"```json\n{GOOD}\n```",
+        f"Here is the annotation:\n{GOOD}\nLet me know if you need more.",
+        f'{{"annotation": {GOOD}}}',
+        GOOD.replace('"brief_action"', '"Brief Action"').replace('"actor"', '"ACTOR"'),
+        "{not: json} and then " + GOOD,
+    ],
+)
+def test_parser_copes_with_wrapped_answers(text: str) -> None:
+    annotation = parse_answer(text)
+    assert annotation.brief_action == "sand a board" and annotation.actor == "a woodworker"
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("I'm sorry, I can't help with that.", "refusal"),
+        ("The person sands a board.", "no JSON"),
+        ('{"foo": 1}', "none of the fields"),
+        (GOOD.replace('"actor": "a woodworker", ', ""), "actor"),
+        (GOOD.replace('"a woodworker"', '["a", "b"]'), "actor: Value error, must be a string"),
+        (GOOD.replace('"a woodworker"', '"  "'), "must not be empty"),
+    ],
+)
+def test_parser_says_what_is_wrong(text: str, reason: str) -> None:
+    with pytest.raises(AnswerError, match=reason):
+        parse_answer(text)
+
+
+def test_na_is_a_valid_value() -> None:
+    text = GOOD.replace('"sand a board"', '"N/A"').replace('"a woodworker"', '"N/A"')
+    assert parse_answer(text).actor == "N/A"
+
+
+def _deep_tree(levels: int, caption_chars: int) -> tuple[Tree, dict]:
+    """A complete binary tree ``levels`` deep over 2**levels seconds, long captions."""
+    nodes: list[Node] = []
+
+    def add(start: float, end: float, parent: str | None, level: int) -> str:
+        node = Node(make_node_id("deep", start, end), parent, level, start, end)
+        nodes.append(node)
+        if level < levels:
+            mid = (start + end) / 2
+            node.children = [
+                add(start, mid, node.node_id, level + 1),
+                add(mid, end, node.node_id, level + 1),
+            ]
+        return node.node_id
+
+    add(0.0, float(2**levels), None, 0)
+    tree = Tree("deep", float(2**levels), 30.0, "deep.mp4", nodes)
+    words = ("word " * caption_chars)[:caption_chars]
+    captions = {n.node_id: {"caption": f"<{n.node_id}> {words}", "kind": "segment"} for n in nodes}
+    return tree, captions
+
+
+def test_prompt_budget_cuts_by_depth_never_inside_a_caption() -> None:
+    tree, captions = _deep_tree(levels=8, caption_chars=400)  # 511 nodes, ~55k tokens in all
+    builder = prompts.PromptBuilder(tree, captions, {"title": "Deep"}, max_tokens=8000)
+    block = builder.node_block(tree.root)
+    total = prompts.estimate_tokens(prompts.SYSTEM + builder.context + block)
+    assert total <= 8000
+    shown = [n for n in tree.nodes if f"<{n.node_id}>" in block]
+    depth = max(n.level for n in shown)
+    assert 1 <= depth < 8 and "levels below are left out" in block
+    assert len(shown) == 2 ** (depth + 1) - 1  # every node down to that depth, none deeper
+    for node in shown:  # whole captions only
+        assert prompts._caption_of(captions[node.node_id]) in block
+    leaf = tree.nodes[-1]
+    assert "left out" not in builder.node_block(leaf)
+
+
+def test_prompt_shared_prefix_and_order() -> None:
+    tree = build_tree("v")
+    captions = {
+        n.node_id: {"caption": f"c{n.start:g}-{n.end:g}", "kind": "segment"} for n in tree.nodes
+    }
+    metadata = {"title": "T", "description": "D", "transcript": [{"time": "1.5", "text": "hi"}]}
+    builder = prompts.PromptBuilder(tree, captions, metadata, 24000)
+    assert "Title: T" in builder.context and "[1.5s] hi" in builder.context
+    assert "- [0.0s-20.0s] c0-20" in builder.context  # global context with time ranges
+    block = builder.node_block(tree.nodes[1])
+    assert block.startswith("# Segment to annotate: [0.0s-12.0s]")
+    assert "\n  - [5.0s-12.0s] c5-12\n    - [5.0s-8.0s] c5-8" in block  # depth-first outline
+
+
+def test_request_hash_covers_content_not_identity() -> None:
+    request = ChatRequest("s", ("a", "b"), max_tokens=10)
+    assert request.cache_key("openai", "m") == ChatRequest(
+        "s", ("a", "b"), max_tokens=10
+    ).cache_key("openai", "m")
+    assert request.cache_key("openai", "m") != request.then("x", "y").cache_key("openai", "m")
+    assert request.cache_key("openai", "m") != request.cache_key("openai", "other")
+
+
+def test_retry_after_forms() -> None:
+    assert parse_retry_after({"retry-after": "2"}) == 2.0
+    assert parse_retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    date = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25 < (parse_retry_after({"retry-after": date}) or 0) <= 30
+    assert parse_retry_after({}) is None
+    assert parse_retry_after({"retry-after": "99999"}) == 300.0
+
+
+def test_token_bucket_spreads_requests() -> None:
+    now = [0.0]
+    bucket = TokenBucket(60, clock=lambda: now[0])  # one per second, a burst of 60
+    assert all(bucket.reserve(1) == 0 for _ in range(60))
+    assert bucket.reserve(1) == pytest.approx(1.0)
+    assert bucket.reserve(1) == pytest.approx(2.0)
+    now[0] = 10.0
+    assert bucket.reserve(1) == 0  # refilled meanwhile
+    assert TokenBucket(100, clock=lambda: 0.0).reserve(10_000) == 0  # clamped to capacity
+
+
+def test_cost_counts_cached_and_written_tokens() -> None:
+    prices = {"input": 2.0, "cached_input": 1.0, "output": 10.0}
+    usage = Usage(
+        requests=1, input_tokens=1_000_000, cached_input_tokens=500_000, output_tokens=100_000
+    )
+    assert usage.cost(prices) == pytest.approx(0.5 * 2 + 0.5 * 1 + 0.1 * 10)
+    written = Usage(requests=1, input_tokens=1_000_000, cache_write_tokens=1_000_000)
+    assert written.cost(prices) == pytest.approx(2.5)
