@@ -113,3 +113,31 @@ def test_invariants_hold_for_random_features(seed: int) -> None:
     for node in tree.nodes:
         for child in tree.children(node):
             assert child.duration >= min_duration
+
+
+def test_ward_matches_scikit_learn_with_chain_connectivity() -> None:
+    """Our heap-based chain Ward builds exactly the spans scikit-learn's general path builds."""
+    import warnings
+
+    from scipy.sparse import diags
+    from sklearn.cluster import AgglomerativeClustering
+
+    def spans(merges: np.ndarray, n: int) -> set[tuple[int, int]]:
+        lo, hi = list(range(n)), list(range(1, n + 1))
+        for a, b in merges:
+            lo.append(min(lo[a], lo[b]))
+            hi.append(max(hi[a], hi[b]))
+            assert hi[-1] - lo[-1] == (hi[a] - lo[a]) + (hi[b] - lo[b])  # adjacent only
+        return set(zip(lo[n:], hi[n:], strict=True))
+
+    rng = np.random.default_rng(7)
+    for n in (2, 3, 17, 400):
+        features = rng.normal(size=(n, 24))
+        chain = diags([np.ones(n - 1), np.ones(n - 1)], [-1, 1], shape=(n, n), format="csr")
+        reference = AgglomerativeClustering(
+            n_clusters=1, linkage="ward", connectivity=chain, compute_full_tree=True
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reference.fit(features)
+        assert spans(ward_merges(features), n) == spans(reference.children_, n)

@@ -1,19 +1,18 @@
 """Stage 1b: Ward clustering with temporal adjacency -> binary tree of contiguous spans -> prune.
 
 Each sampled frame is connected only to its neighbours, so Ward can only merge adjacent spans and
-the full merge tree is a binary tree of contiguous time spans (about O(n log n) in scikit-learn;
-unconstrained Ward is quadratic). Pruning follows the official release: where either child of a
+the full merge tree is a binary tree of contiguous time spans (O(n log n) with a heap over
+adjacent pairs; unconstrained Ward is quadratic). Pruning follows the official release: where either child of a
 node is shorter than ``min_duration``, the node becomes a leaf, so the tree stays binary.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
-import warnings
 
 import numpy as np
-from scipy.sparse import diags
 
 from action100m.config import Settings
 from action100m.document import write_document
@@ -27,21 +26,55 @@ log = logging.getLogger(__name__)
 def ward_merges(features: np.ndarray) -> np.ndarray:
     """(n-1, 2) merge list of Ward clustering where only temporal neighbours may merge.
 
-    Row i merges clusters ``a`` and ``b`` into cluster ``n + i``; ids below ``n`` are frames.
+    Row i merges clusters ``a`` and ``b`` into cluster ``n + i``; ids below ``n`` are frames (the
+    convention of scikit-learn's ``children_``). With a chain connectivity every cluster is a
+    contiguous span, so the candidates are only the n-1 adjacent pairs: a heap of their Ward costs
+    (size-weighted squared distance of centroids) with lazy deletion gives O(n log n) time and
+    O(n d) memory, several times less of both than scikit-learn's general connectivity path.
     """
-    from sklearn.cluster import AgglomerativeClustering
-
-    n = len(features)
+    centroids = np.array(features, dtype=np.float64)
+    n = len(centroids)
     if n < 2:
         return np.zeros((0, 2), np.int64)
-    chain = diags([np.ones(n - 1), np.ones(n - 1)], [-1, 1], shape=(n, n), format="csr")
-    model = AgglomerativeClustering(
-        n_clusters=1, linkage="ward", connectivity=chain, compute_full_tree=True
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "the number of connected components" chatter
-        model.fit(features.astype(np.float64, copy=False))
-    return np.asarray(model.children_, dtype=np.int64)
+    sizes = np.ones(n)
+    right = np.arange(1, n + 1)  # right neighbour's head position (n: none)
+    left = np.arange(-1, n - 1)  # left neighbour's head position (-1: none)
+    label = np.arange(n)  # cluster id of the span headed at each position
+    version = np.zeros(n, np.int64)  # bumped on change; heap entries with old versions are stale
+    costs = np.empty(n - 1)
+    for lo in range(0, n - 1, 4096):  # chunked: a full difference matrix would double memory
+        hi = min(lo + 4096, n - 1)
+        diff = centroids[lo + 1 : hi + 1] - centroids[lo:hi]
+        costs[lo:hi] = 0.5 * np.einsum("ij,ij->i", diff, diff)
+    heap = [(float(c), i, 0, i + 1, 0) for i, c in enumerate(costs)]
+    heapq.heapify(heap)
+
+    def ward_cost(a: int, b: int) -> float:
+        diff = centroids[a] - centroids[b]
+        return float(sizes[a] * sizes[b] / (sizes[a] + sizes[b]) * diff.dot(diff))
+
+    merges = np.empty((n - 1, 2), np.int64)
+    for step in range(n - 1):
+        while True:
+            _, a, version_a, b, version_b = heapq.heappop(heap)
+            if version[a] == version_a and version[b] == version_b and right[a] == b:
+                break
+        merges[step] = label[a], label[b]
+        total = sizes[a] + sizes[b]
+        centroids[a] = (sizes[a] * centroids[a] + sizes[b] * centroids[b]) / total
+        sizes[a] = total
+        label[a] = n + step
+        version[a] += 1
+        version[b] = -1  # b is gone
+        right[a] = right[b]
+        if right[a] < n:
+            left[right[a]] = a
+            heapq.heappush(
+                heap, (ward_cost(a, right[a]), a, version[a], right[a], version[right[a]])
+            )
+        if left[a] >= 0:
+            heapq.heappush(heap, (ward_cost(left[a], a), left[a], version[left[a]], a, version[a]))
+    return merges
 
 
 def frame_boundaries(times: list[float], duration: float) -> np.ndarray:

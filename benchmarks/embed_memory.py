@@ -1,0 +1,74 @@
+"""Peak memory of Stage 1 (embed with the tiny model) on synthetic videos of growing length.
+
+Frames are streamed through the encoder, so peak memory must stay flat as the video grows: only
+the per-frame vectors (a few hundred bytes a frame with the tiny model) grow with length. Each
+video runs in a fresh process so each peak is its own.
+
+    python benchmarks/embed_memory.py [--minutes 1 10 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+
+def _run(path: str, root: str, queue: mp.Queue) -> None:
+    from action100m.config import load_settings
+    from action100m.pipeline import run_embed
+    from action100m.store import ArtifactStore
+
+    settings = load_settings(profile="tiny", store=root, environ={})
+    started = time.perf_counter()
+    run_embed(settings, ArtifactStore(root), Path(path).stem, path)
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put((time.perf_counter() - started, peak_mib))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--minutes", type=float, nargs="+", default=[1, 10, 60])
+    parser.add_argument("--fps", type=int, default=24)
+    args = parser.parse_args()
+    from action100m.samples import make_video
+
+    os.environ.setdefault("ACTION100M_CACHE", tempfile.mkdtemp(prefix="a100m-models-"))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for minutes in args.minutes:
+            path = str(Path(tmp) / f"video_{minutes:g}min.mp4")
+            seconds = minutes * 60
+            made = time.perf_counter()
+            make_video(path, [seconds / 6] * 6, fps=args.fps, width=160, height=120)
+            made = time.perf_counter() - made
+            queue: mp.Queue = mp.Queue()
+            process = mp.get_context("spawn").Process(
+                target=_run, args=(path, f"{tmp}/store", queue)
+            )
+            process.start()
+            elapsed, peak = queue.get()
+            process.join()
+            rows.append((minutes, elapsed, peak))
+            print(
+                f"{minutes:>6g} min: embed {elapsed:7.1f} s, peak RSS {peak:7.0f} MiB "
+                f"(video made in {made:.0f} s)",
+                flush=True,
+            )
+    base = rows[0][2]
+    print(f"\n{'minutes':>8} {'seconds':>8} {'peak MiB':>9} {'vs first':>9}")
+    for minutes, elapsed, peak in rows:
+        print(f"{minutes:>8g} {elapsed:>8.1f} {peak:>9.0f} {peak / base:>8.2f}x")
+    growth = rows[-1][2] / base
+    print(
+        f"peak memory growth {rows[0][0]:g} -> {rows[-1][0]:g} min: {growth:.2f}x "
+        f"(flat target <= 1.25x): {'met' if growth <= 1.25 else 'MISSED'}"
+    )
+
+
+if __name__ == "__main__":
+    main()
