@@ -46,10 +46,9 @@ def main() -> None:
             made = time.perf_counter()
             make_video(path, [seconds / 6] * 6, fps=args.fps, width=160, height=120)
             made = time.perf_counter() - made
-            queue: mp.Queue = mp.Queue()
-            process = mp.get_context("spawn").Process(
-                target=_run, args=(path, f"{tmp}/store", queue)
-            )
+            context = mp.get_context("spawn")
+            queue = context.Queue()
+            process = context.Process(target=_run, args=(path, f"{tmp}/store", queue))
             process.start()
             elapsed, peak = queue.get()
             process.join()
