@@ -31,6 +31,8 @@ DEFAULT_MAX_VIDEOS_PER_RUN = 256
 BACKFILL_DAG_ID = "action100m_backfill"
 _SEPARATORS = re.compile(r"[\s,;]+")
 STATUSES = ("done", "skipped", "failed")
+# What the run report adds up from each aggregate stage's usage.json.
+USAGE_FIELDS = ("requests", "input_tokens", "cached_input_tokens", "output_tokens", "cost_usd")
 
 
 def max_videos_per_run(environ: dict[str, str] | None = None) -> int:
@@ -162,9 +164,9 @@ def usage_totals(store: ArtifactStore, aggregate_uri: str) -> dict[str, float]:
     if not store.exists(uri):
         return {}
     usage = store.read_json(uri)
-    if isinstance(usage, dict) and isinstance(usage.get("total"), dict):
-        usage = usage["total"]
-    return _sum_usage([usage]) if isinstance(usage, dict) else {}
+    if not isinstance(usage, dict):
+        return {}
+    return _sum_usage([{k: v for k, v in usage.items() if k in USAGE_FIELDS}])
 
 
 def _sum_usage(usages: Iterable[dict[str, Any]]) -> dict[str, float]:
@@ -174,6 +176,11 @@ def _sum_usage(usages: Iterable[dict[str, Any]]) -> dict[str, float]:
             if isinstance(value, int | float) and not isinstance(value, bool):
                 total[key] = total.get(key, 0) + value
     return total
+
+
+def report_uri(store: ArtifactStore, run_id: str) -> str:
+    """Where a run's report goes: ``{root}/runs/{run_id}/report.json`` (run ID made path-safe)."""
+    return store.join("runs", re.sub(r"[^A-Za-z0-9._-]+", "_", run_id), "report.json")
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -38,7 +38,14 @@ POKE_SECONDS = int(os.environ.get("ACTION100M_BACKFILL_POKE_SECONDS", "30"))
             description="URI or path of a video-ID list (one a line) or the HowTo100M CSV "
             "with a video_id column.",
         ),
-        "shard_size": Param(64, type="integer", minimum=1, maximum=1024, title="Videos per run"),
+        "shard_size": Param(
+            64,
+            type="integer",
+            minimum=1,
+            maximum=1024,
+            title="Videos per run",
+            description="Videos in each triggered action100m run (at most the per-run limit).",
+        ),
         "skip_done": Param(
             True,
             type="boolean",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -187,7 +186,7 @@ def _states_by_video(ti: Any, run_id: str, videos: list[dict[str, Any]]) -> dict
 def write_report() -> dict[str, Any]:
     """Per video done / failed (with the reason) / skipped, tokens and cost; logged, written to
     ``{store}/runs/{run_id}/report.json``. Fails the task (and so the run) if any video failed."""
-    from action100m.batch import build_report, format_report
+    from action100m.batch import build_report, format_report, report_uri
 
     context = get_current_context()
     ti, run_id = context["ti"], context["run_id"]
@@ -202,7 +201,7 @@ def write_report() -> dict[str, Any]:
     report = build_report(videos, _states_by_video(ti, run_id, videos), results, failures)
     report.update(dag_id=DAG_ID, run_id=run_id)
     store = ArtifactStoreHook().get_store()
-    uri = store.join("runs", re.sub(r"[^A-Za-z0-9._-]+", "_", run_id), "report.json")
+    uri = report_uri(store, run_id)
     store.write_json(uri, report)
     log.info("%s\nreport written to %s", format_report(report), uri)
     failed = report["counts"]["failed"]

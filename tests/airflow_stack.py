@@ -1,0 +1,226 @@
+"""A real Airflow on loopback for tests and benchmarks: a throwaway PostgreSQL cluster, then the
+scheduler (LocalExecutor), the DAG processor and the API server, with a small REST client.
+
+    with AirflowStack(workdir, env={...}, pools={"gpu": 1}) as stack:
+        run_id = stack.trigger("action100m", {"videos": [...], "profile": "tiny"})
+        assert stack.wait(run_id, "action100m") == "success"
+
+Every process is started in its own session and stopped by its process-group id at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+PG_BIN = Path(os.environ.get("ACTION100M_PG_BIN", "/usr/lib/postgresql/15/bin"))
+FINISHED = {"success", "failed"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class PostgresCluster:
+    """``initdb`` + ``pg_ctl start`` as the ``postgres`` user in a temporary folder."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="a100m-pg-"))
+        self.data = self.folder / "data"
+        self.port = free_port()
+        self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+    def _run(self, *command: str) -> None:
+        subprocess.run([*self.as_postgres, *command], check=True, capture_output=True)
+
+    def start(self) -> str:
+        """Start the cluster; returns the SQLAlchemy URL of a fresh ``airflow`` database."""
+        if self.as_postgres:
+            shutil.chown(self.folder, "postgres")
+        self.folder.chmod(0o755)
+        self._run(str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres")
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run(
+            str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-o", options, "-w",
+            "-l", str(self.folder / "postgres.log"), "start",
+        )  # fmt: skip
+        self._run(str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "airflow")
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/airflow"
+
+    def stop(self) -> None:
+        if self.data.exists():
+            subprocess.run(
+                [*self.as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast",
+                 "-w", "stop"],
+                capture_output=True,
+            )  # fmt: skip
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class AirflowStack:
+    """Scheduler + DAG processor + API server on PostgreSQL, for this checkout's DAGs."""
+
+    def __init__(
+        self, workdir: Path, env: dict[str, str] | None = None, pools: dict[str, int] | None = None
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.extra_env = env or {}
+        self.pools = pools or {"gpu": 1, "llm": 2}
+        self.postgres = PostgresCluster()
+        self.api_port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.api_port}"
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._token: str | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def environment(self, database_url: str) -> dict[str, str]:
+        env = {
+            **os.environ,
+            "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
+            "AIRFLOW_HOME": str(self.workdir / "home"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database_url,
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
+            "AIRFLOW__API__BASE_URL": self.base_url,
+            "AIRFLOW__API__PORT": str(self.api_port),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
+        }
+        env.update(self.extra_env)
+        return env
+
+    def start(self) -> AirflowStack:
+        started = time.monotonic()
+        self.env = self.environment(self.postgres.start())
+        (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        pools = [arg for name, slots in self.pools.items() for arg in ("--pool", f"{name}={slots}")]
+        subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "airflow_setup.py"), *pools],
+            env=self.env, check=True, capture_output=True,
+        )  # fmt: skip
+        for name in ("api-server", "scheduler", "dag-processor"):
+            log = open(self.workdir / "logs" / f"{name}.log", "wb")  # noqa: SIM115 (kept open)
+            self.processes[name] = subprocess.Popen(
+                [str(VENV_BIN / "airflow"), name], env=self.env, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        self._wait_healthy(timeout=120)
+        self.startup_seconds = time.monotonic() - started
+        return self
+
+    def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, process in self.processes.items():
+                if process.poll() is not None:
+                    raise RuntimeError(f"airflow {name} exited; see {self.workdir}/logs/{name}.log")
+            try:
+                health = self.request("GET", "/api/v2/monitor/health", auth=False)
+                if (
+                    health["scheduler"]["status"] == "healthy"
+                    and health.get("dag_processor", {}).get("status") == "healthy"
+                ):
+                    return
+            except OSError:
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"Airflow not healthy after {timeout} s; logs in {self.workdir}/logs")
+
+    def stop(self) -> None:
+        """Interrupt each process group we started, then terminate, then kill what is left."""
+        for sig, grace in ((signal.SIGINT, 15), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+            alive = [p for p in self.processes.values() if p.poll() is None]
+            for process in alive:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, sig)
+            deadline = time.monotonic() + grace
+            for process in alive:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        for process in self.processes.values():  # children that outlived their leader
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+        self.postgres.stop()
+
+    def __enter__(self) -> AirflowStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- REST API -----------------------------------------------------------------------------
+    def request(self, method: str, path: str, body: Any = None, auth: bool = True) -> Any:
+        headers = {"Content-Type": "application/json"}
+        if auth:
+            headers["Authorization"] = f"Bearer {self.token()}"
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base_url + path, data, headers, method=method)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read() or b"null")
+
+    def token(self) -> str:
+        if self._token is None:
+            self._token = self.request("GET", "/auth/token", auth=False)["access_token"]
+        return self._token
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.request("GET", f"/api/v2/dags/{dag_id}")
+                return
+            except OSError:
+                time.sleep(1)
+        raise TimeoutError(f"DAG {dag_id} not parsed within {timeout} s")
+
+    def trigger(self, dag_id: str, conf: dict[str, Any], run_id: str | None = None) -> str:
+        self.wait_for_dag(dag_id)
+        body: dict[str, Any] = {"logical_date": None, "conf": conf}
+        if run_id:
+            body["dag_run_id"] = run_id
+        return str(self.request("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)["dag_run_id"])
+
+    def wait(self, run_id: str, dag_id: str, timeout: float = 300) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"]
+            if state in FINISHED:
+                return str(state)
+            time.sleep(1)
+        raise TimeoutError(f"{dag_id} run {run_id} not finished within {timeout} s")
+
+    def runs(self, dag_id: str) -> list[dict[str, Any]]:
+        return list(self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns?limit=100")["dag_runs"])
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=500"
+        return list(self.request("GET", path)["task_instances"])
+
+    def tries(self, dag_id: str, run_id: str, task_id: str, map_index: int) -> list[dict]:
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/{map_index}/tries"
+        return list(self.request("GET", path)["task_instances"])

@@ -1,0 +1,48 @@
+"""An Airflow home for in-process tests (``DagBag``, ``dag.test()``): SQLite in a temporary folder,
+this checkout's DAGs and plugins, short retry delays. Call :func:`use_test_airflow_home` before
+anything imports ``airflow`` (Airflow reads its configuration once, at import)."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+_MARKER = "ACTION100M_TEST_AIRFLOW_HOME"
+
+
+def use_test_airflow_home() -> Path:
+    """Configure (once per process) and return the test Airflow home."""
+    if os.environ.get(_MARKER):
+        return Path(os.environ[_MARKER])
+    if "airflow" in sys.modules:
+        raise RuntimeError("airflow was imported before the test Airflow home was configured")
+    home = Path(tempfile.mkdtemp(prefix="a100m-airflow-home-"))
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    os.environ.update(
+        {
+            _MARKER: str(home),
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+            "ACTION100M_RETRY_DELAY_SECONDS": "0.5",
+        }
+    )
+    return home
+
+
+def migrated_airflow_home() -> Path:
+    """The test home with its SQLite metadata database created (once per process)."""
+    home = use_test_airflow_home()
+    if not (home / ".migrated").exists():
+        airflow = str(Path(sys.executable).parent / "airflow")
+        subprocess.run([airflow, "db", "migrate"], check=True, capture_output=True, env=os.environ)
+        (home / ".migrated").touch()
+    return home
