@@ -1,0 +1,103 @@
+"""One interface over the three captioning backends (``vllm-server``, ``vllm``, ``transformers``).
+
+A backend takes a stream of ``CaptionJob`` (a prompt and its frames, already at the final size) and
+yields each job back with its ``CaptionOutcome``, in whatever order it finishes them; how it
+parallelises (concurrent HTTP requests, engine batches, padded batches) is its own business. A
+node-level failure is an outcome with ``error`` set; a backend that cannot work at all (server
+down) raises ``ServiceError`` and the stage keeps everything finished so far.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from action100m.config import CaptionConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CaptionJob:
+    key: str  # the request hash; outcomes are matched back to nodes by it
+    prompt: str
+    frames: list[np.ndarray]  # H x W x 3 uint8, already resized to the captioning size
+    max_new_tokens: int
+
+
+@dataclass(frozen=True)
+class CaptionOutcome:
+    caption: str | None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    error: str | None = None
+
+    @classmethod
+    def failed(cls, error: str) -> CaptionOutcome:
+        return cls(caption=None, error=error)
+
+
+class Captioner(Protocol):
+    model: str
+
+    def run(self, jobs: Iterable[CaptionJob]) -> Iterator[tuple[CaptionJob, CaptionOutcome]]: ...
+
+
+def chat_messages(prompt: str, images: list[Any]) -> list[dict[str, Any]]:
+    """One user turn: the images in order, then the prompt (Qwen's chat templates take the
+    ``{"type": "image"}`` parts and emit one vision placeholder each)."""
+    content: list[dict[str, Any]] = [{"type": "image", "image": image} for image in images]
+    content.append({"type": "text", "text": prompt})
+    return [{"role": "user", "content": content}]
+
+
+def clean_caption(text: str | None) -> str | None:
+    """The caption with surrounding whitespace removed; None when the model said nothing."""
+    text = (text or "").strip()
+    return text or None
+
+
+def batched_by_frame_count(
+    jobs: Iterable[CaptionJob], batch_size: int
+) -> Iterator[list[CaptionJob]]:
+    """Groups of up to ``batch_size`` jobs with the same number of frames (leaves with leaves,
+    segments with segments), so padded batches stay tight; partial groups come out at the end."""
+    pending: dict[int, list[CaptionJob]] = {}
+    for job in jobs:
+        group = pending.setdefault(len(job.frames), [])
+        group.append(job)
+        if len(group) >= batch_size:
+            yield pending.pop(len(job.frames))
+    yield from pending.values()
+
+
+# Loading a model is the expensive part: one captioner per process and configuration.
+_LOADED: dict[tuple[Any, ...], Captioner] = {}
+
+
+def make_captioner(config: CaptionConfig) -> Captioner:
+    """The backend ``config.backend`` names, loaded once per process and reused."""
+    identity = (config.backend, config.model, config.device, config.base_url, config.size)
+    if identity in _LOADED:
+        return _LOADED[identity]
+    captioner: Captioner
+    if config.backend == "vllm-server":
+        from action100m.models.vlm_server import ServerCaptioner
+
+        captioner = ServerCaptioner(config)
+    elif config.backend == "vllm":
+        from action100m.models.vllm_offline import VLLMCaptioner
+
+        captioner = VLLMCaptioner(config)
+    else:
+        from action100m.models.qwen3vl import TransformersCaptioner
+
+        captioner = TransformersCaptioner(config)
+    # A server client is cheap and holds per-run settings (timeouts); only cache loaded models.
+    if config.backend != "vllm-server":
+        _LOADED[identity] = captioner
+    return captioner

@@ -1,0 +1,167 @@
+"""Stage 2: a caption for every node of the segment tree (DESIGN.md, issue 3).
+
+Leaves get their middle frame with an image prompt, other nodes ``caption.frames`` evenly spaced
+frames with a video prompt, all ``caption.size`` square. Frames are read from the source video in
+one seeking pass; the backend (vLLM server, vLLM engine, transformers) captions them as they come.
+A node that fails (unreadable frame, 5xx, timeout, empty answer after retries) records its error
+and the video goes on; a backend that cannot work at all raises ``ServiceError`` after the request
+cache is saved, so Airflow's retry pays only for what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from action100m.config import Settings
+from action100m.document import load_tree
+from action100m.errors import ServiceError, VideoError
+from action100m.models.captioner import make_captioner
+from action100m.stages.caption_requests import (
+    NodeRequest,
+    RequestCache,
+    assemble_jobs,
+    cache_uri,
+    plan_requests,
+)
+from action100m.store import ArtifactStore
+
+log = logging.getLogger(__name__)
+ARTIFACT = "captions.json"
+
+
+class Progress:
+    """Lines for a person reading the task log: every 10 % of the nodes or every 30 seconds."""
+
+    def __init__(self, video_id: str, total: int, every: float = 30.0) -> None:
+        self.video_id, self.total, self.every = video_id, total, every
+        self.done = self.errors = self.cached = 0
+        self.started = self.logged_at = time.monotonic()
+        self.step = max(1, total // 10)
+
+    def add(self, *, error: bool = False, cached: bool = False) -> None:
+        self.done += 1
+        self.errors += error
+        self.cached += cached
+        now = time.monotonic()
+        if self.done % self.step == 0 or now - self.logged_at >= self.every:
+            self.log()
+
+    def log(self) -> None:
+        elapsed = time.monotonic() - self.started
+        rate = (self.done - self.cached) / elapsed if elapsed > 0 else 0.0
+        log.info(
+            "video %s: captioned %d/%d requests (%d from cache, %d errors), %.2f/s",
+            self.video_id,
+            self.done,
+            self.total,
+            self.cached,
+            self.errors,
+            rate,
+        )
+        self.logged_at = time.monotonic()
+
+
+def run_caption(settings: Settings, store: ArtifactStore, video_id: str) -> str:
+    """Caption every node of the video's tree; returns the caption stage folder's URI."""
+    config = settings.caption
+    folder = store.stage_dir(video_id, "caption", settings.stage_key("caption"))
+    if store.is_done(folder):
+        log.info("video %s: captions already done in %s", video_id, folder)
+        return folder
+    tree = load_tree(settings, store, video_id)
+    plans = plan_requests(tree, config)
+    cache = RequestCache(store, cache_uri(store, video_id, config))
+    progress = Progress(video_id, len(plans))
+    results: dict[str, dict[str, Any]] = {}
+    for plan in plans:
+        if plan.key in cache:
+            results[plan.key] = {**cache.get(plan.key), "cached": True}
+            progress.add(cached=True)
+    todo = [plan for plan in plans if plan.key not in results]
+    log.info(
+        "video %s: %d nodes, %d caption requests (%d cached) with %s on %s",
+        video_id,
+        len(tree),
+        len(plans),
+        len(plans) - len(todo),
+        config.model,
+        config.backend,
+    )
+    if todo:
+        by_key: dict[str, list[NodeRequest]] = {}
+        for plan in todo:
+            by_key.setdefault(plan.key, []).append(plan)
+
+        def frame_failed(plan: NodeRequest, problem: str) -> None:
+            results[plan.key] = {"caption": None, "error": problem, "frame_error": True}
+            progress.add(error=True)
+
+        try:
+            captioner = make_captioner(config)
+            with store.local_copy(tree.source) as path:
+                jobs = assemble_jobs(path, video_id, todo, config, frame_failed)
+                for job, outcome in captioner.run(jobs):
+                    result = {
+                        "caption": outcome.caption,
+                        "error": outcome.error,
+                        "tokens_in": outcome.tokens_in,
+                        "tokens_out": outcome.tokens_out,
+                    }
+                    results[job.key] = result
+                    if outcome.error is None:
+                        cache.put(job.key, result)
+                    progress.add(error=outcome.error is not None)
+        except ServiceError as exc:
+            raise ServiceError(f"video {video_id}: captioning stopped: {exc}") from exc
+        finally:
+            cache.flush()  # whatever happened, finished captions survive for the retry
+    progress.log()
+    _check_some_succeeded(video_id, results)
+    document = _captions_document(config.model, tree.nodes, plans, results)
+    store.write_json(f"{folder}/{ARTIFACT}", document)
+    store.mark_done(folder, document["summary"])
+    log.info("video %s: captions written to %s/%s", video_id, folder, ARTIFACT)
+    return folder
+
+
+def _check_some_succeeded(video_id: str, results: dict[str, dict[str, Any]]) -> None:
+    """A video with no caption at all is a broken video or a broken service, not a result."""
+    if not results or any(r.get("error") is None for r in results.values()):
+        return
+    first = next(iter(results.values()))["error"]
+    if all(r.get("frame_error") for r in results.values()):
+        raise VideoError(video_id, f"no frame could be read for any node ({first})")
+    raise ServiceError(f"video {video_id}: every caption request failed; first error: {first}")
+
+
+def _captions_document(
+    model: str, nodes: list[Any], plans: list[NodeRequest], results: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """``captions.json`` as document.py reads it: node id -> caption, kind, error, token counts."""
+    entries: dict[str, dict[str, Any]] = {}
+    for plan in plans:
+        result = results.get(plan.key, {"caption": None, "error": "not captioned"})
+        entry = entries.setdefault(plan.node_id, {})
+        tokens = (int(result.get("tokens_in", 0)), int(result.get("tokens_out", 0)))
+        entry["tokens_in"] = entry.get("tokens_in", 0) + tokens[0]
+        entry["tokens_out"] = entry.get("tokens_out", 0) + tokens[1]
+        entry["cached"] = entry.get("cached", True) and bool(result.get("cached"))
+        if plan.field == "caption":
+            entry.update(caption=result["caption"], kind=plan.kind, error=result.get("error"))
+            entry["frames"] = len(plan.times)
+        else:
+            entry["segment_caption"] = result["caption"]
+            if result.get("error"):
+                entry["segment_error"] = result["error"]
+    ordered = {node.node_id: entries[node.node_id] for node in nodes if node.node_id in entries}
+    failed = sum(1 for e in ordered.values() if e.get("error"))
+    summary = {
+        "nodes": len(ordered),
+        "captioned": len(ordered) - failed,
+        "errors": failed,
+        "tokens_in": sum(e["tokens_in"] for e in ordered.values()),
+        "tokens_out": sum(e["tokens_out"] for e in ordered.values()),
+    }
+    return {"model": model, "nodes": ordered, "summary": summary}

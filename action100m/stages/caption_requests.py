@@ -1,0 +1,153 @@
+"""What the caption stage asks for, per node, and the cache that remembers the answers.
+
+A request is identified by a hash of what determines its answer (model, prompt, frame times, frame
+size, token limit) and nothing about how it is served, so a retried task, another backend or a
+re-segmented tree with the same spans re-uses finished captions. The cache lives in the video's
+folder of the store (``videos/{id}/caption/cache/{model-hash}.json``) and is written every few
+seconds and before any failure leaves the task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from action100m.config import CaptionConfig
+from action100m.frames import iter_frames_at
+from action100m.models.captioner import CaptionJob
+from action100m.store import ArtifactStore
+from action100m.tree import Node, Tree
+
+log = logging.getLogger(__name__)
+
+IMAGE_PROMPT = (
+    "Describe this image in detail: the people, the objects, the setting, and what is happening."
+)
+SEGMENT_PROMPT = (
+    "These {count} frames are sampled evenly, in order, from a {seconds:.1f}-second video clip. "
+    "Describe the clip in detail: the people, the objects, the setting, and the actions as they "
+    "unfold over time."
+)
+
+
+@dataclass(frozen=True)
+class NodeRequest:
+    node_id: str
+    field: str  # "caption" or "segment_caption" (the extra video caption of a leaf)
+    kind: str  # "frame" or "segment"
+    prompt: str
+    times: tuple[float, ...]
+    key: str
+
+
+def segment_times(node: Node, count: int) -> list[float]:
+    """``count`` times evenly spaced over the span: the middles of ``count`` equal parts, so the
+    last one is a frame that exists (a span's end is the next span's first frame)."""
+    step = node.duration / count
+    return [round(node.start + (i + 0.5) * step, 3) for i in range(count)]
+
+
+def request_key(config: CaptionConfig, prompt: str, times: list[float]) -> str:
+    identity = {
+        "model": config.model,
+        "prompt": prompt,
+        "times": times,
+        "size": config.size,
+        "max_new_tokens": config.max_new_tokens,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def plan_requests(tree: Tree, config: CaptionConfig) -> list[NodeRequest]:
+    """Leaves: the middle frame with the image prompt. Other nodes (and leaves too, when
+    ``leaf_segment_caption`` is on): ``config.frames`` frames with the video prompt."""
+    plans = []
+    for node in tree.nodes:
+        wanted = []
+        if node.is_leaf:
+            wanted.append(("caption", "frame", IMAGE_PROMPT, [round(node.middle, 3)]))
+        if not node.is_leaf or config.leaf_segment_caption:
+            prompt = SEGMENT_PROMPT.format(count=config.frames, seconds=node.duration)
+            field = "caption" if not node.is_leaf else "segment_caption"
+            wanted.append((field, "segment", prompt, segment_times(node, config.frames)))
+        for field, kind, prompt, times in wanted:
+            key = request_key(config, prompt, times)
+            plans.append(NodeRequest(node.node_id, field, kind, prompt, tuple(times), key))
+    return plans
+
+
+def assemble_jobs(
+    path: str,
+    video_id: str,
+    plans: list[NodeRequest],
+    config: CaptionConfig,
+    on_error: Callable[[NodeRequest, str], None],
+) -> Iterator[CaptionJob]:
+    """Decode every needed frame in one pass and hand out each request as soon as its last frame
+    is in; frames of a request whose frame could not be decoded are dropped with ``on_error``."""
+    waiting: dict[float, list[tuple[int, int]]] = {}
+    for index, plan in enumerate(plans):
+        for slot, moment in enumerate(plan.times):
+            waiting.setdefault(moment, []).append((index, slot))
+    frames: dict[int, list[np.ndarray | None]] = {
+        index: [None] * len(plan.times) for index, plan in enumerate(plans)
+    }
+    missing = {index: len(plan.times) for index, plan in enumerate(plans)}
+    side = (config.size, config.size)
+    for moment, frame, problem in iter_frames_at(path, video_id, list(waiting), side):
+        for index, slot in waiting.pop(moment, []):
+            if index not in frames:  # already failed on an earlier frame
+                continue
+            if frame is None:
+                del frames[index]
+                on_error(plans[index], f"cannot read the frame at {moment:.3f} s: {problem}")
+                continue
+            frames[index][slot] = frame
+            missing[index] -= 1
+            if missing[index] == 0:
+                ready = [f for f in frames.pop(index) if f is not None]
+                plan = plans[index]
+                yield CaptionJob(plan.key, plan.prompt, ready, config.max_new_tokens)
+
+
+class RequestCache:
+    """Finished request results by request key, flushed to the store every ``every`` seconds."""
+
+    def __init__(self, store: ArtifactStore, uri: str, every: float = 15.0) -> None:
+        self.store, self.uri, self.every = store, uri, every
+        self.entries: dict[str, dict[str, Any]] = (
+            dict(store.read_json(uri)) if store.exists(uri) else {}
+        )
+        self.unsaved = 0
+        self.saved_at = time.monotonic()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.entries
+
+    def get(self, key: str) -> dict[str, Any]:
+        return self.entries[key]
+
+    def put(self, key: str, result: dict[str, Any]) -> None:
+        self.entries[key] = result
+        self.unsaved += 1
+        if time.monotonic() - self.saved_at >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.unsaved:
+            self.store.write_json(self.uri, self.entries)
+            log.debug("caption cache: %d results saved to %s", len(self.entries), self.uri)
+        self.unsaved = 0
+        self.saved_at = time.monotonic()
+
+
+def cache_uri(store: ArtifactStore, video_id: str, config: CaptionConfig) -> str:
+    model = hashlib.sha256(config.model.encode()).hexdigest()[:12]
+    return f"{store.video_dir(video_id)}/caption/cache/{model}.json"

@@ -1,0 +1,156 @@
+"""A scripted OpenAI-compatible chat completions server on loopback, for the vllm-server backend.
+
+It records every request (prompt text, max_tokens, each image decoded to its size and mean colour)
+and answers according to a script: a function of the recorded request and how many times that
+same request has been seen, returning a ``Reply``: a caption, an HTTP status, or a hang.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass
+class Reply:
+    text: str = "a caption"
+    status: int = 200
+    hang: float = 0.0  # seconds to wait before answering (longer than the client's timeout)
+
+
+@dataclass
+class Recorded:
+    model: str
+    prompt: str
+    max_tokens: int
+    temperature: float | None
+    image_sizes: list[tuple[int, int]]
+    image_means: list[float]
+
+    @property
+    def signature(self) -> str:
+        return json.dumps([self.prompt, self.image_means])
+
+
+Script = Callable[[Recorded, int], Reply]
+
+
+@dataclass
+class ScriptedServer:
+    script: Script
+    model: str = "test/vlm"
+    requests: list[Recorded] = field(default_factory=list)
+    seen: Counter[str] = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    url: str = ""
+
+    def record(self, body: dict[str, Any]) -> Recorded:
+        sizes, means, prompt = [], [], ""
+        for part in body["messages"][-1]["content"]:
+            if part["type"] == "image_url":
+                data = part["image_url"]["url"].split(",", 1)[1]
+                image = Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
+                sizes.append(image.size)
+                means.append(round(float(np.asarray(image).mean()), 1))
+            elif part["type"] == "text":
+                prompt = part["text"]
+        return Recorded(
+            body["model"], prompt, body.get("max_tokens", 0), body.get("temperature"), sizes, means
+        )
+
+
+def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:  # keep test output quiet
+            pass
+
+        def send(self, status: int, payload: dict[str, Any]) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            if self.path.endswith("/models"):
+                self.send(
+                    200, {"object": "list", "data": [{"id": server.model, "object": "model"}]}
+                )
+            else:
+                self.send(404, {"error": {"message": "not found"}})
+
+        def do_POST(self) -> None:  # noqa: N802
+            length = int(self.headers.get("Content-Length", 0))
+            request = server.record(json.loads(self.rfile.read(length)))
+            with server.lock:
+                server.requests.append(request)
+                attempt = server.seen[request.signature]
+                server.seen[request.signature] += 1
+            reply = server.script(request, attempt)
+            if reply.hang:
+                time.sleep(reply.hang)
+            if reply.status != 200:
+                self.send(reply.status, {"error": {"message": f"scripted {reply.status}"}})
+                return
+            self.send(
+                200,
+                {
+                    "id": "cmpl-test",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": request.model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": reply.text},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": 10 + 100 * len(request.image_sizes),
+                        "completion_tokens": len(reply.text.split()),
+                        "total_tokens": 0,
+                    },
+                },
+            )
+
+    return Handler
+
+
+@contextmanager
+def scripted_server(script: Script, model: str = "test/vlm") -> Iterator[ScriptedServer]:
+    """Serve on a free loopback port; ``server.url`` is the base URL (``.../v1``)."""
+    state = ScriptedServer(script=script, model=model)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    httpd.daemon_threads = True
+    state.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def free_port_url() -> str:
+    """A base URL where nothing listens (a dead server)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
