@@ -1,0 +1,101 @@
+"""The run report page (per video: status, nodes, tokens, cost, a link to its viewer) and the
+store's index page (runs with a report, videos with a document). Plain HTML, no script."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from action100m.store import ArtifactStore
+from action100m.viewer.render import asset, fill
+
+STATUS_ORDER = {"failed": 0, "running": 1, "done": 2, "skipped": 3}
+
+
+def report_uri(store: ArtifactStore, run_id: str) -> str:
+    """Where the DAG's ``report`` task writes a run's report (run ids made path-safe)."""
+    return store.join("runs", re.sub(r"[^A-Za-z0-9._-]+", "_", run_id), "report.json")
+
+
+def node_count(store: ArtifactStore, video_id: str) -> int | None:
+    uri = store.document_uri(video_id)
+    if not store.exists(uri):
+        return None
+    return len(store.read_json(uri).get("nodes") or [])
+
+
+def _number(value: Any, digits: int = 0) -> str:
+    if not isinstance(value, int | float):
+        return ""
+    return f"{value:,.{digits}f}"
+
+
+def _cell(text: Any, cls: str = "") -> str:
+    attr = f' class="{cls}"' if cls else ""
+    return f"<td{attr}>{html.escape('' if text is None else str(text))}</td>"
+
+
+def _page(title: str, body: str) -> str:
+    return fill(asset("report.html"), TITLE=html.escape(title), BODY=body)
+
+
+def render_report(
+    report: dict[str, Any],
+    video_href: Callable[[str], str],
+    nodes: dict[str, int | None] | None = None,
+    title: str | None = None,
+) -> str:
+    """One run's report: ``report`` as written by the DAG's ``report`` task (``videos``, ``counts``,
+    ``usage``), or a provisional one of the same shape while the run is going."""
+    nodes = nodes or {}
+    rows = []
+    videos = sorted(report.get("videos", []), key=lambda v: STATUS_ORDER.get(v.get("status"), 9))
+    for video in videos:
+        video_id = str(video["video_id"])
+        usage = video.get("usage") or {}
+        link = f'<a href="{html.escape(video_href(video_id))}">{html.escape(video_id)}</a>'
+        detail = video.get("reason") and f"{video.get('stage')}: {video['reason']}"
+        detail = detail or "; ".join(video.get("notes") or [])
+        rows.append(
+            f'<tr data-video-id="{html.escape(video_id)}"><td>{link}</td>'
+            + _cell(video.get("status"), f"status {video.get('status', '')}")
+            + _cell(_number(nodes.get(video_id)), "num")
+            + _cell(_number(usage.get("input_tokens")), "num")
+            + _cell(_number(usage.get("output_tokens")), "num")
+            + _cell(_number(usage.get("cost_usd"), 4), "num")
+            + _cell(detail, "detail")
+            + "</tr>"
+        )
+    counts = " · ".join(f"{k}: {v}" for k, v in (report.get("counts") or {}).items())
+    usage = report.get("usage") or {}
+    total = (
+        f"tokens in {_number(usage.get('input_tokens'))}, out {_number(usage.get('output_tokens'))}"
+        f", cost ${_number(usage.get('cost_usd'), 4) or '0'}"
+    )
+    body = (
+        f'<p class="summary">{html.escape(counts)} · {html.escape(total)}</p>'
+        "<table><thead><tr><th>video</th><th>status</th><th>nodes</th><th>input tokens</th>"
+        "<th>output tokens</th><th>cost (USD)</th><th>notes</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
+    run = report.get("run_id")
+    return _page(title or f"run {run}" if run else "run report", body)
+
+
+def render_index(
+    runs: Iterable[tuple[str, str]], videos: Iterable[tuple[str, str]], store_root: str
+) -> str:
+    """Links to every run report and every video page: (label, href) pairs."""
+
+    def links(items: Iterable[tuple[str, str]]) -> str:
+        entries = [f'<li><a href="{html.escape(h)}">{html.escape(t)}</a></li>' for t, h in items]
+        return "<ul>" + ("".join(entries) or '<li class="muted">none yet</li>') + "</ul>"
+
+    body = (
+        f'<p class="muted">store: {html.escape(store_root)}</p>'
+        f"<h2>Runs</h2>{links(runs)}<h2>Videos</h2>{links(videos)}"
+    )
+    return _page("action100m", body)
