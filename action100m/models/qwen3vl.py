@@ -171,10 +171,14 @@ class TransformersCaptioner:
         self.pixels = {"shortest_edge": side * side, "longest_edge": side * side}
         loaded: Any = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
         self.net: Any = loaded.to(self.device).eval()
-        self.image_token_id = int(self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
+        self.image_token_id = self.token_id(IMAGE_TOKEN)
         self.eos_ids: set[int] = set(_as_list(self.net.generation_config.eos_token_id))
-        self.eos_ids.add(int(self.tokenizer.convert_tokens_to_ids("<|im_end|>")))
+        self.eos_ids.add(self.token_id("<|im_end|>"))
         log.info("captioner %s loaded on %s (%s)", config.model, self.device, dtype)
+
+    def token_id(self, token: str) -> int:
+        found: Any = self.tokenizer.convert_tokens_to_ids(token)
+        return int(found)
 
     def run(self, jobs: Iterable[CaptionJob]) -> Iterator[tuple[CaptionJob, CaptionOutcome]]:
         for batch in batched_by_frame_count(jobs, self.batch_size):
