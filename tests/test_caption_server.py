@@ -1,0 +1,162 @@
+"""The ``vllm-server`` backend against a scripted OpenAI-compatible server on loopback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from caption_helpers import VIDEO_ID, prepared, read_captions
+from vlm_server import Recorded, Reply, free_port_url, scripted_server, thumbnail
+
+from action100m.errors import ServiceError
+from action100m.models import vlm_server as backend
+from action100m.stages.caption import run_caption
+from action100m.store import ArtifactStore
+from action100m.video import read_frames_at
+
+ROOT = "12.0-second"  # in the root node's prompt only
+
+
+def server_settings(store: ArtifactStore, video: Path, url: str, **extra: Any) -> Any:
+    options = {"backend": "vllm-server", "model": "test/vlm", "base_url": url, "max_retries": 1}
+    return prepared(store, video, **{**options, **extra})
+
+
+def always(reply: Reply) -> Any:
+    return lambda request, attempt: reply
+
+
+def test_sends_one_image_per_leaf_and_evenly_spaced_frames_per_segment(
+    store: ArtifactStore, scene_video: tuple[Path, list[float]]
+) -> None:
+    video = scene_video[0]
+    with scripted_server(always(Reply("a red square"))) as server:
+        settings, tree = server_settings(store, video, server.url, size=96, frames=6)
+        run_caption(settings, store, VIDEO_ID)
+    captions = read_captions(settings, store)["nodes"]
+    assert len(server.requests) == len(tree)
+    by_prompt: dict[str, list[Recorded]] = {}
+    for request in server.requests:
+        assert (request.model, request.max_tokens, request.temperature) == ("test/vlm", 16, 0.0)
+        by_prompt.setdefault(request.prompt, []).append(request)
+    for node in tree.nodes:
+        entry = captions[node.node_id]
+        assert entry["caption"] == "a red square" and entry["error"] is None
+        if node.is_leaf:
+            times = [node.middle]
+            prompt = next(p for p in by_prompt if "image" in p)
+        else:
+            times = [node.start + (i + 0.5) * node.duration / 6 for i in range(6)]
+            prompt = next(p for p in by_prompt if f"{node.duration:.1f}-second" in p)
+        (request,) = [r for r in by_prompt[prompt] if _same_frames(r, video, times)]
+        assert request.image_sizes == [(96, 96)] * len(times)
+        assert entry["tokens_in"] == 10 + 100 * len(times)
+
+
+def _same_frames(request: Recorded, video: Path, times: list[float]) -> bool:
+    """The request carried the frames shown at ``times``, in order (JPEG-tolerant)."""
+    expected = [thumbnail(f) for f in read_frames_at(str(video), "v", times, (96, 96))]
+    if len(expected) != len(request.thumbnails):
+        return False
+    return bool(np.allclose(request.thumbnails, expected, atol=12.0))
+
+
+def test_5xx_is_retried_then_kept_as_that_nodes_error(
+    store: ArtifactStore, scene_video: tuple[Path, list[float]]
+) -> None:
+    def script(request: Recorded, attempt: int) -> Reply:
+        if ROOT in request.prompt:
+            return Reply(status=503)
+        if len(request.image_sizes) == 1 and attempt == 0:
+            return Reply(status=500)  # leaves fail once, then succeed on the client's retry
+        return Reply("fine")
+
+    with scripted_server(script) as server:
+        settings, tree = server_settings(store, scene_video[0], server.url)
+        run_caption(settings, store, VIDEO_ID)
+    nodes = read_captions(settings, store)["nodes"]
+    assert (
+        "503" in nodes[tree.root.node_id]["error"] and nodes[tree.root.node_id]["caption"] is None
+    )
+    assert all(nodes[n.node_id]["caption"] == "fine" for n in tree.nodes[1:])
+    assert sum(ROOT in r.prompt for r in server.requests) == 2  # first try + max_retries
+    assert len(server.requests) == 2 + 2 * len(tree.leaves()) + 1
+
+
+def test_a_hanging_request_times_out_and_the_rest_go_on(
+    store: ArtifactStore, scene_video: tuple[Path, list[float]]
+) -> None:
+    def script(request: Recorded, attempt: int) -> Reply:
+        return Reply(hang=3.0) if ROOT in request.prompt else Reply("quick")
+
+    with scripted_server(script) as server:
+        settings, tree = server_settings(
+            store, scene_video[0], server.url, timeout=0.5, max_retries=0
+        )
+        run_caption(settings, store, VIDEO_ID)
+    nodes = read_captions(settings, store)["nodes"]
+    assert "timed out" in nodes[tree.root.node_id]["error"]
+    assert [nodes[n.node_id]["caption"] for n in tree.nodes[1:]] == ["quick"] * 4
+
+
+def test_an_empty_answer_is_asked_again(
+    store: ArtifactStore, scene_video: tuple[Path, list[float]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(backend.time, "sleep", lambda seconds: None)
+
+    def script(request: Recorded, attempt: int) -> Reply:
+        if ROOT in request.prompt:
+            return Reply("  ")  # never says anything
+        return Reply("" if attempt == 0 else "second time")
+
+    with scripted_server(script) as server:
+        settings, tree = server_settings(store, scene_video[0], server.url)
+        run_caption(settings, store, VIDEO_ID)
+    nodes = read_captions(settings, store)["nodes"]
+    assert nodes[tree.root.node_id]["error"] == "empty caption"
+    assert all(nodes[n.node_id]["caption"] == "second time" for n in tree.nodes[1:])
+
+
+def test_a_dead_server_fails_the_task_clearly(
+    store: ArtifactStore, scene_video: tuple[Path, list[float]]
+) -> None:
+    settings, _ = server_settings(store, scene_video[0], free_port_url(), max_retries=0)
+    with pytest.raises(ServiceError, match=f"video {VIDEO_ID}.*unreachable"):
+        run_caption(settings, store, VIDEO_ID)
+    folder = store.stage_dir(VIDEO_ID, "caption", settings.stage_key("caption"))
+    assert not store.is_done(folder)
+
+
+def test_a_server_failing_everything_is_not_a_result(
+    store: ArtifactStore, scene_video: tuple[Path, list[float]]
+) -> None:
+    with scripted_server(always(Reply(status=500))) as server:
+        settings, _ = server_settings(store, scene_video[0], server.url, max_retries=0)
+        with pytest.raises(ServiceError, match="every caption request failed"):
+            run_caption(settings, store, VIDEO_ID)
+
+
+def test_server_dying_midway_keeps_finished_captions_for_the_retry(
+    store: ArtifactStore, scene_video: tuple[Path, list[float]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = {"n": 0}
+    real = backend.ServerCaptioner.caption
+
+    def caption_until_the_third(self: Any, job: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] >= 3:
+            raise ServiceError("caption server is unreachable (connection refused)")
+        return real(self, job)
+
+    with scripted_server(always(Reply("kept"))) as server:
+        settings, tree = server_settings(store, scene_video[0], server.url, concurrency=1)
+        monkeypatch.setattr(backend.ServerCaptioner, "caption", caption_until_the_third)
+        with pytest.raises(ServiceError, match=f"video {VIDEO_ID}"):
+            run_caption(settings, store, VIDEO_ID)
+        monkeypatch.setattr(backend.ServerCaptioner, "caption", real)
+        run_caption(settings, store, VIDEO_ID)
+    assert len(server.requests) == len(tree)  # the two finished before the failure were kept
+    nodes = read_captions(settings, store)["nodes"]
+    assert sum(entry["cached"] for entry in nodes.values()) == 2
