@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
 
     importer = commands.add_parser("import", help="an official Action100M JSON/Parquet file")
     importer.add_argument("file")
+    importer.add_argument(
+        "--no-annotations", action="store_true", help="import trees and captions only"
+    )
     export = commands.add_parser("export", help="dataset export (JSONL or Parquet by extension)")
     export.add_argument("--format", choices=["action100m", "flat"], default="action100m")
     export.add_argument("--out", required=True)
@@ -129,7 +132,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif command == "import":
         from action100m.interop import import_file
 
-        for video_id in import_file(settings, store, args.file):
+        imported = import_file(settings, store, args.file, annotations=not args.no_annotations)
+        for video_id in imported:
             print(video_id)
     elif command == "export":
         from action100m.interop import export

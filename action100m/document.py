@@ -70,6 +70,8 @@ def build_document(settings: Settings, store: ArtifactStore, video_id: str) -> d
             caption = caption_nodes.get(node.node_id, {})
             entry["caption"] = caption.get("caption")
             entry["caption_kind"] = caption.get("kind")
+            if caption.get("action"):  # the release's plm_action, kept by `import`
+                entry["caption_action"] = caption["action"]
             if caption.get("segment_caption"):
                 entry["segment_caption"] = caption["segment_caption"]
             if caption.get("error"):
