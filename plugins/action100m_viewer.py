@@ -1,0 +1,192 @@
+"""Airflow plugin: the tree-of-captions viewer and run reports inside the Airflow UI.
+
+A FastAPI app mounted in the API server under ``/action100m`` reads the store (the
+``action100m_store`` connection, else ``ACTION100M_STORE``, else the library default):
+
+- ``/action100m/``                              runs with a report, videos with a document
+- ``/action100m/videos/{video_id}``             the viewer page (thumbnails fetched by URL)
+- ``/action100m/videos/{video_id}/document.json``  the per-video document (the tree)
+- ``/action100m/videos/{video_id}/thumbs/{node_id}.jpg``
+- ``/action100m/runs/{run_id}``                 the run report (provisional while it runs)
+- ``/action100m/ti/{dag_id}/{run_id}/{task_id}/{map_index}``  a mapped task's video page
+
+Every route needs an Airflow login (a JWT bearer token or the UI's session cookie) with read
+access to the DAG. External views add a "Captions" tab to task instances and a "Report" tab to
+DAG runs, and an "Action100M" entry to the navigation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+from urllib.parse import quote
+
+from airflow.plugins_manager import AirflowPlugin
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+
+log = logging.getLogger(__name__)
+PREFIX = "/action100m"
+DAG_ID = "action100m"
+VIDEO_GROUP = "video"
+
+
+async def require_login(request: Request) -> None:
+    """The caller's Airflow identity (bearer token or session cookie), with DAG read access."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
+    from airflow.api_fastapi.core_api.security import get_user
+    from fastapi.security import HTTPAuthorizationCredentials
+
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    bearer = HTTPAuthorizationCredentials(scheme=scheme, credentials=token) if token else None
+    user = await get_user(request, None, bearer)
+    dag_id = request.path_params.get("dag_id") or request.query_params.get("dag_id") or DAG_ID
+    if not get_auth_manager().is_authorized_dag(
+        method="GET", details=DagDetails(id=dag_id), user=user
+    ):
+        raise HTTPException(403, "Forbidden")
+
+
+def get_store() -> Any:
+    """The store of the ``action100m_store`` connection, else ACTION100M_STORE / the default."""
+    try:
+        from action100m_airflow.connections import ArtifactStoreHook
+
+        return ArtifactStoreHook().get_store()
+    except Exception as exc:  # no connection support in this process: the environment decides
+        log.debug("action100m_store connection not usable here (%s)", exc)
+        from action100m.config import Settings
+        from action100m.store import ArtifactStore
+
+        return ArtifactStore(os.environ.get("ACTION100M_STORE") or Settings().store)
+
+
+def _document(store: Any, video_id: str) -> dict[str, Any]:
+    uri = store.document_uri(video_id)
+    if "/" in video_id or not store.exists(uri):
+        raise HTTPException(404, f"no document for video {video_id!r} in {store.root}")
+    document: dict[str, Any] = store.read_json(uri)
+    return document
+
+
+def _video_href(request: Request, video_id: str) -> str:
+    return f"{request.scope.get('root_path', '')}/videos/{quote(video_id, safe='')}"
+
+
+def _task_instances(dag_id: str, run_id: str) -> list[Any]:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        query = select(TaskInstance).where(
+            TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id
+        )
+        rows = list(session.scalars(query))
+        session.expunge_all()
+        return rows
+
+
+def provisional_report(dag_id: str, run_id: str) -> dict[str, Any]:
+    """Per video state from the task instances, while the run has not written its report."""
+    videos: dict[str, dict[str, Any]] = {}
+    for ti in _task_instances(dag_id, run_id):
+        if not ti.task_id.startswith(f"{VIDEO_GROUP}.") or ti.map_index < 0:
+            continue
+        video_id = ti.rendered_map_index or str(ti.map_index)
+        row = videos.setdefault(video_id, {"video_id": video_id, "status": "running", "notes": []})
+        stage, state = ti.task_id.split(".", 1)[1], str(ti.state or "none")
+        row["notes"].append(f"{stage}: {state}")
+        if state in ("failed", "upstream_failed"):
+            row.update(status="failed", stage=stage, reason=f"task {state}")
+        elif stage == "publish" and state == "success" and row["status"] != "failed":
+            row["status"] = "done"
+    rows = list(videos.values())
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "failed", "running")}
+    return {"run_id": run_id, "dag_id": dag_id, "videos": rows, "counts": counts, "usage": {}}
+
+
+app = FastAPI(title="action100m viewer", dependencies=[Depends(require_login)])
+
+
+@app.get("/", response_class=HTMLResponse)
+def index(request: Request) -> str:
+    from action100m.viewer import render_index
+
+    store, root = get_store(), request.scope.get("root_path", "")
+    runs = [u.rstrip("/").rsplit("/", 1)[-1] for u in store.list(store.join("runs"))]
+    videos = [u.rstrip("/").rsplit("/", 1)[-1] for u in store.list(store.join("videos"))]
+    return render_index(
+        [(r, f"{root}/runs/{quote(r, safe='')}") for r in sorted(runs)],
+        [(v, _video_href(request, v)) for v in sorted(videos)],
+        store.root,
+    )
+
+
+@app.get("/videos/{video_id}", response_class=HTMLResponse)
+def video_page(request: Request, video_id: str) -> str:
+    from action100m.viewer import render_html
+    from action100m.viewer.thumbnails import read_index
+
+    store = get_store()
+    document = _document(store, video_id)
+    index = read_index(store, video_id) or {}
+    have = dict.fromkeys((index.get("nodes") or {}), b"")
+    thumb_url = f"{_video_href(request, video_id)}/thumbs/{{node_id}}.jpg"
+    back = f"{request.scope.get('root_path', '')}/"
+    return render_html(document, have, thumb_url=thumb_url if have else None, back_link=back)
+
+
+@app.get("/videos/{video_id}/document.json")
+def video_document(video_id: str) -> JSONResponse:
+    return JSONResponse(_document(get_store(), video_id))
+
+
+@app.get("/videos/{video_id}/thumbs/{node_id}.jpg")
+def thumbnail(video_id: str, node_id: str) -> Response:
+    from action100m.viewer import read_thumbnail
+
+    data = read_thumbnail(get_store(), video_id, node_id)
+    if data is None:
+        raise HTTPException(404, "no thumbnail")
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
+
+
+@app.get("/runs/{run_id:path}", response_class=HTMLResponse)
+def run_report(request: Request, run_id: str, dag_id: str = DAG_ID) -> str:
+    from action100m.viewer import render_report, report_uri
+    from action100m.viewer.report import node_count
+
+    store = get_store()
+    uri = report_uri(store, run_id)
+    if store.exists(uri):
+        report, title = store.read_json(uri), f"run {run_id}"
+    else:
+        report, title = provisional_report(dag_id, run_id), f"run {run_id} (in progress)"
+    nodes = {v["video_id"]: node_count(store, v["video_id"]) for v in report.get("videos", [])}
+    return render_report(report, lambda v: _video_href(request, v), nodes, title)
+
+
+@app.get("/ti/{dag_id}/{run_id}/{task_id}/{map_index}")
+def task_video(request: Request, dag_id: str, run_id: str, task_id: str, map_index: int) -> Any:
+    """The video page of a mapped task (its rendered map index is the video ID)."""
+    root = request.scope.get("root_path", "")
+    for ti in _task_instances(dag_id, run_id):
+        if ti.task_id == task_id and ti.map_index == map_index and ti.rendered_map_index:
+            return RedirectResponse(_video_href(request, ti.rendered_map_index))
+    return RedirectResponse(f"{root}/runs/{quote(run_id, safe='')}?dag_id={quote(dag_id)}")
+
+
+class Action100MViewerPlugin(AirflowPlugin):
+    name = "action100m_viewer"
+    fastapi_apps = [{"app": app, "url_prefix": PREFIX, "name": "action100m viewer"}]
+    external_views = [
+        {"name": "Action100M", "href": "action100m/", "destination": "nav",
+         "category": "browse", "url_route": "action100m"},
+        {"name": "Report", "href": "action100m/runs/{RUN_ID}?dag_id={DAG_ID}",
+         "destination": "dag_run", "url_route": "action100m_report"},
+        {"name": "Captions", "href": "action100m/ti/{DAG_ID}/{RUN_ID}/{TASK_ID}/{MAP_INDEX}",
+         "destination": "task_instance", "url_route": "action100m_captions"},
+    ]  # fmt: skip

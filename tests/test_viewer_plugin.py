@@ -1,0 +1,197 @@
+"""The viewer plugin inside a real Airflow API server: SQLite, simple auth manager, a JWT from
+``POST /auth/token``; pages, the tree and thumbnails fetched through HTTP from a store."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from viewer_helpers import chromium_page, click_node, panel_fields, screenshot, synthetic_document
+
+from action100m.samples import make_video
+from action100m.store import ArtifactStore
+from action100m.viewer import publish_viewer, report_uri
+
+REPO = Path(__file__).resolve().parent.parent
+AIRFLOW = str(Path(sys.executable).parent / "airflow")
+RUN_ID = "manual__2026-01-01T00:00:00+00:00"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Interrupt the server's process group, then terminate, then kill what is left."""
+    for sig, grace in ((signal.SIGINT, 15), (signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        if process.poll() is not None:
+            break
+        try:
+            os.killpg(process.pid, sig)
+            process.wait(timeout=grace)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+    with contextlib.suppress(ProcessLookupError):  # workers that outlived their leader
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+class Server:
+    def __init__(self, base: str, token: str) -> None:
+        self.base, self.token = base, token
+
+    def get(self, path: str, auth: bool = True) -> tuple[int, str, bytes]:
+        headers = {"Authorization": f"Bearer {self.token}"} if auth else {}
+        request = urllib.request.Request(self.base + path, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, response.headers["content-type"], response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.headers.get("content-type", ""), error.read()
+
+
+@pytest.fixture(scope="module")
+def store_root(tmp_path_factory: pytest.TempPathFactory) -> ArtifactStore:
+    """A store with a finished video (document, thumbnails, viewer) and its run's report."""
+    folder = tmp_path_factory.mktemp("viewer-store")
+    video = folder / "clip.mp4"
+    make_video(video, [3.0, 3.0, 3.0])
+    store = ArtifactStore(str(folder / "store"))
+    store.write_json(store.document_uri("clip"), synthetic_document("clip", 9.0, 2.0, str(video)))
+    publish_viewer(None, store, "clip")
+    usage = {"input_tokens": 1200, "output_tokens": 340, "cost_usd": 0.0123}
+    report = {
+        "run_id": RUN_ID,
+        "videos": [
+            {"video_id": "clip", "source": str(video), "status": "done", "usage": usage},
+            {"video_id": "broken", "source": "x.mp4", "status": "failed", "stage": "embed",
+             "reason": "file not found: x.mp4"},
+        ],
+        "counts": {"done": 1, "failed": 1, "skipped": 0},
+        "usage": usage,
+    }  # fmt: skip
+    store.write_json(report_uri(store, RUN_ID), report)
+    return store
+
+
+@pytest.fixture(scope="module")
+def server(store_root: ArtifactStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("airflow-home")
+    (home / "dags").mkdir()
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__WORKERS": "1",
+        "ACTION100M_STORE": store_root.root,
+    }
+    env.pop("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", None)
+    subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True)
+    log = open(home / "api-server.log", "wb")  # noqa: SIM115 (closed below)
+    process = subprocess.Popen(
+        [AIRFLOW, "api-server"], env=env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        token = _login(base, home, process)
+        yield Server(base, token)
+    finally:
+        _stop(process)
+        log.close()
+
+
+def _login(base: str, home: Path, process: subprocess.Popen[bytes]) -> str:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"api-server exited; see {home / 'api-server.log'}")
+        passwords = home / "simple_auth_manager_passwords.json.generated"
+        try:
+            urllib.request.urlopen(f"{base}/api/v2/monitor/health", timeout=5).read()
+            password = json.loads(passwords.read_text())["admin"]
+            body = json.dumps({"username": "admin", "password": password}).encode()
+            request = urllib.request.Request(
+                f"{base}/auth/token", body, {"Content-Type": "application/json"}, method="POST"
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return str(json.loads(response.read())["access_token"])
+        except (OSError, ValueError, KeyError):
+            time.sleep(1)
+    raise TimeoutError(f"api-server not up in 120 s; see {home / 'api-server.log'}")
+
+
+def test_plugin_is_registered(server: Server) -> None:
+    status, _, body = server.get("/api/v2/plugins")
+    assert status == 200
+    plugin = next(p for p in json.loads(body)["plugins"] if p["name"] == "action100m_viewer")
+    assert {v["destination"] for v in plugin["external_views"]} == {
+        "nav",
+        "dag_run",
+        "task_instance",
+    }
+    assert plugin["fastapi_apps"][0]["url_prefix"] == "/action100m"
+
+
+def test_pages_need_a_login(server: Server) -> None:
+    assert server.get("/action100m/videos/clip", auth=False)[0] == 401
+    assert server.get("/action100m/videos/clip/document.json", auth=False)[0] == 401
+
+
+def test_tree_page_and_thumbnails(server: Server, store_root: ArtifactStore) -> None:
+    document = store_root.read_json(store_root.document_uri("clip"))
+    status, kind, body = server.get("/action100m/videos/clip/document.json")
+    assert status == 200 and json.loads(body)["nodes"] == document["nodes"]
+    status, kind, body = server.get("/action100m/videos/clip")
+    assert status == 200 and kind.startswith("text/html")
+    assert '"mode":"url"' in body.decode() and document["nodes"][3]["node_id"] in body.decode()
+    status, kind, body = server.get(
+        f"/action100m/videos/clip/thumbs/{document['nodes'][3]['node_id']}.jpg"
+    )
+    assert status == 200 and kind == "image/jpeg" and body[:2] == b"\xff\xd8"
+    assert server.get("/action100m/videos/missing")[0] == 404
+    status, _, body = server.get("/action100m/")
+    assert status == 200 and b"/action100m/videos/clip" in body
+
+
+def test_run_report(server: Server) -> None:
+    status, _, body = server.get(f"/action100m/runs/{RUN_ID}")
+    page = body.decode()
+    assert status == 200
+    assert 'href="/action100m/videos/clip"' in page and "file not found: x.mp4" in page
+    assert "1,200" in page and "0.0123" in page and "failed" in page
+
+
+def test_served_page_in_chromium(server: Server, store_root: ArtifactStore) -> None:
+    nodes = store_root.read_json(store_root.document_uri("clip"))["nodes"]
+    with chromium_page() as page:
+        page.set_extra_http_headers({"Authorization": f"Bearer {server.token}"})
+        page.goto(f"{server.base}/action100m/videos/clip")
+        page.wait_for_function("window.a100m && window.a100m.current() === 0")
+        click_node(page, 1)
+        assert panel_fields(page)["node_id"] == nodes[1]["node_id"]
+        page.wait_for_function("document.querySelector('#thumb img').naturalWidth > 0")
+        screenshot(page, "viewer-plugin.png")
+        assert not page.errors
