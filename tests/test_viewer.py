@@ -3,6 +3,7 @@ sample, driven in headless Chromium (click a bar, read the side panel, breadcrum
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from pathlib import Path
@@ -156,3 +157,22 @@ def test_hour_long_tree_stays_responsive(tmp_path: Path) -> None:
         assert not page.errors
     assert loaded < 5.0, f"page took {loaded:.1f} s to load"
     assert per_click < 0.5, f"a click took {per_click:.2f} s"
+
+
+def test_many_thumbnails_in_one_pass_match_seeking(tmp_path: Path) -> None:
+    """Past SEEK_LIMIT spans the frames come from one decoding pass: the same frames."""
+    import numpy as np
+    from PIL import Image
+
+    from action100m.viewer.thumbnails import SEEK_LIMIT, middle_frame_jpegs
+
+    video = tmp_path / "pass.mp4"
+    make_video(video, [2.0, 2.0])
+    spans = [(i * 0.06, i * 0.06 + 0.1) for i in range(SEEK_LIMIT + 12)]
+    many = middle_frame_jpegs(str(video), "pass", spans)
+    few = middle_frame_jpegs(str(video), "pass", spans[::10])
+    assert len(many) == len(spans)
+    for a, b in zip(many[::10], few, strict=True):
+        pa = np.asarray(Image.open(io.BytesIO(a)), dtype=np.int16)
+        pb = np.asarray(Image.open(io.BytesIO(b)), dtype=np.int16)
+        assert np.abs(pa - pb).mean() < 3

@@ -124,6 +124,7 @@
       if (j === cur) b.setAttribute("aria-current", "true"); else b.onclick = () => focus(j);
       nav.append(b);
     });
+    nav.scrollLeft = nav.scrollWidth;
   }
   function row(dl, name, value) {
     dl.append(Object.assign(document.createElement("dt"), { textContent: name }));
@@ -156,6 +157,7 @@
     if (N.caption[i]) field(box, "caption", N.caption[i]);
     if (N.error[i]) field(box, "error", N.error[i]);
     const ul = $("children"); ul.replaceChildren();
+    $("children-title").hidden = !children[i].length;
     children[i].forEach((c) => {
       const b = document.createElement("button");
       b.textContent = `${fmt(N.start[c])}–${fmt(N.end[c])} ${label(c).slice(0, 60)}`;
