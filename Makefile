@@ -5,7 +5,11 @@ BIN := $(VENV)/bin
 # pip takes the CPU torch on disk only when torch==2.13.0 is named in the same command as the rest.
 INSTALL := $(BIN)/pip install -q -c constraints.txt -r requirements.txt -r requirements-dev.txt -e .
 
-.PHONY: install test lint demo clean
+# Debian packages the tests drive for real: headless Chromium (viewer) and Redis (Celery broker).
+SYSTEM_PACKAGES := chromium redis-server
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+.PHONY: install system-deps test lint demo clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,12 +18,18 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproje
 
 install: $(BIN)/.installed
 
+system-deps:
+	@missing=""; for pkg in $(SYSTEM_PACKAGES); do \
+	  command -v $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; fi
+
 lint: install
 	$(BIN)/ruff check action100m dags plugins tests benchmarks
 	$(BIN)/ruff format --check action100m dags plugins tests benchmarks
 	$(BIN)/mypy
 
-test: lint
+test: lint system-deps
 	$(BIN)/pytest -q -p no:cacheprovider tests
 
 demo: install

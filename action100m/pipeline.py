@@ -83,8 +83,15 @@ def run_aggregate(settings: Settings, store: ArtifactStore, video_id: str) -> st
 
 def run_publish(settings: Settings, store: ArtifactStore, video_id: str) -> str:
     """Write the per-video document from every finished stage; returns its URI."""
+    from action100m.viewer import publish_viewer
+
     uri = write_document(settings, store, video_id)
     log.info("video %s: document written to %s", video_id, uri)
+    try:
+        viewer = publish_viewer(settings, store, video_id)
+        log.info("video %s: viewer written to %s", video_id, viewer)
+    except Exception as exc:  # the page is a convenience; the document is what was asked for
+        log.warning("video %s: viewer not written: %s", video_id, exc)
     return uri
 
 

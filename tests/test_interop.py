@@ -15,7 +15,7 @@ from action100m.interop import export, import_file, read_records
 from action100m.stages.aggregate import run_aggregate
 from action100m.store import ArtifactStore
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "hySSAAw4t24.json"
+REFERENCE = Path(__file__).resolve().parent / "data" / "hySSAAw4t24.json"  # the official sample
 VIDEO = "hySSAAw4t24"
 pytestmark = pytest.mark.skipif(not REFERENCE.exists(), reason="reference sample not present")
 

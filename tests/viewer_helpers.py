@@ -61,9 +61,11 @@ def synthetic_document(
 @contextmanager
 def chromium_page(width: int = 1280, height: int = 800) -> Iterator[Any]:
     """A page of a headless Chromium (Debian's package driven by Playwright); closed at exit."""
-    sync_api = pytest.importorskip("playwright.sync_api")
+    # A missing browser is a broken set-up (`make test` installs both), never a skipped pass.
+    from playwright import sync_api
+
     if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+        pytest.fail(f"no Chromium at {CHROMIUM}: `make test` installs it (apt-get install chromium)")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
