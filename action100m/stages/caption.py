@@ -36,7 +36,7 @@ class Progress:
 
     def __init__(self, video_id: str, total: int, every: float = 30.0) -> None:
         self.video_id, self.total, self.every = video_id, total, every
-        self.done = self.errors = self.cached = 0
+        self.done = self.errors = self.cached = self.logged = 0
         self.started = self.logged_at = time.monotonic()
         self.step = max(1, total // 10)
 
@@ -60,7 +60,7 @@ class Progress:
             self.errors,
             rate,
         )
-        self.logged_at = time.monotonic()
+        self.logged_at, self.logged = time.monotonic(), self.done
 
 
 def run_caption(settings: Settings, store: ArtifactStore, video_id: str) -> str:
@@ -117,7 +117,8 @@ def run_caption(settings: Settings, store: ArtifactStore, video_id: str) -> str:
             raise ServiceError(f"video {video_id}: captioning stopped: {exc}") from exc
         finally:
             cache.flush()  # whatever happened, finished captions survive for the retry
-    progress.log()
+    if progress.logged != progress.done:
+        progress.log()
     _check_some_succeeded(video_id, results)
     document = _captions_document(config.model, tree.nodes, plans, results)
     store.write_json(f"{folder}/{ARTIFACT}", document)
