@@ -19,11 +19,10 @@ from typing import Any
 import numpy as np
 
 from action100m.errors import VideoError
-from action100m.video import read_frames_at
+from action100m.video import SEEK_MARGIN, read_frames_at
 
 log = logging.getLogger(__name__)
 EPSILON = 1e-6
-SEEK_MARGIN = 1.0  # seconds
 
 
 def iter_frames_at(

@@ -18,6 +18,7 @@ from action100m.errors import VideoError
 
 log = logging.getLogger(__name__)
 DECORD_BATCH = 16
+SEEK_MARGIN = 1.0  # seconds
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,10 @@ def read_frames_at(
             for target in wanted:
                 if target in found:
                     continue
-                container.seek(int(base + target / tb), stream=stream, backward=True)
+                # Seeking goes by decode time: with B-frames the keyframe found can be shown after
+                # the target, so aim a second earlier and decode forward.
+                aim = max(0.0, target - SEEK_MARGIN)
+                container.seek(int(base + aim / tb), stream=stream, backward=True)
                 chosen = None
                 for frame in container.decode(stream):
                     pts = (frame.pts - base) * tb if frame.pts is not None else target

@@ -93,3 +93,21 @@ def test_bad_inputs_fail_clearly_and_write_nothing(
         err = capsys.readouterr().err.strip().splitlines()
         assert code != 0 and len(err) == 1 and reason in err[0], err
         assert not store.exists(store.video_dir(path.stem))
+
+
+def test_read_frames_at_picks_the_frame_on_screen_in_vfr_video(tmp_path: Path) -> None:
+    """With B-frames a seek can land after the target; the frame returned must still be the last
+    one shown at or before the target time."""
+    path = tmp_path / "vfr.mp4"
+    make_video(path, [2.0, 2.0, 2.0], vfr=True, seed=5)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        decoded = [
+            (float(f.pts * stream.time_base), f.to_ndarray(format="rgb24"))
+            for f in container.decode(stream)
+        ]
+    targets = [t + 0.003 for t, _ in decoded[10::7]]
+    frames = read_frames_at(str(path), "vfr", targets, (128, 96))
+    for target, frame in zip(targets, frames, strict=True):
+        expected = [image for t, image in decoded if t <= target][-1]
+        assert np.array_equal(frame, expected), target
