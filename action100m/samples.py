@@ -45,10 +45,12 @@ def make_video(
     height: int = 96,
     vfr: bool = False,
     seed: int = 0,
+    gop: int | None = None,
 ) -> list[float]:
     """Write an H.264 MP4 whose scene ``i`` lasts ``scenes[i]`` seconds; return the cut times.
 
-    With ``vfr`` the gap between frames varies between 0.5/fps and 1.5/fps.
+    With ``vfr`` the gap between frames varies between 0.5/fps and 1.5/fps; ``gop`` sets the
+    keyframe interval (frequent keyframes make seeking land near the target).
     """
     import av
 
@@ -62,6 +64,8 @@ def make_video(
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.time_base = time_base
         stream.codec_context.time_base = time_base
+        if gop:
+            stream.codec_context.gop_size = gop
         t = 0.0
         while t < total - 1e-9:
             scene = int(np.searchsorted(cuts, t, side="right"))
