@@ -2,7 +2,8 @@
 
 Frames are streamed through the encoder, so peak memory must stay flat as the video grows: only
 the per-frame vectors (a few hundred bytes a frame with the tiny model) grow with length. Each
-video runs in a fresh process so each peak is its own.
+video runs in a fresh process so each peak is its own. The first (shortest) video also shows the
+allocators' warm-up, so flatness is judged from the second length on.
 
     python benchmarks/embed_memory.py [--minutes 1 10 60]
 """
@@ -62,10 +63,15 @@ def main() -> None:
     print(f"\n{'minutes':>8} {'seconds':>8} {'peak MiB':>9} {'vs first':>9}")
     for minutes, elapsed, peak in rows:
         print(f"{minutes:>8g} {elapsed:>8.1f} {peak:>9.0f} {peak / base:>8.2f}x")
-    growth = rows[-1][2] / base
+    # The allocators (torch's CPU caches, glibc arenas) fill during the first ~100 windows, so the
+    # shortest video can peak lower; flatness is judged from the second length on.
+    steady = rows[1] if len(rows) > 1 else rows[0]
+    per_minute = (rows[-1][2] - steady[2]) / max(rows[-1][0] - steady[0], 1e-9)
+    growth = rows[-1][2] / steady[2]
     print(
-        f"peak memory growth {rows[0][0]:g} -> {rows[-1][0]:g} min: {growth:.2f}x "
-        f"(flat target <= 1.25x): {'met' if growth <= 1.25 else 'MISSED'}"
+        f"peak memory {steady[0]:g} -> {rows[-1][0]:g} min: {growth:.2f}x, "
+        f"{per_minute:+.2f} MiB per extra minute (flat target <= 1.10x): "
+        f"{'met' if growth <= 1.10 else 'MISSED'}"
     )
 
 
