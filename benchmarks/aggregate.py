@@ -1,9 +1,13 @@
 """Stage 3 cost: calls, tokens (cached too) and estimated USD per node and per video-hour for the
 reference sample's tree, against the scripted server (tests/llm_server.py) answering each node
-with the release's own annotation (so output sizes are real), through the real client path.
+with the release's own annotation (so output sizes are real), through the real client path, with
+the default settings.
 
-Printed beside the naive figure of the same run: a prompt in the paper's structure with the full
-transcript and full subtrees, three rounds resending the whole conversation, GPT-4o list prices.
+Printed beside the naive figure of the same run: a prompt in the paper's structure with nothing
+budgeted (full metadata and transcript, the global context with whole captions, the node's full
+subtree with whole captions), three rounds resending the whole conversation, GPT-4o list prices.
+The naive prompt is built from the same imported tree, captions and metadata as ours, with the
+same answers and the same token count (characters / 4, as the scripted server counts ours).
 Also: each provider path with and without prompt caching and the batch discount, the tokens an
 open model served by vLLM would process, and our client path's overhead per call.
 
@@ -13,6 +17,7 @@ open model served by vLLM would process, and our client path's overhead per call
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -24,12 +29,15 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from llm_server import LLMServer, Reply, Request  # noqa: E402
 
-from action100m.config import load_settings  # noqa: E402
-from action100m.interop import OFFICIAL, import_file, read_records, release_tree  # noqa: E402
+from action100m.config import Settings, load_settings  # noqa: E402
+from action100m.document import load_metadata, load_tree, stage_artifact  # noqa: E402
+from action100m.interop import OFFICIAL, import_file, read_records  # noqa: E402
 from action100m.llm import prompts  # noqa: E402
 from action100m.llm.messages import Usage  # noqa: E402
+from action100m.llm.prompts import PromptBuilder  # noqa: E402
 from action100m.stages.aggregate import run_aggregate  # noqa: E402
 from action100m.store import ArtifactStore  # noqa: E402
+from action100m.tree import Tree  # noqa: E402
 
 # USD per million tokens (list prices when written; batch APIs halve them)
 PRICES = {
@@ -39,28 +47,57 @@ PRICES = {
 BATCH = 0.5
 
 
-def naive_usage(record: dict, min_duration: float, rounds: int = 3) -> Usage:
-    """Full transcript, full subtree, every round resending the conversation so far."""
-    tree = release_tree(record["video_uid"], record["metadata"], record["nodes"])
+def _inputs(settings: Settings, store: ArtifactStore, video_id: str) -> tuple[Tree, dict, dict]:
+    """The tree, captions and metadata Stage 3 reads from the store (what both prompts are from)."""
+    tree = load_tree(settings, store, video_id)
+    uri = stage_artifact(settings, store, video_id, "caption", "captions.json")
+    assert uri is not None
+    return tree, store.read_json(uri)["nodes"], load_metadata(store, video_id)
+
+
+def _tokens(system: str, user: str, turns: list[tuple[str, str]]) -> int:
+    """Prompt tokens as the scripted server counts them for an OpenAI request (ours too)."""
+    messages = [{"role": "user", "content": user}] + [{"role": r, "content": t} for r, t in turns]
+    body = {"messages": [{"role": "system", "content": system}, *messages]}
+    return len(Request("openai", "/v1/chat/completions", {}, body).prompt) // 4 + 1
+
+
+def naive_usage(
+    settings: Settings, store: ArtifactStore, record: dict, rounds: int = 3
+) -> tuple[Usage, dict[str, float]]:
+    """The paper's structure with nothing budgeted: the same system text, the full metadata and
+    transcript, the global context (the top 3 levels, whole captions), the node's full subtree
+    (whole captions), every round resending the conversation so far. Same tree, captions and
+    metadata as ours (read from the same store), same answers, same token count, no caching."""
+    tree, captions, metadata = _inputs(settings, store, record["video_uid"])
     rows = {r["node_id"]: r for r in record["nodes"]}
-    captions = {
-        n.node_id: {"caption": rows[n.node_id]["plm_caption"] or rows[n.node_id]["llama3_caption"]}
-        for n in tree.nodes
-    }
-    meta = prompts.render_metadata(tree, record["metadata"], budget=10**9)
-    usage = Usage()
-    for node in tree.nodes:
-        if node.duration < min_duration:
-            continue
+    meta = prompts.render_metadata(tree, metadata, budget=10**9)
+    top = "\n".join(prompts.outline_lines(tree, tree.root, captions, 3))
+    context = f"{meta}\n\n# Global context: the top of the video's segment tree\n{top}\n"
+    usage, parts = Usage(), {"metadata": 0.0, "global": 0.0, "subtree": 0.0}
+    targets = [n for n in tree.nodes if n.duration >= settings.aggregate.min_duration]
+    for node in targets:
         subtree = "\n".join(prompts.outline_lines(tree, node, captions, None))
-        prompt = prompts.estimate_tokens(prompts.SYSTEM + meta + subtree + prompts.DRAFT)
-        answer = prompts.estimate_tokens(str(_answer(rows[node.node_id])))
-        refine = prompts.estimate_tokens(prompts.REFINE)
-        conversation = prompt
+        block = f"# Segment to annotate: {prompts.span(node.start, node.end)}\n{subtree}\n"
+        user = "\n\n".join((context, block, prompts.DRAFT))
+        answer = json.dumps(_answer(rows[node.node_id]))
+        turns: list[tuple[str, str]] = []
         for _ in range(rounds):
-            usage.add(Usage(1, conversation, 0, 0, answer))
-            conversation += answer + refine
-    return usage
+            usage.add(Usage(1, _tokens(prompts.SYSTEM, user, turns), 0, 0, len(answer) // 4 + 1))
+            turns += [("assistant", answer), ("user", prompts.REFINE)]
+        parts["subtree"] += prompts.estimate_tokens(block) / len(targets)
+    parts["metadata"] = prompts.estimate_tokens(meta)
+    parts["global"] = prompts.estimate_tokens(top)
+    return usage, parts
+
+
+def ours_parts(settings: Settings, store: ArtifactStore, video_id: str) -> dict[str, float]:
+    """Our prompt's parts, in tokens: the shared prefix and the mean node block."""
+    tree, captions, metadata = _inputs(settings, store, video_id)
+    builder = PromptBuilder(tree, captions, metadata, settings.aggregate.max_prompt_tokens)
+    targets = [n for n in tree.nodes if n.duration >= settings.aggregate.min_duration]
+    blocks = [prompts.estimate_tokens(builder.node_block(n)) for n in targets]
+    return {"prefix": prompts.estimate_tokens(builder.context), "block": sum(blocks) / len(blocks)}
 
 
 def _answer(row: dict) -> dict[str, str]:
@@ -68,7 +105,13 @@ def _answer(row: dict) -> dict[str, str]:
     return {f: str((gpt.get(g) or {}).get(k) or "N/A") for f, (g, k) in OFFICIAL.items()}
 
 
-def run_path(record: dict, reference: str, provider: str, budget: int) -> tuple[dict, float]:
+def _settings(store: ArtifactStore, aggregate: dict | None = None) -> Settings:
+    return load_settings(store=store.root, environ={}, overrides={"aggregate": aggregate or {}})
+
+
+def run_path(record: dict, reference: str, provider: str, budget: int | None) -> tuple[dict, float]:
+    """Stage 3 with the default settings (and ``budget`` if given) against the scripted server,
+    which answers each node with the release's own annotation."""
     by_span = {prompts.span(r["start"], r["end"]): r for r in record["nodes"]}
 
     def responder(request: Request) -> Reply | None:
@@ -82,21 +125,17 @@ def run_path(record: dict, reference: str, provider: str, budget: int) -> tuple[
         os.environ.setdefault(
             "OPENAI_API_KEY" if provider == "openai" else "ANTHROPIC_API_KEY", "sk-benchmark"
         )
-        settings = load_settings(
-            store=store.root,
-            environ={},
-            overrides={
-                "aggregate": {
-                    "provider": provider,
-                    "model": "bench",
-                    "base_url": url,
-                    "concurrency": 1,
-                    "tokens_per_minute": 10**9,
-                    "max_prompt_tokens": budget,
-                    "requests_per_minute": 10**6,
-                }
-            },
-        )
+        overrides = {
+            "provider": provider,
+            "model": "bench",
+            "base_url": url,
+            "concurrency": 1,
+            "tokens_per_minute": 10**9,
+            "requests_per_minute": 10**6,
+        }
+        if budget is not None:
+            overrides["max_prompt_tokens"] = budget
+        settings = _settings(store, overrides)
         import_file(settings, store, reference, annotations=False)
         started = time.perf_counter()
         folder_uri = run_aggregate(settings, store, record["video_uid"])
@@ -109,44 +148,61 @@ def main() -> None:
     parser.add_argument(
         "--reference", default=str(ROOT.parent / "shared/reference/hySSAAw4t24.json")
     )
-    parser.add_argument("--max-prompt-tokens", type=int, default=24000)
+    parser.add_argument(
+        "--max-prompt-tokens", type=int, default=None, help="default: aggregate.max_prompt_tokens"
+    )
     args = parser.parse_args()
     record = read_records(args.reference)[0]
     hours = record["nodes"][0]["end"] / 3600
-    nodes = sum(1 for r in record["nodes"] if r["end"] - r["start"] >= 4.0)
+    with tempfile.TemporaryDirectory() as folder:
+        store = ArtifactStore(folder)
+        settings = _settings(store)
+        if args.max_prompt_tokens is not None:
+            settings.aggregate.max_prompt_tokens = args.max_prompt_tokens
+        import_file(settings, store, args.reference, annotations=False)
+        naive, naive_parts = naive_usage(settings, store, record)
+        parts = ours_parts(settings, store, record["video_uid"])
+    nodes = naive.requests // 3
     print(
-        f"reference {record['video_uid']}: {len(record['nodes'])} nodes, {nodes} of 4 s or more, "
-        f"{hours * 60:.1f} min\n"
+        f"reference {record['video_uid']}: {len(record['nodes'])} nodes, {nodes} of "
+        f"{settings.aggregate.min_duration:g} s or more, {hours * 60:.1f} min; "
+        f"aggregate.max_prompt_tokens {settings.aggregate.max_prompt_tokens}\n"
+        f"prompt parts (tokens): naive: system {prompts.estimate_tokens(prompts.SYSTEM)}, "
+        f"metadata+transcript {naive_parts['metadata']:.0f}, global {naive_parts['global']:.0f}, "
+        f"subtree {naive_parts['subtree']:.0f} (mean); ours: system "
+        f"{prompts.estimate_tokens(prompts.SYSTEM)}, shared prefix {parts['prefix']:.0f}, "
+        f"node block (subtree + its speech) {parts['block']:.0f} (mean)\n"
     )
 
     def line(name: str, usage: Usage, prices: dict, discount: float = 1.0) -> float:
         per_hour = usage.cost(prices) * discount / hours
         print(
-            f"{name:<44} calls {usage.requests:>5}  in {usage.input_tokens / 1e6:7.3f}M "
-            f"(cached {usage.cached_input_tokens / 1e6:6.3f}M)  out {usage.output_tokens / 1e6:6.3f}M"
-            f"  ${per_hour:8.2f}/video-hour  ${usage.cost(prices) * discount / nodes:.4f}/node"
+            f"{name:<48} calls {usage.requests:>5}  in {usage.input_tokens / 1e6:6.3f}M "
+            f"(cached {usage.cached_input_tokens / 1e6:5.3f}M)  out {usage.output_tokens / 1e6:5.3f}M"
+            f"  ${per_hour:7.2f}/video-hour  ${usage.cost(prices) * discount / nodes:.4f}/node"
+            f"  {base / per_hour if base else 1:4.1f}x below naive"
         )
         return per_hour
 
-    naive = naive_usage(record, 4.0)
-    base = line("naive (full context, resent conversation)", naive, PRICES["gpt-4o"])
+    base = 0.0
+    base = line("naive GPT-4o (full context, resent conversation)", naive, PRICES["gpt-4o"])
     for provider, price in (("openai", PRICES["gpt-4o"]), ("anthropic", PRICES["claude-sonnet"])):
         data, elapsed = run_path(record, args.reference, provider, args.max_prompt_tokens)
         usage = Usage.from_json(data)
         uncached = Usage(usage.requests, usage.input_tokens, 0, 0, usage.output_tokens)
-        label = f"ours, {provider} ({'GPT-4o' if provider == 'openai' else 'Claude Sonnet'})"
+        label = f"ours, {'GPT-4o' if provider == 'openai' else 'Claude Sonnet'}"
         line(f"{label}, no caching", uncached, price)
-        ours = line(f"{label}, prompt caching", usage, price)
+        line(f"{label}, prompt caching", usage, price)
         line(f"{label}, batch API (no caching)", uncached, price, BATCH)
         if provider == "openai":
-            print(f"{'':<44} -> {base / ours:.1f}x below naive at equal input content")
             tokens = (usage.input_tokens + usage.output_tokens) / hours
+            naive_tokens = (naive.input_tokens + naive.output_tokens) / hours
             print(
-                f"{'open model on vLLM':<44} {tokens / 1e6:.2f}M tokens/video-hour "
-                f"(naive {(naive.input_tokens + naive.output_tokens) / hours / 1e6:.2f}M)"
+                f"{'open model on vLLM':<48} {tokens / 1e6:.2f}M tokens/video-hour "
+                f"(naive {naive_tokens / 1e6:.2f}M, {naive_tokens / tokens:.1f}x more)"
             )
         print(
-            f"{'':<44} client path: {elapsed / usage.requests * 1000:.1f} ms per call "
+            f"{'':<48} client path: {elapsed / usage.requests * 1000:.1f} ms per call "
             f"(loopback server, prompt build, cache write, parse)\n"
         )
 

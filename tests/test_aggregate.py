@@ -48,9 +48,14 @@ def build_tree(video_id: str, spans: tuple = SPANS) -> Tree:
 
 
 def write_inputs(
-    settings: Settings, store: ArtifactStore, video_id: str = VIDEO, transcript_lines: int = 3
+    settings: Settings,
+    store: ArtifactStore,
+    video_id: str = VIDEO,
+    transcript_lines: int = 3,
+    timed: bool = True,
 ) -> Tree:
-    """A finished segment and caption stage, and metadata, for ``video_id``."""
+    """A finished segment and caption stage, and metadata, for ``video_id``; a transcript
+    without times goes whole into the shared prefix (with times: piecewise, per node)."""
     tree = build_tree(video_id)
     folder = store.stage_dir(video_id, "segment", settings.stage_key("segment"))
     store.write_json(f"{folder}/tree.json", tree.to_json())
@@ -66,10 +71,12 @@ def write_inputs(
     folder = store.stage_dir(video_id, "caption", settings.stage_key("caption"))
     store.write_json(f"{folder}/captions.json", {"model": "captioner", "nodes": captions})
     store.mark_done(folder)
-    transcript = [
+    transcript: list = [
         {"time": i * 0.5, "text": f"now we sand the board, step {i}"}
         for i in range(transcript_lines)
     ]
+    if not timed:
+        transcript = [line["text"] for line in transcript]
     store.write_json(
         f"{store.video_dir(video_id)}/metadata.json",
         {"title": "Sanding a board", "description": "How I sand.", "transcript": transcript},
@@ -268,7 +275,8 @@ def test_anthropic_uses_cache_control_and_records_cached_tokens(
     settings.aggregate.provider = "anthropic"
     settings.aggregate.model = "claude-scripted"
     settings.aggregate.base_url = llm.anthropic_base_url
-    write_inputs(settings, store, transcript_lines=400)  # a prefix long enough to be cached
+    # a prefix long enough to be cached: a transcript without times is shared by every node
+    write_inputs(settings, store, transcript_lines=400, timed=False)
     run_aggregate(settings, store, VIDEO)
     assert {r.path for r in llm.requests} == {"/v1/messages"}
     for request in llm.requests:

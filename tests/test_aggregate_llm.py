@@ -103,13 +103,72 @@ def test_prompt_shared_prefix_and_order() -> None:
     captions = {
         n.node_id: {"caption": f"c{n.start:g}-{n.end:g}", "kind": "segment"} for n in tree.nodes
     }
-    metadata = {"title": "T", "description": "D", "transcript": [{"time": "1.5", "text": "hi"}]}
+    transcript = [
+        {"time": "1.5", "text": "hi"},
+        {"time": "4", "text": "sanding now"},
+        {"time": "12.5", "text": "now  the   second half"},
+        {"time": "19.5", "text": "bye"},
+    ]
+    metadata = {"title": "T", "description": "D", "transcript": transcript}
     builder = prompts.PromptBuilder(tree, captions, metadata, 24000)
-    assert "Title: T" in builder.context and "[1.5s] hi" in builder.context
-    assert "- [0.0s-20.0s] c0-20" in builder.context  # global context with time ranges
-    block = builder.node_block(tree.nodes[1])
+    assert "Title: T" in builder.context and "- [0.0s-20.0s] c0-20" in builder.context
+    assert "hi" not in builder.context  # timed speech goes with the nodes it is spoken in
+    block_node = tree.nodes[1]
+    block = builder.node_block(block_node)
     assert block.startswith("# Segment to annotate: [0.0s-12.0s]")
     assert "\n  - [5.0s-12.0s] c5-12\n    - [5.0s-8.0s] c5-8" in block  # depth-first outline
+    assert "[1.5s] hi\n[4.0s] sanding now" in block and "second half" not in block
+    inner = builder.node_block(tree.nodes[4])  # [5-8]: a line lasts until the next one
+    assert inner.startswith("# Segment to annotate: [5.0s-8.0s]")
+    assert "[4.0s] sanding now" in inner and "hi" not in inner
+    later = builder.node_block(tree.nodes[-1])  # [14-20]: the line said at 12.5 s goes on
+    assert later.startswith("# Segment to annotate: [14.0s-20.0s]")
+    assert "[12.5s] now the second half\n[19.5s] bye" in later and "sanding" not in later
+    late = {"transcript": [{"time": 19.5, "text": "bye"}]}
+    assert "Speech" not in prompts.PromptBuilder(tree, captions, late, 24000).node_block(block_node)
+    untimed = prompts.PromptBuilder(tree, captions, {"transcript": ["hi", "bye"]}, 24000)
+    assert "hi\nbye" in untimed.context and "hi" not in untimed.node_block(tree.nodes[1])
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "expected"),
+    [
+        ("One. Two two. Three three three.", 100, "One. Two two. Three three three."),
+        ("One. Two two. Three three three.", 20, "One. Two two. [...]"),
+        ("One. Two two. Three three three.", 18, "One. [...]"),
+        ("A first sentence that is long. Two.", 5, "A first sentence that is long. [...]"),
+        (
+            "No sentence end at all, just words and words",
+            10,
+            "No sentence end at all, just words and words",
+        ),
+        ("Why? Yes! Fine, then.", 16, "Why? Yes! [...]"),
+    ],
+)
+def test_shorten_cuts_only_at_sentences(text: str, limit: int, expected: str) -> None:
+    assert prompts.shorten(text, limit) == expected
+
+
+def test_subtree_depth_and_part_captions_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    tree, captions = _deep_tree(levels=6, caption_chars=40)
+    long = "First part. " + "Then more detail here. " * 40
+    captions = {k: {**v, "caption": f"{v['caption']}. {long}"} for k, v in captions.items()}
+    builder = prompts.PromptBuilder(tree, captions, {}, max_tokens=24000)
+    bounded = builder.node_block(tree.root)
+    outline = bounded.split("depth-first:\n", 1)[1]
+    assert prompts.estimate_tokens(outline) <= prompts.SUBTREE_TOKENS + 20
+    assert "levels below are left out" in bounded
+    monkeypatch.setattr(prompts, "SUBTREE_TOKENS", 10**6)  # the depth bound alone
+    block = builder.node_block(tree.root)
+    shown = [n for n in tree.nodes if f"<{n.node_id}>" in block]
+    assert max(n.level for n in shown) == prompts.SUBTREE_DEPTH
+    assert len(shown) == 2 ** (prompts.SUBTREE_DEPTH + 1) - 1
+    assert f"(parts more than {prompts.SUBTREE_DEPTH} levels below are left out)" in block
+    own, *parts = [line for line in block.splitlines() if line.lstrip().startswith("- [")]
+    assert own.endswith(long.strip())  # the node's own caption whole
+    for line in parts:  # its parts' captions cut after a whole sentence, marked
+        assert line.endswith(". [...]") and len(line) < prompts.PART_CHARS + 60
+    assert builder.context.count("- [") == 2 ** (prompts.GLOBAL_DEPTH + 1) - 1
 
 
 def test_request_hash_covers_content_not_identity() -> None:
