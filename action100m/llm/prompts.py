@@ -244,7 +244,7 @@ class PromptBuilder:
         budget = max_tokens - estimate_tokens(SYSTEM) - RESERVE
         lines = _transcript_lines(metadata.get("transcript"))
         timed = bool(lines) and all(stamp is not None for stamp, _ in lines)
-        self.speech = lines if timed else []
+        self.speech = sorted(lines, key=lambda line: line[0] or 0.0) if timed else []
         meta = render_metadata(tree, metadata, int(budget * METADATA_SHARE), not timed)
         if timed:
             meta += (
