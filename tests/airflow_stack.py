@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -180,13 +181,21 @@ class AirflowStack:
             headers["Authorization"] = f"Bearer {self.token()}"
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.base_url + path, data, headers, method=method)
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read() or b"null")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")[:500]
+            raise RuntimeError(f"{method} {path}: HTTP {exc.code}: {detail}") from exc
 
     def token(self) -> str:
         if self._token is None:
             self._token = self.request("GET", "/auth/token", auth=False)["access_token"]
         return self._token
+
+    def set_pool(self, name: str, slots: int) -> None:
+        body = {"pool": name, "slots": slots, "include_deferred": False}
+        self.request("PATCH", f"/api/v2/pools/{name}?update_mask=slots", body)
 
     def wait_for_dag(self, dag_id: str, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
@@ -224,3 +233,33 @@ class AirflowStack:
     def tries(self, dag_id: str, run_id: str, task_id: str, map_index: int) -> list[dict]:
         path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/{map_index}/tries"
         return list(self.request("GET", path)["task_instances"])
+
+
+_shared: dict[str, Any] = {}
+
+
+def shared_stack(config: Any, workdir: Path) -> tuple[AirflowStack, Any]:
+    """One stack (and its scripted LLM server) per pytest session, shared by the test modules that
+    need a real scheduler; stopped when the session ends. ``config`` is ``request.config``."""
+    if "stack" not in _shared:
+        from llm_server import LLMServer
+
+        llm = LLMServer(api_key="sk-stack").start()
+        config.add_cleanup(llm.stop)
+        connection = {"conn_type": "generic", "password": "sk-stack",
+                      "extra": {"base_url": llm.base_url, "model": "gpt-4o"}}  # fmt: skip
+        stack = AirflowStack(
+            workdir,
+            env={
+                "ACTION100M_STORE": (workdir / "store").as_uri(),
+                "ACTION100M_RETRY_DELAY_SECONDS": "1",
+                "ACTION100M_BACKFILL_MAX_ACTIVE_SHARDS": "2",
+                "ACTION100M_BACKFILL_POKE_SECONDS": "2",
+                "AIRFLOW_CONN_OPENAI_DEFAULT": json.dumps(connection),
+            },
+            pools={"gpu": 1, "llm": 2},
+        )
+        config.add_cleanup(stack.stop)
+        stack.start()
+        _shared.update(stack=stack, llm=llm)
+    return _shared["stack"], _shared["llm"]

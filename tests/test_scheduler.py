@@ -1,0 +1,63 @@
+"""The ``action100m`` DAG under a real scheduler (LocalExecutor), DAG processor and API server on
+a throwaway PostgreSQL: triggered through the REST API with params. ``dag.test()`` ignores pools;
+this checks that the ``gpu`` pool (1 slot) never runs two GPU tasks at once, and that a task
+whose first try fails (the LLM answers HTTP 500 once) is retried and succeeds."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import pytest
+from airflow_stack import AirflowStack, shared_stack
+from llm_server import LLMServer, Reply
+
+from action100m.samples import make_video
+
+GPU_TASKS = ("video.embed", "video.caption")
+
+
+@pytest.fixture(scope="module")
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return shared_stack(request.config, tmp_path_factory.mktemp("airflow-stack"))
+
+
+def _interval(ti: dict[str, Any]) -> tuple[datetime, datetime]:
+    return datetime.fromisoformat(ti["start_date"]), datetime.fromisoformat(ti["end_date"])
+
+
+def test_run_through_the_scheduler_honours_pools_and_retries(
+    stack: tuple[AirflowStack, LLMServer], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    airflow, llm = stack
+    folder = tmp_path_factory.mktemp("scheduler-videos")
+    videos = []
+    for name, scenes in (("sched_a", [4.5, 4.0]), ("sched_b", [5.0, 3.5])):
+        make_video(folder / f"{name}.mp4", scenes)
+        videos.append(str(folder / f"{name}.mp4"))
+    airflow.set_pool("gpu", 1)
+    llm.script(Reply.status(500))  # the first LLM request fails; the library does not retry it
+
+    run_id = airflow.trigger(
+        "action100m",
+        {"videos": videos, "profile": "tiny", "overrides": ["aggregate.max_retries=0"]},
+    )
+    assert airflow.wait(run_id, "action100m", timeout=400) == "success"
+
+    tis = airflow.task_instances("action100m", run_id)
+    by_key = {(ti["task_id"], ti["rendered_map_index"] or ti["map_index"]): ti for ti in tis}
+    for video in ("sched_a", "sched_b"):
+        for stage in ("embed", "segment", "caption", "aggregate", "publish"):
+            assert by_key[(f"video.{stage}", video)]["state"] == "success", (stage, video)
+    assert by_key[("report", -1)]["state"] == "success"
+
+    gpu = sorted((_interval(ti) for ti in tis if ti["task_id"] in GPU_TASKS), key=lambda i: i[0])
+    assert len(gpu) == 4 and all(ti["pool"] == "gpu" for ti in tis if ti["task_id"] in GPU_TASKS)
+    for (_, previous_end), (next_start, _) in zip(gpu, gpu[1:], strict=False):
+        assert next_start >= previous_end, "two GPU tasks overlapped in a 1-slot pool"
+
+    retried = [ti for ti in tis if ti["task_id"] == "video.aggregate" and ti["try_number"] > 1]
+    assert len(retried) == 1
+    tries = airflow.tries("action100m", run_id, "video.aggregate", retried[0]["map_index"])
+    states = [t["state"] for t in sorted(tries, key=lambda t: t["try_number"])]
+    assert states[0] in ("failed", "up_for_retry") and states[-1] == "success"
