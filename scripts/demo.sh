@@ -27,7 +27,17 @@ if ! airflow dags test action100m --conf "$CONF" >"$LOG" 2>&1; then
   echo "demo: the DAG run failed; full log in $LOG" >&2
   exit 1
 fi
-grep -E "run report|^$VIDEO_ID |aggregate skipped|report written" "$LOG" | sed -E 's/^.*(run report)/\1/' | sort -u || true
+REPORT="$(grep -o 'report written to [^ ]*' "$LOG" | tail -n 1 | cut -d' ' -f4)"
+python - "$REPORT" <<'PY'
+import sys
+
+from action100m.batch import format_report
+from action100m.store import ArtifactStore
+
+uri = sys.argv[1]
+print(format_report(ArtifactStore(uri.rsplit("/", 1)[0]).read_json(uri)))
+print(f"(run report: {uri})")
+PY
 
 echo "== action100m show $VIDEO_ID"
 action100m --store "$ACTION100M_STORE" show "$VIDEO_ID"

@@ -86,15 +86,12 @@ def resolve_videos() -> list[dict[str, Any]]:
     return videos
 
 
-def _stage_folder(settings: Any, store: Any, stage: str, video_id: str) -> str:
-    if stage == "publish":
-        return store.document_uri(video_id)
-    return store.stage_dir(video_id, stage, settings.stage_key(stage))
-
-
 def _already_done(settings: Any, store: Any, stage: str, video_id: str) -> bool:
-    folder = _stage_folder(settings, store, stage, video_id)
-    return store.exists(folder) if stage == "publish" else store.is_done(folder)
+    """Whether the stage finished before (its ``_SUCCESS`` exists). The per-video document is
+    always rewritten from the finished stages, so ``publish`` never counts as done before."""
+    if stage == "publish":
+        return False
+    return bool(store.is_done(store.stage_dir(video_id, stage, settings.stage_key(stage))))
 
 
 def _call_stage(settings: Any, store: Any, stage: str, video: dict[str, Any]) -> str | None:
@@ -137,11 +134,12 @@ def run_stage(stage: str, video: dict[str, Any]) -> dict[str, Any]:
     if stage == "aggregate":
         if uri is None:
             notes.append(f"aggregate skipped: {_llm_unavailable_reason(settings)}")
-        else:
+        elif not reused:  # tokens and cost of this run only
             summary["usage"] = _usage(store, uri)
     if stage == "publish":
         summary["document"] = uri
-        summary["reused_all"] = all(r["reused"] for r in summary["stages"].values())
+        earlier = [r["reused"] for name, r in summary["stages"].items() if name != "publish"]
+        summary["reused_all"] = all(earlier)
     summary["notes"] = notes
     log.info("%s video %s: done in %.1f s -> %s", stage, video_id, seconds, uri or "(skipped)")
     return summary
