@@ -77,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each video")
     parser.add_argument("--gpu-slots", type=int, default=1, help="slots of the gpu pool")
+    parser.add_argument(
+        "--preload", choices=["0", "1"], default="1",
+        help="ACTION100M_PRELOAD: the scheduler imports torch once for all task processes",
+    )  # fmt: skip
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -84,13 +88,17 @@ def main(argv: list[str] | None = None) -> int:
     stack = AirflowStack(
         work / "airflow",
         env={"ACTION100M_STORE": (work / "airflow-store").as_uri(),
-             "ACTION100M_CACHE": str(work / "models")},
+             "ACTION100M_CACHE": str(work / "models"), "ACTION100M_PRELOAD": args.preload},
         pools={"gpu": args.gpu_slots, "llm": 4},
     )  # fmt: skip
     results: list[dict[str, Any]] = []
     try:
         stack.start()
-        print(f"Airflow stack up in {stack.startup_seconds:.1f} s (not counted below)", flush=True)
+        print(
+            f"Airflow stack up in {stack.startup_seconds:.1f} s (not counted below); "
+            f"preload {args.preload}",
+            flush=True,
+        )
         # Warm-up: build the tiny models into the shared cache and parse the DAG once.
         warm = make_videos(work, "warm", 1, args.seconds)
         time_cli(warm, work / "cli-store")

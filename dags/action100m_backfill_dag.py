@@ -16,7 +16,6 @@ from typing import Any
 from action100m_airflow import BACKFILL_DAG_ID, DAG_ID, task_defaults
 from action100m_airflow import backfill as backfill_tasks
 from action100m_airflow.params import run_params
-from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Param, TriggerRule, dag, task
 
 MAX_ACTIVE_SHARDS = int(os.environ.get("ACTION100M_BACKFILL_MAX_ACTIVE_SHARDS", "4"))
@@ -60,7 +59,7 @@ def action100m_backfill() -> None:
     def plan_shards() -> list[dict[str, Any]]:
         return backfill_tasks.plan_shards()
 
-    triggered = TriggerDagRunOperator.partial(
+    triggered = backfill_tasks.ShardTriggerOperator.partial(
         task_id=backfill_tasks.TRIGGER_TASK_ID,
         trigger_dag_id=DAG_ID,
         wait_for_completion=True,

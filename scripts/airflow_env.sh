@@ -1,9 +1,10 @@
 # Source me: the Airflow environment of this checkout (the embedded demo and `airflow standalone`).
 #   source scripts/airflow_env.sh && airflow standalone
-# Everything stays inside the checkout: Airflow home .airflow/ (SQLite), artifacts .demo/artifacts/.
+# Everything stays inside the checkout under .demo/: Airflow home .demo/airflow (SQLite), artifacts
+# .demo/artifacts, tiny models .demo/models; `make clean` removes it.
 # Anything already set in the environment wins (e.g. ACTION100M_STORE=s3://bucket).
 ACTION100M_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export AIRFLOW_HOME="${AIRFLOW_HOME:-$ACTION100M_REPO/.airflow}"
+export AIRFLOW_HOME="${AIRFLOW_HOME:-$ACTION100M_REPO/.demo/airflow}"
 export AIRFLOW__CORE__DAGS_FOLDER="$ACTION100M_REPO/dags"
 export AIRFLOW__CORE__PLUGINS_FOLDER="$ACTION100M_REPO/plugins"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
@@ -11,6 +12,7 @@ export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
 export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-4}"
 export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="${AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL:-30}"
 export ACTION100M_STORE="${ACTION100M_STORE:-file://$ACTION100M_REPO/.demo/artifacts}"
+export ACTION100M_PRELOAD="${ACTION100M_PRELOAD:-1}"  # plugins/action100m_preload.py
 export ACTION100M_CACHE="${ACTION100M_CACHE:-$ACTION100M_REPO/.demo/models}"
 # `airflow standalone` starts `airflow` subprocesses: the venv's bin must be on PATH.
 if [ -d "$ACTION100M_REPO/.venv/bin" ]; then

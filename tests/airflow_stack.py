@@ -111,6 +111,7 @@ class AirflowStack:
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
+            "ACTION100M_PRELOAD": "1",  # task processes inherit torch from the scheduler
         }
         env.update(self.extra_env)
         return env

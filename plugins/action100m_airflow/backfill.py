@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from airflow.sdk import get_current_context
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import Context, get_current_context
 from airflow.sdk.exceptions import AirflowFailException
 
 from action100m_airflow import BACKFILL_DAG_ID, DAG_ID
@@ -57,6 +58,26 @@ def plan_shards() -> list[dict[str, Any]]:
         }
         for index, videos in enumerate(shards)
     ]
+
+
+class ShardTriggerOperator(TriggerDagRunOperator):
+    """Triggers one shard's ``action100m`` run, logging the backfill's progress first."""
+
+    def execute(self, context: Context) -> Any:
+        ti = context["ti"]
+        planned = ti.xcom_pull(task_ids="plan_shards") or []
+        run_ids = [entry["trigger_run_id"] for entry in planned]
+        done, failed = (
+            ti.get_dr_count(dag_id=DAG_ID, run_ids=run_ids, states=[state]) if run_ids else 0
+            for state in ("success", "failed")
+        )
+        videos = (self.conf or {}).get("videos", [])
+        log.info(
+            "shard %d/%d: %d video(s) (%s) -> %s run %s; so far %d/%d shard(s) done, %d failed",
+            (ti.map_index or 0) + 1, len(run_ids), len(videos), ", ".join(videos[:5]),
+            DAG_ID, self.trigger_run_id, done, len(run_ids), failed,
+        )  # fmt: skip
+        return super().execute(context)
 
 
 def summarize() -> dict[str, Any]:

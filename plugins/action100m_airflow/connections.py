@@ -119,43 +119,40 @@ class ArtifactStoreHook(BaseHook):
         return ArtifactStore(root, options)
 
 
-def model_service_overrides(requested_provider: str | None) -> dict[str, Any]:
-    """Settings (``{"aggregate": {...}, "caption": {...}}``) from the LLM and vLLM connections,
-    API keys exported to the variables the clients read. Explicit overrides win over these."""
-    overrides: dict[str, Any] = {}
+def model_service_settings(requested_provider: str | None) -> dict[str, str]:
+    """Settings (``{"aggregate.base_url": ..., ...}``) from the LLM and vLLM connections; API keys
+    are exported to the variables the clients read, never returned or logged."""
+    found: dict[str, str] = {}
     providers = [requested_provider] if requested_provider else list(LLM_CONN_IDS)
     for provider in providers:
         conn = optional_connection(LLM_CONN_IDS[provider])
         if conn is None:
             continue
-        section: dict[str, Any] = {"provider": provider}
-        if url := _base_url(conn):
-            section["base_url"] = url
-        if model := conn.extra_dejson.get("model"):
-            section["model"] = model
+        found["aggregate.provider"] = provider
+        found.update(_endpoint_settings("aggregate", conn))
         if conn.password:
             os.environ[API_KEY_VARIABLES[provider]] = conn.password
-        overrides["aggregate"] = section
         log.info(
             "LLM from connection %s: provider %s, model %s, endpoint %s, key %s",
-            LLM_CONN_IDS[provider],
-            provider,
-            section.get("model", "(default)"),
-            _safe(section.get("base_url")) or "(provider default)",
+            LLM_CONN_IDS[provider], provider, found.get("aggregate.model", "(default)"),
+            _safe(found.get("aggregate.base_url")) or "(provider default)",
             "set" if conn.password else "not set",
-        )
+        )  # fmt: skip
         break
     vllm = optional_connection(VLLM_CONN_ID)
     if vllm is not None:
-        caption: dict[str, Any] = {}
-        if url := _base_url(vllm):
-            caption["base_url"] = url
-        if model := vllm.extra_dejson.get("model"):
-            caption["model"] = model
+        found.update(_endpoint_settings("caption", vllm))
         if vllm.password:
             os.environ["VLLM_API_KEY"] = vllm.password
-        overrides["caption"] = caption
-        log.info(
-            "captioning server from connection %s: %s", VLLM_CONN_ID, _safe(caption.get("base_url"))
-        )
-    return overrides
+        log.info("captioning server from connection %s: %s", VLLM_CONN_ID,
+                 _safe(found.get("caption.base_url")))  # fmt: skip
+    return found
+
+
+def _endpoint_settings(section: str, conn: Connection) -> dict[str, str]:
+    found = {}
+    if url := _base_url(conn):
+        found[f"{section}.base_url"] = url
+    if model := conn.extra_dejson.get("model"):
+        found[f"{section}.model"] = str(model)
+    return found

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from airflow.sdk import Param
 
 
@@ -34,7 +36,7 @@ def run_params() -> dict[str, Param]:
             "transcript), with {video_id}. A missing file is not an error.",
         ),
         "profile": Param(
-            "paper",
+            os.environ.get("ACTION100M_PROFILE", "paper"),
             type="string",
             enum=["paper", "tiny"],
             title="Model profile",

@@ -18,34 +18,30 @@ from airflow.sdk import get_current_context
 from airflow.sdk.exceptions import AirflowFailException
 
 from action100m_airflow import DAG_ID, STAGES, VIDEO_GROUP
-from action100m_airflow.connections import ArtifactStoreHook, model_service_overrides
+from action100m_airflow.connections import ArtifactStoreHook, model_service_settings
 
 log = logging.getLogger("action100m.airflow")
 
 FAILURE_KEY = "failure"
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def build_runtime(params: dict[str, Any]) -> tuple[Any, Any]:
     """``(settings, store)`` for this run: store from its connection, models from the params,
-    LLM and vLLM endpoints from their connections (explicit ``overrides`` win)."""
-    from action100m.config import load_settings, parse_assignments
+    LLM and vLLM endpoints from their connections. The connections enter as the library's
+    ``ACTION100M_SECTION__KEY`` variables, so explicit ``overrides`` win, as they do over env."""
+    import os
+
+    from action100m.config import ENV_PREFIX, load_settings, parse_assignments
 
     raw = params.get("overrides") or {}
     user = raw if isinstance(raw, dict) else parse_assignments([str(item) for item in raw])
     store = ArtifactStoreHook().get_store()
-    services = model_service_overrides(user.get("aggregate", {}).get("provider"))
+    services = model_service_settings(user.get("aggregate", {}).get("provider"))
+    environ = dict(os.environ)
+    for dotted, value in services.items():
+        environ[ENV_PREFIX + dotted.upper().replace(".", "__")] = value
     settings = load_settings(
-        profile=params.get("profile") or None, overrides=_merge(services, user), store=store.root
+        profile=params.get("profile") or None, overrides=user, store=store.root, environ=environ
     )
     return settings, store
 
