@@ -30,9 +30,6 @@ PRELOAD_MODULES = (
 )
 
 
-_preloaded = False  # inherited by forked task processes, which then do nothing
-
-
 def _is_scheduler() -> bool:
     return sys.argv[1:2] == ["scheduler"]
 
@@ -40,10 +37,10 @@ def _is_scheduler() -> bool:
 @hookimpl
 def on_starting(component: Any) -> None:
     """Called as each Airflow job starts; preloads in the scheduler only, and only when asked."""
-    global _preloaded
-    if _preloaded or os.environ.get("ACTION100M_PRELOAD", "0") != "1" or not _is_scheduler():
+    if os.environ.get("ACTION100M_PRELOAD", "0") != "1" or not _is_scheduler():
         return
-    _preloaded = True
+    if all(name in sys.modules for name in PRELOAD_MODULES):
+        return  # a task process forked from the preloaded scheduler
     started = time.monotonic()
     for name in PRELOAD_MODULES:
         try:

@@ -50,6 +50,8 @@ def test_run_through_the_scheduler_honours_pools_and_retries(
         for stage in ("embed", "segment", "caption", "aggregate", "publish"):
             assert by_key[(f"video.{stage}", video)]["state"] == "success", (stage, video)
     assert by_key[("report", -1)]["state"] == "success"
+    scheduler_log = (airflow.workdir / "logs" / "scheduler.log").read_text(errors="replace")
+    assert "action100m preload" in scheduler_log  # task processes inherited torch
 
     gpu = sorted((_interval(ti) for ti in tis if ti["task_id"] in GPU_TASKS), key=lambda i: i[0])
     assert len(gpu) == 4 and all(ti["pool"] == "gpu" for ti in tis if ti["task_id"] in GPU_TASKS)
