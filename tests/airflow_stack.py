@@ -42,8 +42,7 @@ class PostgresCluster:
     """``initdb`` + ``pg_ctl start`` as the ``postgres`` user in a temporary folder."""
 
     def __init__(self) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="a100m-pg-"))
-        self.data = self.folder / "data"
+        self.folder: Path | None = None  # made by start(), so an unstarted cluster leaves nothing
         self.port = free_port()
         self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
@@ -52,26 +51,31 @@ class PostgresCluster:
 
     def start(self) -> str:
         """Start the cluster; returns the SQLAlchemy URL of a fresh ``airflow`` database."""
+        self.folder = Path(tempfile.mkdtemp(prefix="a100m-pg-"))
         if self.as_postgres:
             shutil.chown(self.folder, "postgres")
         self.folder.chmod(0o755)
-        self._run(str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres")
+        data = str(self.folder / "data")
+        self._run(str(PG_BIN / "initdb"), "-D", data, "-A", "trust", "-U", "postgres")
         options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
         self._run(
-            str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-o", options, "-w",
+            str(PG_BIN / "pg_ctl"), "-D", data, "-o", options, "-w",
             "-l", str(self.folder / "postgres.log"), "start",
         )  # fmt: skip
         self._run(str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "airflow")
         return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/airflow"
 
     def stop(self) -> None:
-        if self.data.exists():
+        if self.folder is None:
+            return
+        if (self.folder / "data").exists():
             subprocess.run(
-                [*self.as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast",
-                 "-w", "stop"],
+                [*self.as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(self.folder / "data"),
+                 "-m", "fast", "-w", "stop"],
                 capture_output=True,
             )  # fmt: skip
         shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder = None
 
 
 class AirflowStack:
