@@ -25,8 +25,8 @@ system-deps:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; fi
 
 lint: install
-	$(BIN)/ruff check action100m dags plugins tests benchmarks
-	$(BIN)/ruff format --check action100m dags plugins tests benchmarks
+	$(BIN)/ruff check action100m dags plugins scripts tests benchmarks
+	$(BIN)/ruff format --check action100m dags plugins scripts tests benchmarks
 	$(BIN)/mypy
 
 test: lint system-deps

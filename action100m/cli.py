@@ -75,7 +75,10 @@ def render_tree(document: dict[str, Any], width: int = 100) -> str:
             text = f"error: {node['error']}"
         elif node.get("caption"):
             text = node["caption"]
+        # Captions are model output: keep the outline one printable line per node (a tiny random
+        # model emits broken UTF-8, shown as U+FFFD).
         text = " ".join(text.split())
+        text = "".join(ch for ch in text if ch.isprintable() and ch != "\ufffd")
         line = f"{indent}{span} {text}".rstrip()
         lines.append(line if len(line) <= width else line[: width - 1] + "…")
     return "\n".join(lines)

@@ -51,7 +51,9 @@ def save_metadata(store: ArtifactStore, video_id: str, template: str | None) -> 
     if not template:
         return None
     source = normalise_uri(template.format(video_id=video_id))
-    reader = ArtifactStore(source.rsplit("/", 1)[0])
+    folder = source.rsplit("/", 1)[0]
+    same_protocol = folder.split("://", 1)[0] == store.root.split("://", 1)[0]
+    reader = ArtifactStore(folder, store.storage_options if same_protocol else None)
     if not reader.exists(source):
         log.warning("video %s: no metadata at %s; continuing without it", video_id, source)
         return None

@@ -4,7 +4,6 @@ store's index page (runs with a report, videos with a document). Plain HTML, no 
 from __future__ import annotations
 
 import html
-import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -12,11 +11,6 @@ from action100m.store import ArtifactStore
 from action100m.viewer.render import asset, fill
 
 STATUS_ORDER = {"failed": 0, "running": 1, "done": 2, "skipped": 3}
-
-
-def report_uri(store: ArtifactStore, run_id: str) -> str:
-    """Where the DAG's ``report`` task writes a run's report (run ids made path-safe)."""
-    return store.join("runs", re.sub(r"[^A-Za-z0-9._-]+", "_", run_id), "report.json")
 
 
 def node_count(store: ArtifactStore, video_id: str) -> int | None:
