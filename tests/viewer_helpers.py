@@ -65,7 +65,9 @@ def chromium_page(width: int = 1280, height: int = 800) -> Iterator[Any]:
     from playwright import sync_api
 
     if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
-        pytest.fail(f"no Chromium at {CHROMIUM}: `make test` installs it (apt-get install chromium)")
+        pytest.fail(
+            f"no Chromium at {CHROMIUM}: `make test` installs it (apt-get install chromium)"
+        )
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:

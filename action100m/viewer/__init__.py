@@ -12,9 +12,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from action100m.batch import report_uri
 from action100m.store import ArtifactStore
 from action100m.viewer.render import EMBED_BUDGET, page_data, render_html
-from action100m.batch import report_uri
 from action100m.viewer.report import render_index, render_report
 from action100m.viewer.thumbnails import ensure_thumbnails, read_thumbnail, read_thumbnails
 
