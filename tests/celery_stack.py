@@ -111,12 +111,12 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server not found: `make system-deps` installs it")
-        log = open(self.folder / "redis.log", "wb")  # noqa: SIM115 (kept open)
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.folder)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+        with open(self.folder / "redis.log", "wb") as log:  # the child keeps its own copy
+            self.process = subprocess.Popen(
+                [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(self.folder)],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -225,10 +225,10 @@ class CeleryStack(AirflowStack):
             "--pid", str(self.workdir / f"{service}.pid"),
             "--skip-serve-logs",  # one host: the API server reads the task logs from disk
         ]  # fmt: skip
-        log = open(self.worker_log(service), "ab")  # noqa: SIM115 (kept open)
-        self.processes[service] = subprocess.Popen(
-            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        with open(self.worker_log(service), "ab") as log:  # the child keeps its own copy
+            self.processes[service] = subprocess.Popen(
+                command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def wait_worker(self, service: str, timeout: float = 120) -> None:
         """Until the worker answers a Celery ping through the broker."""
