@@ -55,6 +55,7 @@ def _catch_embed_encoding(stack: CeleryStack, timeout: float = 180) -> dict[str,
         ]
         states = sorted(ti["state"] or "none" for ti in embeds)
         assert "failed" not in states and "up_for_retry" not in states, embeds
+        assert states != ["success", "success"], "both embed tasks finished before being caught"
         if states == ["running", "success"]:
             running = next(ti for ti in embeds if ti["state"] == "running")
             log = logs / "task_id=video.embed" / f"map_index={running['map_index']}"
