@@ -130,11 +130,12 @@ class AirflowStack:
             env=self.env, check=True, capture_output=True,
         )  # fmt: skip
         for name in ("api-server", "scheduler", "dag-processor"):
-            log = open(self.workdir / "logs" / f"{name}.log", "wb")  # noqa: SIM115 (kept open)
-            self.processes[name] = subprocess.Popen(
-                [str(VENV_BIN / "airflow"), name], env=self.env, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+            # The child keeps its own copy of the log descriptor; ours closes at once.
+            with open(self.workdir / "logs" / f"{name}.log", "wb") as log:
+                self.processes[name] = subprocess.Popen(
+                    [str(VENV_BIN / "airflow"), name], env=self.env, stdout=log,
+                    stderr=subprocess.STDOUT, start_new_session=True,
+                )  # fmt: skip
         self._wait_healthy(timeout=120)
         self.startup_seconds = time.monotonic() - started
         return self
@@ -174,7 +175,11 @@ class AirflowStack:
         self.postgres.stop()
 
     def __enter__(self) -> AirflowStack:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:  # a partial start still stops what it started
+            self.stop()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
