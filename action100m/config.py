@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from action100m.errors import ConfigError
 
@@ -34,7 +34,10 @@ class _Section(BaseModel):
 
 
 class EmbedConfig(_Section):
-    runtime_fields: ClassVar[frozenset[str]] = frozenset({"batch_size", "device", "dtype"})
+    # dtype and decoder change results only in rounding, not in what is computed.
+    runtime_fields: ClassVar[frozenset[str]] = frozenset(
+        {"batch_size", "device", "dtype", "decoder"}
+    )
     model: str = "facebook/vjepa2-vitg-fpc64-384"
     frame_step: int = Field(4, ge=1, description="keep 1 of every N decoded frames")
     window: int = Field(64, ge=2, description="sampled frames per encoder window")
@@ -42,6 +45,18 @@ class EmbedConfig(_Section):
     batch_size: int = Field(4, ge=1, description="windows per forward pass")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    decoder: Literal["pyav", "decord"] = Field(
+        "pyav", description="tried first; the other one takes over where it fails"
+    )
+
+    @model_validator(mode="after")
+    def _windows_cover_every_frame(self) -> EmbedConfig:
+        if self.stride > self.window:
+            raise ValueError(
+                f"embed.stride ({self.stride}) must not exceed embed.window ({self.window}): "
+                "frames between windows would get no vector"
+            )
+        return self
 
 
 class SegmentConfig(_Section):

@@ -46,11 +46,13 @@ def make_video(
     vfr: bool = False,
     seed: int = 0,
     gop: int | None = None,
+    faststart: bool = False,
 ) -> list[float]:
     """Write an H.264 MP4 whose scene ``i`` lasts ``scenes[i]`` seconds; return the cut times.
 
     With ``vfr`` the gap between frames varies between 0.5/fps and 1.5/fps; ``gop`` sets the
-    keyframe interval (frequent keyframes make seeking land near the target).
+    keyframe interval (frequent keyframes make seeking land near the target); ``faststart`` puts
+    the MP4 index first, so a file cut short still opens (the way an interrupted download does).
     """
     import av
 
@@ -59,7 +61,8 @@ def make_video(
     cuts = list(np.cumsum(scenes)[:-1])
     time_base = Fraction(1, 1000)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(path), "w", options=options) as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.time_base = time_base

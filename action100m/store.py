@@ -18,12 +18,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import fsspec
 import numpy as np
 
-from action100m.errors import StoreError
+from action100m.errors import StoreError, VideoError
 
 SUCCESS = "_SUCCESS"
 
@@ -144,8 +144,11 @@ class ArtifactStore:
 
     # -- inputs -------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def local_copy(self, uri: str) -> Iterator[str]:
-        """A local path for ``uri``: the file itself when local, else a temporary download."""
+    def local_copy(self, uri: str, video_id: str | None = None) -> Iterator[str]:
+        """A local path for ``uri``: the file itself when local, else a temporary download.
+
+        With ``video_id``, a remote file that does not exist is that video's VideoError (a retry
+        cannot fix it); any other failure to fetch it is a StoreError naming the URI."""
         uri = normalise_uri(uri)
         fs, path = fsspec.core.url_to_fs(uri, **self._options_for(uri))
         if uri.startswith("file://"):
@@ -153,10 +156,19 @@ class ArtifactStore:
             return
         suffix = Path(path).suffix
         with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
-            with fs.open(path, "rb") as src:
-                shutil.copyfileobj(src, tmp)
-            tmp.flush()
+            try:
+                self._call("download", uri, self._download, fs, path, tmp)
+            except FileNotFoundError as exc:
+                if video_id is None:
+                    raise
+                raise VideoError(video_id, f"file not found: {uri}") from exc
             yield tmp.name
+
+    @staticmethod
+    def _download(fs: Any, path: str, target: IO[bytes]) -> None:
+        with fs.open(path, "rb") as src:
+            shutil.copyfileobj(src, target)
+        target.flush()
 
     def _options_for(self, uri: str) -> dict[str, Any]:
         same_protocol = uri.split("://", 1)[0] == self.root.split("://", 1)[0]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from action100m.config import load_settings
-from action100m.errors import ConfigError, StoreError
+from action100m.errors import ConfigError, StoreError, VideoError
 from action100m.store import ArtifactStore
 
 
@@ -33,7 +33,14 @@ def test_precedence_yaml_env_set(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "overrides",
-    [["segment.min_duration=-1"], ["embed.nope=1"], ["caption.backend=magic"], ["novalue"]],
+    [
+        ["segment.min_duration=-1"],
+        ["embed.nope=1"],
+        ["caption.backend=magic"],
+        ["novalue"],
+        ["embed.decoder=ffmpeg"],
+        ["embed.stride=65"],  # frames between windows would get no vector
+    ],
 )
 def test_bad_settings_are_one_clear_error(overrides: list[str]) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -85,3 +92,28 @@ def test_dead_s3_server_is_a_clear_store_error(monkeypatch: pytest.MonkeyPatch) 
     store = ArtifactStore("s3://action100m/run1")
     with pytest.raises(StoreError, match="object store: cannot write s3://action100m/run1/x"):
         store.write_json(store.join("x"), {})
+
+
+def test_a_missing_remote_video_is_that_videos_error(s3_server: dict[str, str]) -> None:
+    """No retry brings a missing object back: a VideoError naming the video and the URI."""
+    store = ArtifactStore("s3://action100m/run1")
+    store.write_bytes("s3://action100m/videos/here.mp4", b"data")
+    with store.local_copy("s3://action100m/videos/here.mp4", "here") as path:
+        assert Path(path).read_bytes() == b"data"
+    with (
+        pytest.raises(
+            VideoError, match=r"^video gone: file not found: s3://action100m/videos/gone"
+        ),
+        store.local_copy("s3://action100m/videos/gone.mp4", "gone"),
+    ):
+        pass
+
+
+def test_an_unreachable_remote_video_is_a_store_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    store = ArtifactStore("s3://action100m/run1")
+    unreachable = pytest.raises(StoreError, match="cannot download s3://action100m/videos/v.mp4")
+    with unreachable, store.local_copy("s3://action100m/videos/v.mp4", "v"):
+        pass

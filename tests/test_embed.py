@@ -7,8 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from action100m.config import load_settings
+from action100m.errors import ConfigError
 from action100m.models.vjepa2 import VJEPA2Encoder
-from action100m.stages.embed import embed_frames, window_starts
+from action100m.stages.embed import embed_frames, run_embed, window_starts
+from action100m.store import ArtifactStore
 
 
 @pytest.mark.parametrize(
@@ -77,3 +80,13 @@ def test_paper_shapes_reach_the_encoder(tmp_path: Path) -> None:
     assert np.allclose(per_frame[0, 0], per_frame[0, 1]) and not np.allclose(
         per_frame[0, 0], per_frame[0, 2]
     )
+
+
+def test_a_window_the_encoder_cannot_split_into_tubelets_is_refused(
+    short_video: Path, store: ArtifactStore
+) -> None:
+    """63 frames make 31.5 tubelets of 2: one clear settings error, nothing written."""
+    settings = load_settings(profile="tiny", store=store.root, overrides=["embed.window=63"])
+    with pytest.raises(ConfigError, match=r"embed.window \(63\) must be a multiple of .* \(2\)"):
+        run_embed(settings, store, "short", str(short_video))
+    assert not store.exists(store.video_dir("short"))

@@ -11,7 +11,7 @@ from action100m.config import Settings, load_settings
 from action100m.pipeline import run_embed, run_segment
 from action100m.stages.segment import build_tree, frame_boundaries, ward_merges
 from action100m.store import ArtifactStore
-from action100m.tree import Tree
+from action100m.tree import Node, Tree
 
 
 def _segment(settings: Settings, store: ArtifactStore, path: Path, video_id: str) -> Tree:
@@ -78,6 +78,10 @@ def test_rerun_skips_and_ids_are_stable(
     document = store.read_json(store.document_uri("again"))
     assert document["video_uid"] == "again"
     assert [n["node_id"] for n in document["nodes"]] == [n.node_id for n in first.nodes]
+    # A document lost after the stage finished (written after _SUCCESS) comes back on a rerun.
+    Path(store.document_uri("again").removeprefix("file://")).unlink()
+    _segment(tiny_settings, store, path, "again")
+    assert store.read_json(store.document_uri("again")) == document
 
 
 def test_short_valid_video_gives_valid_tree(
@@ -99,20 +103,41 @@ def test_invariants_hold_for_random_features(seed: int) -> None:
     min_duration = float(rng.uniform(0.2, 1.0))
     if duration < min_duration:
         return
-    tree = build_tree(
-        "v",
-        ward_merges(features),
-        frame_boundaries(list(times), duration),
-        min_duration=min_duration,
-        fps=30.0,
-        source="x",
-    )
+    merges = ward_merges(features)
+    edges = frame_boundaries(list(times), duration)
+    tree = build_tree("v", merges, edges, min_duration=min_duration, fps=30.0, source="x")
     assert_tree_invariants(tree, min_duration)
-    # Pruning rule: an internal node's children are both long enough; a leaf is either a single
-    # frame or would have had a child shorter than the threshold.
+    # Pruning rule, against Ward's own splits: an internal node keeps exactly Ward's two children,
+    # both long enough; a leaf is a single frame or a span Ward would split into a part shorter
+    # than the threshold. So the tree is pruned neither too little nor too much.
+    split = _ward_splits(merges, len(features))
+    frame_at = {round(float(edge), 9): i for i, edge in enumerate(edges)}
+
+    def frames_of(node: Node) -> tuple[int, int]:
+        return frame_at[round(node.start, 9)], frame_at[round(node.end, 9)]
+
+    def seconds(span: tuple[int, int]) -> float:
+        return float(edges[span[1]] - edges[span[0]])
+
     for node in tree.nodes:
-        for child in tree.children(node):
-            assert child.duration >= min_duration
+        span = frames_of(node)
+        children = [frames_of(child) for child in tree.children(node)]
+        if children:
+            assert children == split[span]
+            assert min(seconds(child) for child in children) >= min_duration
+        elif span[1] - span[0] > 1:
+            assert min(seconds(part) for part in split[span]) < min_duration
+
+
+def _ward_splits(merges: np.ndarray, n: int) -> dict[tuple[int, int], list[tuple[int, int]]]:
+    """Frame span [first, last+1) of every Ward cluster -> its two parts, in time order."""
+    lo, hi = list(range(n)), list(range(1, n + 1))
+    split = {}
+    for a, b in merges:
+        lo.append(min(lo[a], lo[b]))
+        hi.append(max(hi[a], hi[b]))
+        split[(lo[-1], hi[-1])] = sorted([(lo[a], hi[a]), (lo[b], hi[b])])
+    return split
 
 
 def test_ward_matches_scikit_learn_with_chain_connectivity() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -14,7 +16,14 @@ from action100m.errors import VideoError
 from action100m.pipeline import run_embed
 from action100m.samples import make_video
 from action100m.store import ArtifactStore
-from action100m.video import _pyav_frames, iter_sampled_frames, read_frames_at, scaled_size
+from action100m.video import (
+    DECODERS,
+    _decord_frames,
+    _pyav_frames,
+    iter_sampled_frames,
+    read_frames_at,
+    scaled_size,
+)
 
 
 def test_variable_frame_rate_times_are_real(tmp_path: Path) -> None:
@@ -31,12 +40,54 @@ def test_variable_frame_rate_times_are_real(tmp_path: Path) -> None:
     assert sampled[0][1].shape == (48, 64, 3)
 
 
-def test_pyav_path_matches_decord(scene_video: tuple[Path, list[float]]) -> None:
-    path, _ = scene_video
+@pytest.mark.parametrize("container", ["mp4", "ts"])
+def test_both_decoders_count_time_from_the_stream_start(tmp_path: Path, container: str) -> None:
+    """MPEG-TS streams start well after 0 (here 0.083 s): times are still seconds from the start,
+    the same origin decord uses, so one decoder can take over where the other stopped."""
+    path = tmp_path / f"scenes.{container}"
+    make_video(path, [2.0, 2.0])
     size = scaled_size(128, 96, 48)
-    decord_times = [t for t, _ in iter_sampled_frames(str(path), "s", 4, 48)]
     pyav_times = [t for t, _ in _pyav_frames(str(path), 4, size)]
-    assert np.allclose(decord_times, np.array(pyav_times) - pyav_times[0], atol=1e-3)
+    assert pyav_times[0] == pytest.approx(0.0, abs=1e-6)
+    assert np.allclose(np.diff(pyav_times), 4 / 24, atol=1e-3)
+    if container == "mp4":  # decord cannot finish MPEG-TS files (PyAV takes over there)
+        decord_times = [t for t, _ in _decord_frames(str(path), 4, size)]
+        assert np.allclose(decord_times, pyav_times, atol=1e-3)
+
+
+@pytest.mark.parametrize("first", ["pyav", "decord"])
+def test_a_decoder_that_stops_midway_is_continued_without_repeats(
+    scene_video: tuple[Path, list[float]], monkeypatch: pytest.MonkeyPatch, first: str
+) -> None:
+    path, _ = scene_video
+    whole = list(iter_sampled_frames(str(path), "s", 4, 48, first))
+    real = DECODERS[first]
+
+    def dies_after_ten(*args: Any) -> Iterator[tuple[float, np.ndarray]]:
+        for index, item in enumerate(real(*args)):
+            if index == 10:
+                raise RuntimeError("decoder died")
+            yield item
+
+    monkeypatch.setitem(DECODERS, first, dies_after_ten)
+    resumed = list(iter_sampled_frames(str(path), "s", 4, 48, first))
+    assert [t for t, _ in resumed] == pytest.approx([t for t, _ in whole], abs=1e-3)
+    # Same pictures too (the decoders may round colours differently by a few levels).
+    for (_, a), (_, b) in zip(resumed, whole, strict=True):
+        assert np.abs(a.astype(int) - b.astype(int)).mean() < 8
+
+
+def test_a_file_cut_short_is_truncated_not_a_shorter_video(tmp_path: Path) -> None:
+    """An interrupted download of an MP4 with its index first still opens and decodes: the frames
+    just stop. That must be an error, not a tree stretched over time that was never seen."""
+    whole = tmp_path / "whole.mp4"
+    make_video(whole, [4.0, 4.0], faststart=True)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    for decoder in DECODERS:
+        with pytest.raises(VideoError, match=r"video cut: truncated: decoded frames end at"):
+            list(iter_sampled_frames(str(cut), "cut", 4, 48, decoder))
+    assert len(list(iter_sampled_frames(str(whole), "whole", 4, 48))) == 48
 
 
 def test_read_frames_at_seeks_the_right_scene(scene_video: tuple[Path, list[float]]) -> None:
@@ -64,6 +115,10 @@ def _bad_inputs(tmp_path: Path, scene: Path) -> dict[str, tuple[Path, str]]:
         container.mux(stream.encode(None))
     tiny = tmp_path / "blink.mp4"
     make_video(tiny, [0.3])
+    whole = tmp_path / "whole.mp4"
+    make_video(whole, [2.0, 2.0], faststart=True)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     return {
         "missing": (tmp_path / "nope.mp4", "file not found"),
         "empty": (empty, "empty file"),
@@ -71,6 +126,7 @@ def _bad_inputs(tmp_path: Path, scene: Path) -> dict[str, tuple[Path, str]]:
         "garbage": (garbage, "cannot open"),
         "audio": (audio, "no video stream"),
         "blink": (tiny, "too short"),
+        "cut": (cut, "truncated"),
     }
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 
 from action100m.config import Settings
-from action100m.errors import VideoError
+from action100m.errors import ConfigError, VideoError
 from action100m.store import ArtifactStore
 from action100m.video import iter_sampled_frames, probe
 
@@ -52,7 +52,8 @@ class FrameFeatureAccumulator:
         self.counts[start:end] += 1
 
     def result(self) -> np.ndarray:
-        assert self.sums is not None and (self.counts > 0).all(), "some frame had no window"
+        if self.sums is None or not (self.counts > 0).all():
+            raise ValueError("some frame had no window: the stride must not exceed the window")
         return (self.sums / self.counts[:, None]).astype(np.float32)
 
 
@@ -112,6 +113,11 @@ def embed_frames(
     return acc.result()
 
 
+def _require_length(video_id: str, seconds: float, minimum: float) -> None:
+    if seconds < minimum:
+        raise VideoError(video_id, f"too short: {seconds:.2f} s, needs at least {minimum} s")
+
+
 def run_embed(settings: Settings, store: ArtifactStore, video_id: str, source: str) -> str:
     """Embed ``source`` into ``videos/{video_id}/embed/{key}``; skipped when already done."""
     from action100m.models.vjepa2 import VJEPA2Encoder
@@ -122,15 +128,16 @@ def run_embed(settings: Settings, store: ArtifactStore, video_id: str, source: s
         log.info("video %s: embed already done at %s, skipping", video_id, folder)
         return folder
     started = time.monotonic()
-    with store.local_copy(source) as path:
+    with store.local_copy(source, video_id) as path:
         info = probe(path, video_id)
-        if info.duration < settings.segment.min_duration:
-            raise VideoError(
-                video_id,
-                f"too short: {info.duration:.2f} s, needs at least "
-                f"{settings.segment.min_duration} s",
-            )
+        if info.duration is not None:  # fail before loading the model when the file says so
+            _require_length(video_id, info.duration, settings.segment.min_duration)
         encoder = VJEPA2Encoder(cfg.model, cfg.device, cfg.dtype)
+        if cfg.window % encoder.tubelet_size:
+            raise ConfigError(
+                f"embed.window ({cfg.window}) must be a multiple of the encoder's tubelet size "
+                f"({encoder.tubelet_size})"
+            )
         times: list[float] = []
         expected = max(1, int(info.num_frames / cfg.frame_step))
         n_windows = len(window_starts(expected, cfg.window, cfg.stride))
@@ -142,7 +149,7 @@ def run_embed(settings: Settings, store: ArtifactStore, video_id: str, source: s
 
         def frames() -> Iterator[np.ndarray]:
             for pts, frame in iter_sampled_frames(
-                path, video_id, cfg.frame_step, encoder.resize_size
+                path, video_id, cfg.frame_step, encoder.resize_size, cfg.decoder, info
             ):
                 times.append(pts)
                 yield frame
@@ -155,7 +162,10 @@ def run_embed(settings: Settings, store: ArtifactStore, video_id: str, source: s
             batch_size=cfg.batch_size,
             on_batch=progress,
         )
-    duration = max(info.duration, times[-1] if times else 0.0)
+    # The last sampled frame stands for the frames skipped after it.
+    decoded = times[-1] + cfg.frame_step / info.fps
+    _require_length(video_id, decoded, settings.segment.min_duration)
+    duration = max(info.duration or decoded, times[-1])
     store.write_npy(f"{folder}/embeddings.npy", features.astype(np.float16))
     store.write_json(
         f"{folder}/frames.json",

@@ -139,6 +139,8 @@ def run_segment(settings: Settings, store: ArtifactStore, video_id: str) -> str:
     folder = store.stage_dir(video_id, "segment", settings.stage_key("segment"))
     if store.is_done(folder):
         log.info("video %s: segment already done at %s, skipping", video_id, folder)
+        if not store.exists(store.document_uri(video_id)):  # lost after _SUCCESS last time
+            write_document(settings, store, video_id)
         return folder
     embed_dir = store.stage_dir(video_id, "embed", settings.stage_key("embed"))
     if not store.is_done(embed_dir):

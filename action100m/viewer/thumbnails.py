@@ -77,7 +77,8 @@ def middle_frame_jpegs(
         return []
     info = probe(path, video_id)
     width = max(2, round(info.width * height / max(1, info.height)) // 2 * 2)
-    times = [min(max(0.0, (s + e) / 2), max(0.0, info.duration - 1e-3)) for s, e in spans]
+    last = max(0.0, info.duration - 1e-3) if info.duration is not None else float("inf")
+    times = [min(max(0.0, (s + e) / 2), last) for s, e in spans]
     if len(times) <= SEEK_LIMIT:
         frames = read_frames_at(path, video_id, times, (width, height))
     else:
