@@ -14,7 +14,8 @@ clients on the other side).
 
 Replies: ``Reply.valid()`` (the default), ``Reply.text(str)``, ``Reply.json(obj)``,
 ``Reply.status(code, retry_after=None)``, ``Reply.hang(seconds)``, ``Reply.garbage()`` (HTTP 200
-whose body is not JSON), ``Reply.refusal(text)``. Scripted replies are used first, in order; then
+whose body is not JSON), ``Reply.raw(payload)`` (HTTP 200 with that JSON body as is: no choices,
+null usage, ...), ``Reply.refusal(text)``. Scripted replies are used first, in order; then
 ``responder`` (return None to fall through); then ``mode`` (``"valid"`` or ``"error"``: HTTP 500).
 ``api_key`` set: requests without that key get 401. Usage reports tokens as characters / 4, and
 simulates prompt caching: OpenAI-style prefix caching (prompts from 1024 tokens, whole 128-token
@@ -46,6 +47,7 @@ class Reply:
     code: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    payload: Any = None
 
     @classmethod
     def valid(cls) -> Reply:
@@ -71,6 +73,10 @@ class Reply:
     @classmethod
     def garbage(cls) -> Reply:
         return cls("garbage")
+
+    @classmethod
+    def raw(cls, payload: Any) -> Reply:
+        return cls("raw", payload=payload)
 
     @classmethod
     def refusal(cls, text: str = "I'm sorry, I can't help with that.") -> Reply:
@@ -325,6 +331,9 @@ def _handler(server: LLMServer) -> type[BaseHTTPRequestHandler]:
                 reply = Reply.valid()
             if reply.kind == "garbage":
                 self._send(200, b"{this is not json", {})
+                return
+            if reply.kind == "raw":
+                self._send(200, json.dumps(reply.payload).encode(), {})
                 return
             status, payload = _body(api, request, reply, server)
             self._send(status, json.dumps(payload).encode(), reply.headers)

@@ -315,3 +315,151 @@ def test_imported_annotations_are_replaced(settings, store, llm) -> None:
     run_aggregate(settings, store, VIDEO)
     assert len(llm.requests) == 3 * LONG
     assert not store.done_info(folder).get("imported")
+
+
+OPENAI_EMPTY = {"id": "x", "object": "chat.completion", "created": 0, "model": "scripted"}
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {**OPENAI_EMPTY, "choices": []},
+        {**OPENAI_EMPTY, "choices": None, "usage": None},
+        {**OPENAI_EMPTY, "choices": [{"index": 0, "message": None, "finish_reason": None}]},
+        {**OPENAI_EMPTY, "choices": [None], "usage": {"prompt_tokens": None}},
+    ],
+)
+def test_a_200_without_choices_is_an_empty_answer(settings, store, llm, payload) -> None:
+    write_inputs(settings, store)
+    llm.script(Reply.raw(payload))  # the first draft; its repair turn gets a valid answer
+    run_aggregate(settings, store, VIDEO)
+    assert len(llm.requests) == 3 * LONG + 1
+    nodes = annotations(settings, store)
+    assert all(n["error"] is None for n in nodes.values())
+    (repaired,) = [n for n in nodes.values() if n["rounds"] and len(n["rounds"][0]["attempts"]) > 1]
+    assert repaired["rounds"][0]["attempts"][0]["error"] == "the answer is empty"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"type": "message", "role": "assistant", "content": None, "usage": None},
+        {"type": "message", "content": [{"type": "text", "text": None}], "usage": {}},
+    ],
+)
+def test_an_anthropic_200_without_content_or_usage_is_an_empty_answer(
+    settings, store, llm, monkeypatch, payload
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    settings.aggregate.provider = "anthropic"
+    settings.aggregate.model = "claude-scripted"
+    settings.aggregate.base_url = llm.anthropic_base_url
+    write_inputs(settings, store)
+    llm.script(Reply.raw(payload))
+    run_aggregate(settings, store, VIDEO)
+    assert len(llm.requests) == 3 * LONG + 1
+    assert usage(settings, store)["nodes_failed"] == 0
+
+
+def test_an_unexpected_error_fails_only_its_node(settings, store, llm, monkeypatch) -> None:
+    tree = write_inputs(settings, store)
+    real = aggregate.annotate_node
+
+    def broken_for_the_root(session, builder, node, what):
+        if node.node_id == tree.root.node_id:
+            raise KeyError("something nobody planned for")
+        return real(session, builder, node, what)
+
+    monkeypatch.setattr(aggregate, "annotate_node", broken_for_the_root)
+    folder = run_aggregate(settings, store, VIDEO)
+    assert store.is_done(folder)
+    nodes = annotations(settings, store)
+    assert "unexpected KeyError" in nodes[tree.root.node_id]["error"]
+    assert usage(settings, store)["nodes_annotated"] == LONG - 1
+    assert len(llm.requests) == 3 * (LONG - 1)
+
+
+def test_a_dead_endpoint_stops_every_node_after_a_few_connection_failures(
+    settings, store, monkeypatch
+) -> None:
+    from action100m.llm.clients import OpenAIChat
+
+    write_inputs(settings, store)
+    settings.aggregate.base_url = "http://127.0.0.1:9/v1"  # nothing listens: connection refused
+    settings.aggregate.max_retries = 6  # 7 attempts per request, were each node on its own
+    attempts = []
+    real = OpenAIChat.complete
+
+    def counted(self, request):
+        attempts.append(1)
+        return real(self, request)
+
+    monkeypatch.setattr(OpenAIChat, "complete", counted)
+    with pytest.raises(ServiceError, match=f"{LONG} of {LONG} nodes.*connection failures in a row"):
+        run_aggregate(settings, store, VIDEO)
+    assert len(attempts) <= settings.aggregate.concurrency + 2  # not 7 per node
+
+
+def test_an_endpoint_dying_midway_keeps_every_answer_received(
+    settings, store, llm, monkeypatch
+) -> None:
+    import httpx2
+    import openai
+    from openai.resources.chat.completions import Completions
+
+    write_inputs(settings, store)
+    real = Completions.create
+    answered: list[int] = []
+
+    def dies_after_ten(self, **options):
+        if len(answered) >= 10:
+            request = httpx2.Request("POST", llm.base_url)
+            raise openai.APIConnectionError(message="Connection refused", request=request)
+        result = real(self, **options)
+        answered.append(1)
+        return result
+
+    monkeypatch.setattr(Completions, "create", dies_after_ten)
+    with pytest.raises(ServiceError, match="connection failures in a row"):
+        run_aggregate(settings, store, VIDEO)
+    assert len(llm.requests) == len(answered) >= 10
+    monkeypatch.setattr(Completions, "create", real)
+    llm.reset()
+    run_aggregate(settings, store, VIDEO)
+    assert len(llm.requests) == 3 * LONG - len(answered)  # nothing received was lost
+    assert usage(settings, store)["nodes_annotated"] == LONG
+
+
+def test_a_refused_answer_is_not_cached_so_a_rerun_asks_again(settings, store, llm) -> None:
+    write_inputs(settings, store)
+    root = prompts.span(0, 20)
+    llm.responder = lambda req: Reply.refusal() if req.segment == root else None
+    folder = run_aggregate(settings, store, VIDEO)
+    assert "refus" in annotations(settings, store)[build_tree(VIDEO).root.node_id]["error"]
+    store.fs.rm(store.fs._strip_protocol(f"{folder}/_SUCCESS"))  # e.g. the model was fixed
+    llm.responder = None
+    llm.reset()
+    run_aggregate(settings, store, VIDEO)
+    assert len(llm.requests) == 3  # the root's rounds asked again, the rest from the cache
+    assert annotations(settings, store)[build_tree(VIDEO).root.node_id]["error"] is None
+
+
+def test_a_failed_refine_round_is_asked_again_in_the_next_round(settings, store, llm) -> None:
+    write_inputs(settings, store)
+    root = prompts.span(0, 20)
+    empty = {"left": 1 + settings.aggregate.max_repairs}  # round 2 and its repair turns
+
+    def refine_fails_once(request: Request) -> Reply | None:
+        if request.segment == root and request.answers_so_far and empty["left"] > 0:
+            empty["left"] -= 1
+            return Reply.text("")
+        return None
+
+    llm.responder = refine_fails_once
+    run_aggregate(settings, store, VIDEO)
+    entry = annotations(settings, store)[build_tree(VIDEO).root.node_id]
+    second, third = entry["rounds"][1], entry["rounds"][2]
+    assert second["annotation"] is None and second["error"] == "the answer is empty"
+    # round 3 sends round 2's very request again (the draft is still the last valid answer)
+    assert third["annotation"] is not None and not third["attempts"][0]["cached"]
+    assert entry["annotation"]["brief_action"] == f"brief_action of {root} v2"

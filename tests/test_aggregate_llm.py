@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 
 import pytest
 from test_aggregate import build_tree
 
+from action100m.errors import ServiceError
 from action100m.llm import prompts
 from action100m.llm.messages import ChatRequest, Usage
-from action100m.llm.ratelimit import TokenBucket, parse_retry_after
+from action100m.llm.ratelimit import (
+    ConnectionFailed,
+    EndpointDown,
+    RateLimiter,
+    RetryPolicy,
+    TokenBucket,
+    TransientError,
+    parse_retry_after,
+)
 from action100m.llm.schema import AnswerError, parse_answer
 from action100m.tree import Node, Tree, make_node_id
 
@@ -82,8 +92,34 @@ def _deep_tree(levels: int, caption_chars: int) -> tuple[Tree, dict]:
     return tree, captions
 
 
+def _sentences(node_id: str, chars: int) -> str:
+    """Real prose of about ``chars`` characters: numbered sentences, so a cut shows where."""
+    text, number = f"<{node_id}> A person stands at a workbench.", 1
+    while len(text) < chars:
+        text += f" In step {number} they sand the board, then wipe off the dust!"
+        number += 1
+        if number % 3 == 0:
+            text += " Is the surface smooth yet?"
+    return text
+
+
+def _assert_cut_only_at_sentence_ends(shown: str, whole: str) -> bool:
+    """``shown`` is ``whole`` or ``whole`` cut after a sentence and marked; True when cut."""
+    if shown == whole:
+        return False
+    assert shown.endswith(prompts.MORE), f"cut without the marker: {shown[-60:]!r}"
+    kept = shown.removesuffix(prompts.MORE)
+    assert whole.startswith(kept) and kept[-1] in ".!?" and whole[len(kept)] == " ", (
+        f"cut inside a sentence: ...{kept[-60:]!r}"
+    )
+    return True
+
+
 def test_prompt_budget_cuts_by_depth_never_inside_a_caption() -> None:
-    tree, captions = _deep_tree(levels=8, caption_chars=400)  # 511 nodes, ~55k tokens in all
+    tree, _ = _deep_tree(levels=8, caption_chars=0)  # 511 nodes, ~75k tokens of captions
+    captions = {
+        n.node_id: {"caption": _sentences(n.node_id, 600), "kind": "segment"} for n in tree.nodes
+    }
     builder = prompts.PromptBuilder(tree, captions, {"title": "Deep"}, max_tokens=8000)
     block = builder.node_block(tree.root)
     total = prompts.estimate_tokens(prompts.SYSTEM + builder.context + block)
@@ -92,10 +128,57 @@ def test_prompt_budget_cuts_by_depth_never_inside_a_caption() -> None:
     depth = max(n.level for n in shown)
     assert 1 <= depth < 8 and "levels below are left out" in block
     assert len(shown) == 2 ** (depth + 1) - 1  # every node down to that depth, none deeper
-    for node in shown:  # whole captions only
-        assert prompts._caption_of(captions[node.node_id]) in block
+    checked = cut = 0
+    for text in (block, builder.context):  # every caption line, in the subtree and the context
+        for line in text.splitlines():
+            if line.lstrip().startswith("- ["):
+                found = re.fullmatch(r"\s*- \[[\d.]+s-[\d.]+s\] (<([^>]+)>.*)", line)
+                assert found, line
+                checked += 1
+                cut += _assert_cut_only_at_sentence_ends(found[1], captions[found[2]]["caption"])
+    assert checked > len(shown)
+    assert cut == checked - 2  # all shortened, each after a whole sentence, but the two roots
+    assert f"- [0.0s-256.0s] {captions[tree.root.node_id]['caption']}\n" in block  # its own: whole
     leaf = tree.nodes[-1]
     assert "left out" not in builder.node_block(leaf)
+
+
+def test_every_caption_of_a_node_reaches_the_prompt() -> None:
+    from action100m.interop import _caption  # what `import` keeps of a release's node
+
+    tree = build_tree("v")
+    leaf = tree.leaves()[0]
+    captions = {
+        n.node_id: {"caption": f"Caption {n.start:g}-{n.end:g}.", "kind": "segment"}
+        for n in tree.nodes
+    }
+    # `caption.leaf_segment_caption`: a leaf's frame caption plus the caption of its clip
+    captions[leaf.node_id] = {
+        "caption": "One frame of a board.",
+        "kind": "frame",
+        "segment_caption": "A woman sands a board. Dust flies.",
+    }
+    imported = _caption(
+        {"llama3_caption": "A frame.", "plm_caption": "A clip.", "plm_action": "sand a board"},
+        leaf=True,
+    )
+    other = tree.leaves()[1]
+    captions[other.node_id] = imported
+    builder = prompts.PromptBuilder(tree, captions, {"title": "T"}, 24000)
+    block = builder.node_block(tree.root)
+    for text in (builder.context, block):
+        assert "frame: One frame of a board. / clip: A woman sands a board. Dust flies." in text
+        assert "frame: A frame. / clip: A clip. / action: sand a board" in text
+    again = prompts.PromptBuilder(tree, captions, {"title": "T"}, 24000)
+    assert again.context == builder.context  # the shared prefix is a function of the inputs
+    # each caption is cut on its own, at a sentence end
+    long = {**captions[leaf.node_id], "segment_caption": "First clip sentence. " * 40}
+    line = prompts._caption_of(long, 60)
+    assert (
+        line
+        == "frame: One frame of a board. / clip: First clip sentence. First clip sentence."
+        + (prompts.MORE)
+    )
 
 
 def test_prompt_shared_prefix_and_order() -> None:
@@ -208,3 +291,55 @@ def test_cost_counts_cached_and_written_tokens() -> None:
     assert usage.cost(prices) == pytest.approx(0.5 * 2 + 0.5 * 1 + 0.1 * 10)
     written = Usage(requests=1, input_tokens=1_000_000, cache_write_tokens=1_000_000)
     assert written.cost(prices) == pytest.approx(2.5)
+
+
+def _limiter(max_retries: int = 6) -> RateLimiter:
+    return RateLimiter(1000, 10**7, 4, RetryPolicy(max_retries=max_retries), sleep=lambda s: None)
+
+
+def test_a_dead_endpoint_stops_every_caller_after_a_few_connection_failures() -> None:
+    limiter = _limiter()
+    calls = []
+
+    def refused() -> str:
+        calls.append(1)
+        raise ConnectionFailed("openai: cannot connect: connection refused")
+
+    with pytest.raises(EndpointDown, match="3 connection failures in a row"):
+        limiter.call(refused, 10, "node 1")  # not 7 attempts: 3 are enough
+    assert len(calls) == 3
+    for number in range(2, 6):  # every other node fails at once, without a request
+        with pytest.raises(ServiceError, match=f"node {number}: not sent"):
+            limiter.call(refused, 10, f"node {number}")
+    assert len(calls) == 3
+
+
+def test_connection_failures_count_across_callers_and_a_success_resets_them() -> None:
+    limiter = _limiter(max_retries=0)
+    refused = ConnectionFailed("openai: cannot connect")
+
+    def fail() -> str:
+        raise refused
+
+    for _ in range(2):
+        with pytest.raises(ServiceError, match="gave up after 1 attempts"):
+            limiter.call(fail, 10, "a node")
+    assert limiter.call(lambda: "answer", 10, "another node") == "answer"
+    for _ in range(2):  # counted afresh: the endpoint answered in between
+        with pytest.raises(ServiceError, match="gave up"):
+            limiter.call(fail, 10, "a node")
+    with pytest.raises(EndpointDown):
+        limiter.call(fail, 10, "a third node")  # three in a row, from three callers
+
+
+def test_5xx_and_timeouts_still_get_every_retry() -> None:
+    limiter = _limiter(max_retries=6)
+    calls = []
+
+    def overloaded() -> str:
+        calls.append(1)
+        raise TransientError("openai: HTTP 503: server error")
+
+    with pytest.raises(ServiceError, match="gave up after 7 attempts"):
+        limiter.call(overloaded, 10, "node")
+    assert len(calls) == 7 and limiter.down is None

@@ -160,3 +160,17 @@ def test_a_missing_video_is_a_clear_permanent_error(store: ArtifactStore, tmp_pa
     settings, _ = prepared(store, tmp_path / "gone.mp4")
     with pytest.raises(VideoError, match="scenes"):
         run_caption(settings, store, VIDEO_ID)
+
+
+def test_overlapping_tasks_keep_each_others_cached_answers(store: ArtifactStore) -> None:
+    uri = f"{store.video_dir(VIDEO_ID)}/caption/cache/model.json"
+    first = caption_requests.RequestCache(store, uri)
+    second = caption_requests.RequestCache(store, uri)  # both loaded the same (empty) file
+    first.put("a", {"caption": "from the first task"})
+    second.put("b", {"caption": "from the second task"})
+    first.flush()
+    second.flush()
+    first.put("c", {"caption": "the first task again"})
+    first.flush()
+    assert set(store.read_json(uri)) == {"a", "b", "c"}
+    assert "b" in first and store.read_json(uri)["a"] == {"caption": "from the first task"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ def _same_frames(request: Recorded, video: Path, times: list[float]) -> bool:
     return bool(np.allclose(request.thumbnails, expected, atol=12.0))
 
 
-def test_5xx_is_retried_then_kept_as_that_nodes_error(
+def test_5xx_is_retried_then_fails_the_task_and_the_retry_asks_only_for_it(
     store: ArtifactStore, scene_video: tuple[Path, list[float]]
 ) -> None:
     def script(request: Recorded, attempt: int) -> Reply:
@@ -75,14 +76,34 @@ def test_5xx_is_retried_then_kept_as_that_nodes_error(
 
     with scripted_server(script) as server:
         settings, tree = server_settings(store, scene_video[0], server.url)
+        with pytest.raises(ServiceError, match=f"video {VIDEO_ID}: 1 of 5 nodes.*503"):
+            run_caption(settings, store, VIDEO_ID)
+        assert sum(ROOT in r.prompt for r in server.requests) == 2  # first try + max_retries
+        assert len(server.requests) == 2 + 2 * len(tree.leaves()) + 1
+        folder = store.stage_dir(VIDEO_ID, "caption", settings.stage_key("caption"))
+        assert not store.is_done(folder)  # the root is not left uncaptioned for good
+        server.script = always(Reply("fine"))
+        server.requests.clear()
         run_caption(settings, store, VIDEO_ID)
+    assert [ROOT in r.prompt for r in server.requests] == [True]  # the rest came from the cache
+    nodes = read_captions(settings, store)["nodes"]
+    assert all(nodes[n.node_id]["caption"] == "fine" for n in tree.nodes)
+
+
+def test_a_rejected_request_stays_that_nodes_error(
+    store: ArtifactStore, scene_video: tuple[Path, list[float]]
+) -> None:
+    def script(request: Recorded, attempt: int) -> Reply:
+        return Reply(status=400) if ROOT in request.prompt else Reply("fine")
+
+    with scripted_server(script) as server:
+        settings, tree = server_settings(store, scene_video[0], server.url)
+        run_caption(settings, store, VIDEO_ID)  # a retry cannot help: the video goes on
     nodes = read_captions(settings, store)["nodes"]
     assert (
-        "503" in nodes[tree.root.node_id]["error"] and nodes[tree.root.node_id]["caption"] is None
+        "400" in nodes[tree.root.node_id]["error"] and nodes[tree.root.node_id]["caption"] is None
     )
     assert all(nodes[n.node_id]["caption"] == "fine" for n in tree.nodes[1:])
-    assert sum(ROOT in r.prompt for r in server.requests) == 2  # first try + max_retries
-    assert len(server.requests) == 2 + 2 * len(tree.leaves()) + 1
 
 
 def test_a_hanging_request_times_out_and_the_rest_go_on(
@@ -95,10 +116,70 @@ def test_a_hanging_request_times_out_and_the_rest_go_on(
         settings, tree = server_settings(
             store, scene_video[0], server.url, timeout=0.5, max_retries=0
         )
+        with pytest.raises(ServiceError, match=f"video {VIDEO_ID}: 1 of 5 nodes.*timed out"):
+            run_caption(settings, store, VIDEO_ID)
+        server.script = always(Reply("quick"))
         run_caption(settings, store, VIDEO_ID)
     nodes = read_captions(settings, store)["nodes"]
-    assert "timed out" in nodes[tree.root.node_id]["error"]
-    assert [nodes[n.node_id]["caption"] for n in tree.nodes[1:]] == ["quick"] * 4
+    assert [nodes[n.node_id]["caption"] for n in tree.nodes] == ["quick"] * 5
+    assert [nodes[n.node_id]["cached"] for n in tree.nodes] == [False] + [True] * 4
+
+
+@pytest.mark.parametrize(
+    ("body", "error", "transient"),
+    [
+        ("{this is not json", "malformed response", True),
+        ('{"id": "x", "object": "chat.completion", "choices": []}', "empty caption", False),
+        ('{"id": "x", "object": "chat.completion", "choices": null}', "empty caption", False),
+        ('{"id": "x", "object": "chat.completion", "choices": [null]}', "empty caption", False),
+    ],
+)
+def test_a_malformed_or_choiceless_answer_is_a_defined_outcome(
+    store: ArtifactStore,
+    scene_video: tuple[Path, list[float]],
+    monkeypatch: pytest.MonkeyPatch,
+    body: str,
+    error: str,
+    transient: bool,
+) -> None:
+    monkeypatch.setattr(backend.time, "sleep", lambda seconds: None)
+
+    def script(request: Recorded, attempt: int) -> Reply:
+        return Reply(body=body) if ROOT in request.prompt else Reply("fine")
+
+    with scripted_server(script) as server:
+        settings, tree = server_settings(store, scene_video[0], server.url, max_retries=0)
+        if transient:
+            with pytest.raises(ServiceError, match=f"1 of 5 nodes.*{error}"):
+                run_caption(settings, store, VIDEO_ID)
+            return
+        run_caption(settings, store, VIDEO_ID)
+    nodes = read_captions(settings, store)["nodes"]
+    assert nodes[tree.root.node_id]["error"] == error
+    assert all(nodes[n.node_id]["caption"] == "fine" for n in tree.nodes[1:])
+
+
+def test_a_response_failing_validation_is_a_transient_node_failure(
+    store: ArtifactStore, scene_video: tuple[Path, list[float]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import httpx2
+    import openai
+    from openai.resources.chat.completions import Completions
+
+    real = Completions.create
+
+    def invalid_for_the_root(self: Any, **options: Any) -> Any:
+        if ROOT in options["messages"][-1]["content"][-1]["text"]:
+            response = httpx2.Response(200, request=httpx2.Request("POST", "http://server/v1"))
+            raise openai.APIResponseValidationError(response=response, body={})
+        return real(self, **options)
+
+    monkeypatch.setattr(Completions, "create", invalid_for_the_root)
+    with scripted_server(always(Reply("fine"))) as server:
+        settings, _ = server_settings(store, scene_video[0], server.url)
+        with pytest.raises(ServiceError, match="1 of 5 nodes.*malformed response"):
+            run_caption(settings, store, VIDEO_ID)
+    assert len(server.requests) == 4  # every other node was captioned
 
 
 def test_an_empty_answer_is_asked_again(
@@ -160,3 +241,30 @@ def test_server_dying_midway_keeps_finished_captions_for_the_retry(
     assert len(server.requests) == len(tree)  # the two finished before the failure were kept
     nodes = read_captions(settings, store)["nodes"]
     assert sum(entry["cached"] for entry in nodes.values()) == 2
+
+
+def test_server_dying_keeps_the_requests_in_flight_for_the_retry(
+    store: ArtifactStore, scene_video: tuple[Path, list[float]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With several requests in flight, one finding the server gone must not drop the others."""
+    real = backend.ServerCaptioner.caption
+    root_failed = threading.Event()
+
+    def root_finds_the_server_gone(self: Any, job: Any) -> Any:
+        if ROOT in job.prompt:
+            root_failed.set()
+            raise ServiceError("caption server is unreachable (connection refused)")
+        root_failed.wait(timeout=5.0)  # still running when the root's failure comes back
+        return real(self, job)
+
+    with scripted_server(always(Reply("kept"))) as server:
+        settings, tree = server_settings(store, scene_video[0], server.url, concurrency=8)
+        monkeypatch.setattr(backend.ServerCaptioner, "caption", root_finds_the_server_gone)
+        with pytest.raises(ServiceError, match=f"video {VIDEO_ID}.*unreachable"):
+            run_caption(settings, store, VIDEO_ID)
+        assert len(server.requests) == len(tree) - 1  # every other request was answered ...
+        monkeypatch.setattr(backend.ServerCaptioner, "caption", real)
+        run_caption(settings, store, VIDEO_ID)
+    assert len(server.requests) == len(tree)  # ... and cached: the retry asked for the root only
+    nodes = read_captions(settings, store)["nodes"]
+    assert [nodes[n.node_id]["cached"] for n in tree.nodes] == [False] + [True] * 4

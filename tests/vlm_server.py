@@ -2,7 +2,8 @@
 
 It records every request (prompt text, max_tokens, each image decoded to its size and mean colour)
 and answers according to a script: a function of the recorded request and how many times that
-same request has been seen, returning a ``Reply``: a caption, an HTTP status, or a hang.
+same request has been seen, returning a ``Reply``: a caption, an HTTP status, a hang, or a raw
+body sent as is with HTTP 200 (a malformed or choice-less answer).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Reply:
     text: str = "a caption"
     status: int = 200
     hang: float = 0.0  # seconds to wait before answering (longer than the client's timeout)
+    body: str | None = None  # sent verbatim as a JSON 200 instead of a completion
 
 
 @dataclass
@@ -87,8 +89,8 @@ def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: Any) -> None:  # keep test output quiet
             pass
 
-        def send(self, status: int, payload: dict[str, Any]) -> None:
-            data = json.dumps(payload).encode()
+        def send(self, status: int, payload: dict[str, Any] | str) -> None:
+            data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
@@ -115,6 +117,9 @@ def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
                 time.sleep(reply.hang)
             if reply.status != 200:
                 self.send(reply.status, {"error": {"message": f"scripted {reply.status}"}})
+                return
+            if reply.body is not None:
+                self.send(200, reply.body)
                 return
             self.send(
                 200,

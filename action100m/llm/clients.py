@@ -4,7 +4,8 @@ Keys and endpoints come from the environment (``OPENAI_API_KEY``, ``ANTHROPIC_AP
 Airflow connection exported the usual way (``AIRFLOW_CONN_OPENAI_DEFAULT``,
 ``AIRFLOW_CONN_ANTHROPIC_DEFAULT``, JSON or URI), or for endpoints from ``aggregate.base_url``;
 never from code, and never written to a log. The SDKs' own retries are off: :mod:`ratelimit`
-retries, so 429s pause every thread and retries count against the budgets.
+retries, so 429s pause every thread and retries count against the budgets. The SDKs do not validate
+bodies, so a 200 may lack any field: no choice or no text is an empty answer, missing usage is 0.
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ import openai
 from action100m.config import AggregateConfig
 from action100m.errors import PermanentError
 from action100m.llm.messages import ChatRequest, Completion, Usage
-from action100m.llm.ratelimit import RateLimited, RequestRejected, TransientError, parse_retry_after
+from action100m.llm.ratelimit import (
+    ConnectionFailed,
+    RateLimited,
+    RequestRejected,
+    TransientError,
+    parse_retry_after,
+)
 
 KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 CONNECTION = {"openai": "openai_default", "anthropic": "anthropic_default"}
@@ -98,13 +105,24 @@ class _Adapter:
         except (openai.APITimeoutError, anthropic.APITimeoutError):
             raise TransientError(f"{self.provider} ({self.model}): request timed out") from None
         except (openai.APIConnectionError, anthropic.APIConnectionError) as exc:
-            raise TransientError(f"{self.provider}: cannot connect: {exc}") from None
+            raise ConnectionFailed(f"{self.provider}: cannot connect: {exc}") from None
         except (
             openai.APIResponseValidationError,
             anthropic.APIResponseValidationError,
             json.JSONDecodeError,
         ) as exc:
             raise TransientError(f"{self.provider}: malformed response body: {exc}") from None
+
+
+def _count(usage: Any, name: str) -> int:
+    """A token count from a usage object that may lack it (or be None)."""
+    value = getattr(usage, name, None)
+    return value if isinstance(value, int) else 0
+
+
+def _malformed(provider: str, response: Any) -> TransientError:
+    """A body that is not the API's object at all (the SDK hands back text it could not parse)."""
+    return TransientError(f"{provider}: malformed response body: {str(response)[:200]!r}")
 
 
 class OpenAIChat(_Adapter):
@@ -135,18 +153,26 @@ class OpenAIChat(_Adapter):
             response = self.client.chat.completions.create(
                 model=self.model, messages=messages, **options
             )
-            choice = response.choices[0]
-            usage = Usage(requests=1)
-            if response.usage is not None:
-                usage.input_tokens = response.usage.prompt_tokens
-                usage.output_tokens = response.usage.completion_tokens
-                details = response.usage.prompt_tokens_details
-                usage.cached_input_tokens = (details.cached_tokens or 0) if details else 0
+            if isinstance(response, str):
+                raise _malformed(self.provider, response)
+            choices = getattr(response, "choices", None)
+            choice = choices[0] if isinstance(choices, list) and choices else None
+            message = getattr(choice, "message", None)
+            u = getattr(response, "usage", None)
+            details = getattr(u, "prompt_tokens_details", None)
+            usage = Usage(
+                requests=1,
+                input_tokens=_count(u, "prompt_tokens"),
+                cached_input_tokens=_count(details, "cached_tokens"),
+                output_tokens=_count(u, "completion_tokens"),
+            )
+            text = getattr(message, "content", None)
+            refusal = getattr(message, "refusal", None)
             return Completion(
-                text=choice.message.content or "",
+                text=text if isinstance(text, str) else "",
                 usage=usage,
-                finish_reason=choice.finish_reason,
-                refusal=getattr(choice.message, "refusal", None),
+                finish_reason=getattr(choice, "finish_reason", None),
+                refusal=refusal if isinstance(refusal, str) else None,
             )
 
         return self._guard(call)
@@ -181,13 +207,22 @@ class AnthropicChat(_Adapter):
                 system=[{"type": "text", "text": request.system}],
                 messages=messages,
             )
-            text = "".join(b.text for b in response.content if b.type == "text")
-            u = response.usage
-            read = u.cache_read_input_tokens or 0
-            written = u.cache_creation_input_tokens or 0
-            usage = Usage(1, u.input_tokens + read + written, read, written, u.output_tokens)
-            refusal = text if response.stop_reason == "refusal" else None
-            return Completion(text, usage, response.stop_reason, refusal)
+            if isinstance(response, str):
+                raise _malformed(self.provider, response)
+            blocks = getattr(response, "content", None)
+            text = "".join(
+                b.text
+                for b in (blocks if isinstance(blocks, list) else [])
+                if getattr(b, "type", None) == "text" and isinstance(getattr(b, "text", None), str)
+            )
+            u = getattr(response, "usage", None)
+            read = _count(u, "cache_read_input_tokens")
+            written = _count(u, "cache_creation_input_tokens")
+            fresh, out = _count(u, "input_tokens"), _count(u, "output_tokens")
+            usage = Usage(1, fresh + read + written, read, written, out)
+            stop = getattr(response, "stop_reason", None)
+            refusal = text if stop == "refusal" else None
+            return Completion(text, usage, stop if isinstance(stop, str) else None, refusal)
 
         return self._guard(call)
 

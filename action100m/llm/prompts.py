@@ -16,7 +16,9 @@ What every request pays for (cached tokens still cost: half price at OpenAI) is 
 - a node's subtree shows at most ``SUBTREE_DEPTH`` levels below it and ``SUBTREE_TOKENS`` in all,
   its own caption whole, its parts' captions cut to about ``PART_CHARS``.
 Trees are rendered as Markdown outlines with time ranges. A subtree is cut by depth, and a caption
-only at a sentence boundary (marked " [...]"), never mid-sentence.
+only at a sentence boundary (marked " [...]"), never mid-sentence. A node shows every caption it has:
+a leaf's frame caption and its clip caption (``caption.leaf_segment_caption``, or the release's
+``plm_caption`` after ``import``), and the release's ``plm_action`` when imported.
 """
 
 from __future__ import annotations
@@ -115,10 +117,19 @@ def shorten(text: str, max_chars: int | None) -> str:
 
 
 def _caption_of(entry: dict[str, Any] | None, max_chars: int | None = None) -> str:
-    if not entry or not entry.get("caption"):
-        return "(no caption)"
-    prefix = "frame: " if entry.get("kind") == "frame" else ""
-    return prefix + shorten(_one_line(str(entry["caption"])), max_chars)
+    """Every caption of a node on one line, each cut on its own: ``frame: … / clip: … / action:
+    …`` for a leaf with all three (a function of the entry alone, so the shared prefix stays
+    byte-identical)."""
+    entry = entry or {}
+    parts = []
+    if entry.get("caption"):
+        prefix = "frame: " if entry.get("kind") == "frame" else ""
+        parts.append(prefix + shorten(_one_line(str(entry["caption"])), max_chars))
+    if entry.get("segment_caption"):
+        parts.append("clip: " + shorten(_one_line(str(entry["segment_caption"])), max_chars))
+    if entry.get("action"):  # the release's plm_action, kept by `import`
+        parts.append("action: " + shorten(_one_line(str(entry["action"])), max_chars))
+    return " / ".join(parts) or "(no caption)"
 
 
 def outline_lines(

@@ -1,6 +1,10 @@
 """Rate limits and retries for LLM calls: token buckets for requests and tokens per minute, a bound
 on requests in flight, ``Retry-After`` on 429 (which pauses every caller, not just the one that was
 refused), exponential backoff with jitter on 5xx and timeouts, and no retry on what cannot succeed.
+
+An endpoint that refuses connections is not retried per request for minutes: after
+``RetryPolicy.max_connection_failures`` connection failures in a row across every caller (no
+success in between), every call, running or to come, raises ``EndpointDown`` at once.
 """
 
 from __future__ import annotations
@@ -32,6 +36,15 @@ class RateLimited(ServiceError):
 
 class TransientError(ServiceError):
     """5xx, a timeout or a refused connection: worth another try after a pause."""
+
+
+class ConnectionFailed(TransientError):
+    """The endpoint could not be reached at all (refused, reset, DNS): counted towards
+    :class:`EndpointDown`."""
+
+
+class EndpointDown(ServiceError):
+    """Too many connection failures in a row: the endpoint is down, stop asking it."""
 
 
 class RequestRejected(Action100MError):
@@ -85,6 +98,7 @@ class RetryPolicy:
     max_retries: int = 6
     base_delay: float = 1.0
     max_delay: float = 60.0
+    max_connection_failures: int = 3  # in a row, across every caller: the endpoint is down
 
     def backoff(self, attempt: int) -> float:
         """Exponential with jitter: half to all of ``base * 2**attempt``, capped."""
@@ -109,6 +123,9 @@ class RateLimiter:
         self.sleep = sleep
         self.paused_until = 0.0
         self.waited = 0.0  # seconds spent waiting on limits, for the logs and benchmarks
+        self.lock = threading.Lock()
+        self.connection_failures = 0  # in a row, reset by any success
+        self.down: str | None = None  # why the endpoint counts as down, once it does
 
     def pause(self, seconds: float) -> None:
         """Hold every caller back for ``seconds`` (a 429's Retry-After)."""
@@ -128,15 +145,24 @@ class RateLimiter:
         """``fn()`` within the limits, retried on 429 and transient faults; other errors pass."""
         attempts = self.policy.max_retries + 1
         for attempt in range(attempts):
+            if self.down is not None:
+                raise EndpointDown(f"{what}: not sent: {self.down}")
             try:
                 with self.slot(tokens):
-                    return fn()
+                    result = fn()
+                with self.lock:
+                    self.connection_failures = 0
+                return result
             except RateLimited as exc:
                 delay = exc.retry_after
                 if delay is None:
                     delay = self.policy.backoff(attempt)
                 self.pause(delay)
                 problem: ServiceError = exc
+            except ConnectionFailed as exc:
+                self._connection_failed(exc)
+                delay = self.policy.backoff(attempt)
+                problem = exc
             except TransientError as exc:
                 delay = self.policy.backoff(attempt)
                 problem = exc
@@ -148,3 +174,16 @@ class RateLimiter:
             if isinstance(problem, TransientError):
                 self.sleep(delay)
         raise AssertionError("unreachable")
+
+    def _connection_failed(self, exc: ConnectionFailed) -> None:
+        """Count one more connection failure in a row; past the limit, the endpoint is down."""
+        with self.lock:
+            self.connection_failures += 1
+            if self.down is None and self.connection_failures >= (
+                self.policy.max_connection_failures
+            ):
+                self.down = f"{self.connection_failures} connection failures in a row ({exc})"
+                log.error("LLM endpoint down, stopping every request: %s", self.down)
+            down = self.down
+        if down is not None:
+            raise EndpointDown(down) from None

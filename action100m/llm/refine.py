@@ -2,8 +2,10 @@
 to verify and revise it against the same inputs. Every answer is parsed and validated; an invalid
 one gets at most ``max_repairs`` repair turns. The last valid answer wins; every round is kept.
 
-Each request is cached in the store under the hash of the request (``cache/llm/..``): a rerun or a
-retried task reads answers it already paid for instead of asking again.
+Each answer that validates is cached in the store under the hash of its request (``cache/llm/..``):
+a rerun or a retried task reads answers it already paid for instead of asking again. An empty,
+refused or unparseable answer is not cached, so the next identical request (a later round whose
+previous answer did not change, a rerun) asks again instead of getting the same failure back.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class Session:
         return self.store.join("cache", "llm", key[:2], f"{key}.json")
 
     def ask(self, request: ChatRequest, what: str) -> tuple[Completion, bool]:
-        """The answer to ``request`` from the cache, or from the endpoint (then cached)."""
+        """The answer to ``request`` from the cache, or from the endpoint (see :meth:`remember`)."""
         uri = self.cache_uri(request)
         try:
             completion, cached = Completion.from_json(self.store.read_json(uri)["completion"]), True
@@ -53,14 +55,6 @@ class Session:
             tokens = estimate_tokens(request.text()) + request.max_tokens
             completion = self.limiter.call(lambda: self.client.complete(request), tokens, what)
             cached = False
-            self.store.write_json(
-                uri,
-                {
-                    "provider": self.client.provider,
-                    "model": self.client.model,
-                    "completion": completion.to_json(),
-                },
-            )
         with self.lock:
             self.usage.add(completion.usage)
             if cached:
@@ -68,6 +62,17 @@ class Session:
             else:
                 self.paid.add(completion.usage)
         return completion, cached
+
+    def remember(self, request: ChatRequest, completion: Completion) -> None:
+        """Cache an answer that validated (only those: see the module's docstring)."""
+        self.store.write_json(
+            self.cache_uri(request),
+            {
+                "provider": self.client.provider,
+                "model": self.client.model,
+                "completion": completion.to_json(),
+            },
+        )
 
 
 def _answer(
@@ -96,6 +101,8 @@ def _answer(
             }
         )
         if annotation is not None:
+            if not cached:
+                session.remember(request, completion)
             return annotation, attempts
         request = request.then(completion.text or "(empty answer)", REPAIR.format(reason=error))
     return None, attempts

@@ -3,8 +3,9 @@
 A backend takes a stream of ``CaptionJob`` (a prompt and its frames, already at the final size) and
 yields each job back with its ``CaptionOutcome``, in whatever order it finishes them; how it
 parallelises (concurrent HTTP requests, engine batches, padded batches) is its own business. A
-node-level failure is an outcome with ``error`` set; a backend that cannot work at all (server
-down) raises ``ServiceError`` and the stage keeps everything finished so far.
+node-level failure is an outcome with ``error`` set (``transient`` when a later retry may succeed:
+5xx, 429, timeouts); a backend that cannot work at all (server down) raises ``ServiceError`` once
+the jobs already running are done, and the stage keeps everything finished so far.
 """
 
 from __future__ import annotations
@@ -35,10 +36,13 @@ class CaptionOutcome:
     tokens_in: int = 0
     tokens_out: int = 0
     error: str | None = None
+    # The service, not the request, failed (5xx, 429, timeout): the node is not done, and the
+    # stage fails the task after the others so that Airflow's retry asks again.
+    transient: bool = False
 
     @classmethod
-    def failed(cls, error: str) -> CaptionOutcome:
-        return cls(caption=None, error=error)
+    def failed(cls, error: str, *, transient: bool = False) -> CaptionOutcome:
+        return cls(caption=None, error=error, transient=transient)
 
 
 class Captioner(Protocol):

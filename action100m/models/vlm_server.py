@@ -3,8 +3,11 @@
 All of a video's requests go out concurrently (at most ``caption.concurrency`` in flight), each
 frame a base64 JPEG image part, greedy, at most ``max_new_tokens``. The OpenAI client retries 5xx,
 429 and timeouts with exponential backoff (``caption.max_retries``); an empty answer is asked
-again the same number of times. What still fails becomes that node's error. A server that cannot
-be reached at all raises ``ServiceError``: the task fails and Airflow retries it later.
+again the same number of times. What still fails becomes that node's error: a transient one
+(5xx, 429, timeout, a malformed body) when a later try may succeed, so the stage fails the task
+after the other nodes; a permanent one (a 4xx rejection, an empty answer) otherwise. A server that
+cannot be reached at all raises ``ServiceError`` once the requests already in flight are done and
+handed back, so the task fails, keeps what finished, and Airflow retries it later.
 
 vLLM serves Qwen3-VL with the model's default pixel budget (at least 256x256 per image), so frames
 smaller than that are upscaled by the server; the default 320x320 passes through unchanged.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import os
 import time
@@ -84,23 +88,33 @@ class ServerCaptioner:
         self.check_server()
         pending = iter(jobs)
         in_flight: dict[Future[CaptionOutcome], CaptionJob] = {}
+        stopped: Exception | None = None  # the first request that could not be served at all
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="caption")
         try:
             while True:
-                # Take new jobs only as slots free up: frames are decoded just in time.
-                while len(in_flight) < self.concurrency:
+                # Take new jobs only as slots free up (frames are decoded just in time), and none
+                # once the server is gone.
+                while stopped is None and len(in_flight) < self.concurrency:
                     job = next(pending, None)
                     if job is None:
                         break
                     in_flight[pool.submit(self.caption, job)] = job
                 if not in_flight:
-                    return
+                    break
                 finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                 for future in finished:
                     job = in_flight.pop(future)
-                    yield job, future.result()  # ServiceError (server gone) propagates
+                    try:
+                        outcome = future.result()
+                    except Exception as exc:  # server gone: let the others finish, then raise
+                        # (anything else unexpected too: what finished still gets cached)
+                        stopped = stopped or exc
+                        continue
+                    yield job, outcome
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
+        if stopped is not None:
+            raise stopped
 
     def caption(self, job: CaptionJob) -> CaptionOutcome:
         """One request with retries; never raises except when the server cannot be reached."""
@@ -120,23 +134,44 @@ class ServerCaptioner:
                     temperature=0.0,
                 )
             except openai.APITimeoutError:  # the client has already retried
-                return CaptionOutcome.failed(f"server timed out after {self.timeout:g} s")
+                return CaptionOutcome.failed(
+                    f"server timed out after {self.timeout:g} s", transient=True
+                )
             except openai.APIConnectionError as exc:
                 raise ServiceError(
                     f"caption server {self.base_url} is unreachable ({exc})"
                 ) from exc
             except openai.APIStatusError as exc:
+                # 408/409/429/5xx are the server's trouble; other 4xx reject this very request.
+                status = exc.status_code
                 return CaptionOutcome.failed(
-                    f"server answered {exc.status_code}: {str(exc.message)[:200]}"
+                    f"server answered {status}: {str(exc.message)[:200]}",
+                    transient=status in (408, 409, 429) or status >= 500,
                 )
-            choice = response.choices[0] if response.choices else None
-            caption = clean_caption(choice.message.content if choice else None)
+            except (openai.APIResponseValidationError, json.JSONDecodeError) as exc:
+                return CaptionOutcome.failed(
+                    f"malformed response from the server: {str(exc)[:200]}", transient=True
+                )
+            if isinstance(response, str):  # a body that is not JSON at all (a proxy's page)
+                return CaptionOutcome.failed(
+                    f"malformed response from the server: {response[:200]!r}", transient=True
+                )
+            caption = clean_caption(_answer_text(response))
             if caption:
-                usage = response.usage
+                usage = getattr(response, "usage", None)
                 return CaptionOutcome(
                     caption=caption,
-                    tokens_in=usage.prompt_tokens if usage else 0,
-                    tokens_out=usage.completion_tokens if usage else 0,
+                    tokens_in=int(getattr(usage, "prompt_tokens", 0) or 0),
+                    tokens_out=int(getattr(usage, "completion_tokens", 0) or 0),
                 )
             log.info("empty caption for request %s (attempt %d)", job.key[:8], attempt + 1)
         return CaptionOutcome.failed("empty caption")
+
+
+def _answer_text(response: Any) -> str | None:
+    """The first choice's text; None for a body without one (no or null ``choices``, a null
+    message: the client does not validate bodies), which then counts as an empty answer."""
+    choices = getattr(response, "choices", None)
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    content = getattr(getattr(choice, "message", None), "content", None)
+    return content if isinstance(content, str) else None

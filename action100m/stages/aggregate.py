@@ -4,11 +4,12 @@ Reads the tree, the captions and the video's metadata; asks the LLM with Self-Re
 (:mod:`action100m.llm.refine`) for each node in a bounded thread pool under shared rate limits;
 writes ``aggregate/{key}/annotations.json`` and ``usage.json``, then ``_SUCCESS``.
 
-Outcomes: a node whose answers stay invalid (or whose request the endpoint rejects) carries an
-``error`` and the video goes on. An invalid key or unknown model stops the video at once
-(PermanentError). A node whose requests still hit 429s, 5xx or timeouts after every retry makes the
-task fail with ServiceError once the other nodes are done: the retry asks only for what is missing,
-because every answer already received is cached. A video whose every node failed raises.
+Outcomes: a node whose answers stay invalid (or whose request the endpoint rejects, or that fails
+in a way nobody planned for) carries an ``error`` and the video goes on. An invalid key or unknown
+model stops the video at once (PermanentError). A node whose requests still hit 429s, 5xx, timeouts
+or a dead endpoint after every retry makes the task fail with ServiceError once the other nodes are
+done: the retry asks only for what is missing, because every valid answer received is cached. A
+video whose every node failed raises.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from action100m.config import Settings
 from action100m.document import load_metadata, load_tree, stage_artifact, write_document
-from action100m.errors import MissingArtifactError, PermanentError, ServiceError
+from action100m.errors import MissingArtifactError, PermanentError, ServiceError, StoreError
 from action100m.llm.clients import CONNECTION, KEY_ENV, credentials, make_client
 from action100m.llm.prompts import PromptBuilder
 from action100m.llm.ratelimit import RateLimiter, RetryPolicy
@@ -114,7 +115,7 @@ def run_aggregate(settings: Settings, store: ArtifactStore, video_id: str) -> st
     )
 
     results: dict[str, dict[str, Any]] = {}
-    transient = 0
+    transient: list[str] = []  # the errors worth a retry of the task
     with ThreadPoolExecutor(cfg.concurrency, thread_name_prefix="aggregate") as pool:
         futures: dict[Future[dict[str, Any]], Any] = {
             pool.submit(
@@ -131,9 +132,15 @@ def run_aggregate(settings: Settings, store: ArtifactStore, video_id: str) -> st
                 node = futures[future]
                 try:
                     results[node.node_id] = future.result()
-                except ServiceError as exc:
-                    transient += 1
+                except (ServiceError, StoreError) as exc:
+                    transient.append(str(exc))
                     results[node.node_id] = {"annotation": None, "error": str(exc), "rounds": []}
+                except PermanentError:
+                    raise  # a bad key or model: every node would fail the same way
+                except Exception as exc:  # a bug or an answer nobody planned for: this node only
+                    log.exception("video %s: node %s failed unexpectedly", video_id, node.node_id)
+                    error = f"unexpected {type(exc).__name__}: {exc}"
+                    results[node.node_id] = {"annotation": None, "error": error, "rounds": []}
                 if results[node.node_id]["error"]:
                     log.warning(
                         "video %s: node %s failed: %s",
@@ -165,8 +172,9 @@ def run_aggregate(settings: Settings, store: ArtifactStore, video_id: str) -> st
     )
     if transient:
         raise ServiceError(
-            f"video {video_id}: {transient} of {len(targets)} nodes hit service errors after "
-            "every retry; a retry asks only for those (answers so far are cached)"
+            f"video {video_id}: {len(transient)} of {len(targets)} nodes hit service errors after "
+            f"every retry, e.g. {transient[0]}; a retry asks only for those (answers so far are "
+            "cached)"
         )
     if targets and failed == len(targets):
         raise PermanentError(

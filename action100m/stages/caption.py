@@ -3,15 +3,18 @@
 Leaves get their middle frame with an image prompt, other nodes ``caption.frames`` evenly spaced
 frames with a video prompt, all ``caption.size`` square. Frames are read from the source video in
 one seeking pass; the backend (vLLM server, vLLM engine, transformers) captions them as they come.
-A node that fails (unreadable frame, 5xx, timeout, empty answer after retries) records its error
-and the video goes on; a backend that cannot work at all raises ``ServiceError`` after the request
-cache is saved, so Airflow's retry pays only for what is missing.
+A node that fails for good (unreadable frame, a rejected request, an empty answer after retries)
+records its error and the video goes on. A node whose last try still met a service failure (5xx,
+429, timeout) is not done: once every other node is finished and the request cache is saved, the
+task raises ``ServiceError`` naming how many and why, so Airflow's retry asks only for those. A
+backend that cannot work at all raises ``ServiceError`` the same way, after the cache is saved.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from typing import Any
 
 from action100m.config import Settings
@@ -75,6 +78,7 @@ def run_caption(settings: Settings, store: ArtifactStore, video_id: str) -> str:
     cache = RequestCache(store, cache_uri(store, video_id, config))
     progress = Progress(video_id, len(plans))
     results: dict[str, dict[str, Any]] = {}
+    unfinished: dict[str, str] = {}  # request key -> last service failure, worth a retry
     for plan in plans:
         if plan.key in cache:
             results[plan.key] = {**cache.get(plan.key), "cached": True}
@@ -112,6 +116,8 @@ def run_caption(settings: Settings, store: ArtifactStore, video_id: str) -> str:
                     results[job.key] = result
                     if outcome.error is None:
                         cache.put(job.key, result)
+                    elif outcome.transient:
+                        unfinished[job.key] = outcome.error
                     progress.add(error=outcome.error is not None)
         except ServiceError as exc:
             raise ServiceError(f"video {video_id}: captioning stopped: {exc}") from exc
@@ -120,6 +126,7 @@ def run_caption(settings: Settings, store: ArtifactStore, video_id: str) -> str:
     if progress.logged != progress.done:
         progress.log()
     _check_some_succeeded(video_id, results)
+    _check_none_unfinished(video_id, plans, unfinished)
     document = _captions_document(config.model, tree.nodes, plans, results)
     store.write_json(f"{folder}/{ARTIFACT}", document)
     store.mark_done(folder, document["summary"])
@@ -135,6 +142,23 @@ def _check_some_succeeded(video_id: str, results: dict[str, dict[str, Any]]) -> 
     if all(r.get("frame_error") for r in results.values()):
         raise VideoError(video_id, f"no frame could be read for any node ({first})")
     raise ServiceError(f"video {video_id}: every caption request failed; first error: {first}")
+
+
+def _check_none_unfinished(
+    video_id: str, plans: list[NodeRequest], unfinished: dict[str, str]
+) -> None:
+    """Nodes that met only service failures are not done: fail the task (the finished captions are
+    cached) instead of writing them down as errors that no retry would ever revisit."""
+    if not unfinished:
+        return
+    nodes = {plan.node_id for plan in plans if plan.key in unfinished}
+    total = len({plan.node_id for plan in plans})
+    reasons = Counter(unfinished.values()).most_common(3)
+    why = "; ".join(f"{count} x {reason}" for reason, count in reasons)
+    raise ServiceError(
+        f"video {video_id}: {len(nodes)} of {total} nodes not captioned, the server still failing "
+        f"after every retry ({why}); a retry asks only for those (the rest are cached)"
+    )
 
 
 def _captions_document(

@@ -4,7 +4,8 @@ A request is identified by a hash of what determines its answer (model, prompt, 
 size, token limit) and nothing about how it is served, so a retried task, another backend or a
 re-segmented tree with the same spans re-uses finished captions. The cache lives in the video's
 folder of the store (``videos/{id}/caption/cache/{model-hash}.json``) and is written every few
-seconds and before any failure leaves the task.
+seconds and before any failure leaves the task. Each write first merges in what is stored, so two
+overlapping tasks of a video (a retry beside a straggler) keep each other's answers.
 """
 
 from __future__ import annotations
@@ -118,15 +119,21 @@ def assemble_jobs(
 
 
 class RequestCache:
-    """Finished request results by request key, flushed to the store every ``every`` seconds."""
+    """Finished request results by request key, flushed to the store every ``every`` seconds.
+
+    An entry never changes once written (the key fixes the answer's inputs), so merging is a plain
+    union: a flush re-reads the file and adds what this task has, then writes the whole atomically
+    through the store. Another task's write between that read and this write can still be lost,
+    but only for that moment's new entries (their next flush writes them again), not wholesale."""
 
     def __init__(self, store: ArtifactStore, uri: str, every: float = 15.0) -> None:
         self.store, self.uri, self.every = store, uri, every
-        self.entries: dict[str, dict[str, Any]] = (
-            dict(store.read_json(uri)) if store.exists(uri) else {}
-        )
+        self.entries: dict[str, dict[str, Any]] = self._stored()
         self.unsaved = 0
         self.saved_at = time.monotonic()
+
+    def _stored(self) -> dict[str, dict[str, Any]]:
+        return dict(self.store.read_json(self.uri)) if self.store.exists(self.uri) else {}
 
     def __contains__(self, key: str) -> bool:
         return key in self.entries
@@ -142,6 +149,7 @@ class RequestCache:
 
     def flush(self) -> None:
         if self.unsaved:
+            self.entries = {**self._stored(), **self.entries}
             self.store.write_json(self.uri, self.entries)
             log.debug("caption cache: %d results saved to %s", len(self.entries), self.uri)
         self.unsaved = 0
