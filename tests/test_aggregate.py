@@ -14,6 +14,7 @@ from llm_server import LLMServer, Reply, Request
 from action100m.config import Settings, load_settings
 from action100m.errors import PermanentError, ServiceError
 from action100m.llm import prompts
+from action100m.llm.clients import BASE_URL_ENV, DEFAULT_BASE_URL, KEY_ENV, make_client
 from action100m.llm.ratelimit import RetryPolicy
 from action100m.stages import aggregate
 from action100m.stages.aggregate import llm_unavailable_reason, run_aggregate
@@ -305,6 +306,26 @@ def test_llm_unavailable_reason(store, monkeypatch) -> None:
     settings.aggregate.base_url = None
     monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", '{"conn_type": "openai", "password": "k"}')
     assert llm_unavailable_reason(settings) is None
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_base_url_variables_empty_or_set(provider, settings, store, llm, monkeypatch) -> None:
+    """compose hands every container OPENAI_BASE_URL= and ANTHROPIC_BASE_URL= when unset: an empty
+    variable means the provider's own API, not an address of ""; a set one is the endpoint."""
+    variable = BASE_URL_ENV[provider]
+    cfg = settings.aggregate.model_copy(update={"provider": provider, "base_url": None})
+    monkeypatch.setenv(variable, "")  # the SDK itself would read it from here
+    monkeypatch.setenv(KEY_ENV[provider], "k")
+    client = make_client(cfg)
+    assert str(client.client.base_url).rstrip("/") == DEFAULT_BASE_URL[provider]  # type: ignore[attr-defined]
+    # Set, it is the endpoint: the whole stage runs against it with no aggregate.base_url.
+    write_inputs(settings, store)
+    monkeypatch.setenv(variable, llm.base_url)
+    settings.aggregate.provider = provider
+    settings.aggregate.base_url = None
+    assert llm_unavailable_reason(settings) is None
+    run_aggregate(settings, store, VIDEO)
+    assert len(llm.requests) == 3 * LONG
 
 
 def test_imported_annotations_are_replaced(settings, store, llm) -> None:

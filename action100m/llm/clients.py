@@ -1,6 +1,7 @@
 """Adapters over the official ``openai`` and ``anthropic`` clients, and where keys come from.
 
-Keys and endpoints come from the environment (``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``), from an
+Keys and endpoints come from the environment (``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``,
+``OPENAI_BASE_URL``, ``ANTHROPIC_BASE_URL``; an empty variable counts as unset), from an
 Airflow connection exported the usual way (``AIRFLOW_CONN_OPENAI_DEFAULT``,
 ``AIRFLOW_CONN_ANTHROPIC_DEFAULT``, JSON or URI), or for endpoints from ``aggregate.base_url``;
 never from code, and never written to a log. The SDKs' own retries are off: :mod:`ratelimit`
@@ -31,6 +32,10 @@ from action100m.llm.ratelimit import (
 )
 
 KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+BASE_URL_ENV = {"openai": "OPENAI_BASE_URL", "anthropic": "ANTHROPIC_BASE_URL"}
+# Passed explicitly when nothing names an endpoint: the SDKs would otherwise read their
+# *_BASE_URL variable themselves and take an empty one (as compose passes it) for an address.
+DEFAULT_BASE_URL = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
 CONNECTION = {"openai": "openai_default", "anthropic": "anthropic_default"}
 EPHEMERAL = {"type": "ephemeral"}
 
@@ -70,8 +75,13 @@ def credentials(
         except json.JSONDecodeError:
             extra = {}
     host = str(conn.get("host") or "")
-    base_url = cfg.base_url or extra.get("base_url") or (host if "://" in host else None)
-    return key, base_url
+    base_url = (
+        cfg.base_url
+        or env.get(BASE_URL_ENV[cfg.provider], "").strip()
+        or extra.get("base_url")
+        or (host if "://" in host else None)
+    )
+    return key, base_url or None
 
 
 def _status_error(provider: str, model: str, status: int, exc: Exception) -> Exception:
@@ -133,7 +143,10 @@ class OpenAIChat(_Adapter):
     def __init__(self, cfg: AggregateConfig, api_key: str | None, base_url: str | None) -> None:
         super().__init__(cfg, api_key, base_url)
         self.client = openai.OpenAI(
-            api_key=api_key or "EMPTY", base_url=base_url, timeout=cfg.timeout, max_retries=0
+            api_key=api_key or "EMPTY",
+            base_url=base_url or DEFAULT_BASE_URL[self.provider],
+            timeout=cfg.timeout,
+            max_retries=0,
         )
 
     def complete(self, request: ChatRequest) -> Completion:
@@ -186,7 +199,10 @@ class AnthropicChat(_Adapter):
     def __init__(self, cfg: AggregateConfig, api_key: str | None, base_url: str | None) -> None:
         super().__init__(cfg, api_key, base_url)
         self.client = anthropic.Anthropic(
-            api_key=api_key or "EMPTY", base_url=base_url, timeout=cfg.timeout, max_retries=0
+            api_key=api_key or "EMPTY",
+            base_url=base_url or DEFAULT_BASE_URL[self.provider],
+            timeout=cfg.timeout,
+            max_retries=0,
         )
 
     def complete(self, request: ChatRequest) -> Completion:
