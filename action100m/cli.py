@@ -85,15 +85,25 @@ def render_tree(document: dict[str, Any], width: int = 100) -> str:
     return "\n".join(lines)
 
 
+def _quiet_model_loading() -> None:
+    """transformers reads these variables when imported; where it already is, tell it directly."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if args.quiet:  # model loading progress bars too (read when transformers is imported)
-        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-        os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    if args.quiet:  # model loading progress bars too
+        _quiet_model_loading()
     try:
         return _dispatch(args)
     except Action100MError as exc:
