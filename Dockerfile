@@ -3,8 +3,18 @@
 #   docker build -t action100m-gpu --target gpu .     GPU worker (CUDA torch + vLLM)
 ARG AIRFLOW_VERSION=3.3.2
 ARG PYTHON_VERSION=3.11
+# The vLLM engine of the GPU worker (caption.backend=vllm), pinned; it brings the CUDA torch it
+# was built for. Override with --build-arg VLLM_VERSION=... (docker compose: VLLM_VERSION in .env).
+ARG VLLM_VERSION=0.33.0
 
 FROM apache/airflow:${AIRFLOW_VERSION}-python${PYTHON_VERSION} AS cpu
+# The model cache (the `model-cache` volume in docker compose): made here, owned by the airflow
+# user (uid 50000, group 0 as the official image does), so a fresh named volume mounted on it
+# starts writable and Hugging Face weights can be downloaded into it.
+USER root
+RUN mkdir -p /opt/airflow/cache/huggingface /opt/airflow/cache/action100m \
+    && chown -R airflow:0 /opt/airflow/cache \
+    && chmod -R g+rwX /opt/airflow/cache
 # Non-root, as the official image is: everything below runs as the `airflow` user.
 USER airflow
 WORKDIR /opt/action100m
@@ -22,7 +32,11 @@ ENV ACTION100M_CACHE=/opt/airflow/cache/action100m \
     AIRFLOW__CORE__LOAD_EXAMPLES=False
 
 FROM cpu AS gpu
+ARG VLLM_VERSION
 # The GPU worker: CUDA torch and the vLLM offline engine (caption.backend=vllm), both from PyPI.
-# vLLM pins the torch it was built for, so torch is not constrained here.
-RUN pip install --no-cache-dir --upgrade "torch" "vllm" \
-    && python -c "import torch, vllm; print(torch.__version__, vllm.__version__)"
+# The CPU build of torch goes first (pip would otherwise keep torch==X+cpu where it satisfies
+# vLLM's pin); vLLM then installs the CUDA torch it pins. The check fails the build on CPU torch.
+RUN pip uninstall -y torch torchvision torchaudio \
+    && pip install --no-cache-dir "vllm==${VLLM_VERSION}" \
+    && python -c "import torch, vllm; assert torch.version.cuda, 'CPU torch ' + torch.__version__; \
+print(torch.__version__, 'CUDA', torch.version.cuda, 'vllm', vllm.__version__)"

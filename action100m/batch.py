@@ -6,7 +6,10 @@ The Airflow DAGs call these; so can any other orchestrator. Nothing here imports
   bounded by :func:`max_videos_per_run` with an error pointing at the backfill DAG.
 - :func:`read_manifest`: a plain list of IDs (one a line) or a HowTo100M CSV with a ``video_id``
   column, from any URI the store can read.
-- :func:`pending_videos` and :func:`shard`: what a backfill still has to do, in runs of a given size.
+- :func:`pending_videos` and :func:`shard`: what a backfill still has to do, in runs of a given size;
+  :func:`plan_window`: the next bounded slice of a manifest (a backfill run and its continuation).
+- :func:`read_video_list` / :func:`write_video_list`: a shard's IDs as a store object, so only its URI
+  travels through XCom and the triggered run's conf.
 - :func:`build_report` / :func:`format_report`: per video done / failed (with the reason) / skipped.
 """
 
@@ -22,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from action100m.errors import PermanentError
-from action100m.pipeline import resolve_video
+from action100m.pipeline import STATUS_FILE, resolve_video
 from action100m.store import ArtifactStore, normalise_uri
 
 log = logging.getLogger(__name__)
@@ -107,12 +110,83 @@ def read_manifest(uri: str, storage_options: dict[str, Any] | None = None) -> li
     return ids
 
 
+def options_for(store: ArtifactStore, uri: str) -> dict[str, Any] | None:
+    """The store's storage options where ``uri`` is on the same kind of storage, else None
+    (the defaults for that URI: the usual AWS variables for ``s3://``)."""
+    same_protocol = normalise_uri(uri).split("://")[0] == store.root.split("://")[0]
+    return store.storage_options if same_protocol else None
+
+
+def read_video_list(store: ArtifactStore, uri: str) -> list[str]:
+    """A list of videos (one a line: IDs, paths or URIs) at ``uri``, e.g. a backfill shard."""
+    return read_manifest(uri, options_for(store, uri))
+
+
+def write_video_list(store: ArtifactStore, uri: str, videos: Sequence[str]) -> None:
+    store.write_bytes(uri, ("\n".join(videos) + "\n").encode())
+
+
+def _is_complete(store: ArtifactStore, video_id: str) -> bool:
+    """Whether the video is finished: published with every stage, aggregation included.
+
+    ``status.json`` (written by ``publish``) says so in one small read. Without it (a store from
+    before it existed, an imported video, a run that stopped after ``segment`` wrote the
+    document), the document's ``pipeline.stages`` decide; no document: not finished."""
+    try:
+        status = store.read_json(store.join("videos", video_id, STATUS_FILE))
+    except FileNotFoundError:
+        status = None
+    if isinstance(status, dict) and "complete" in status:
+        return bool(status["complete"])
+    uri = store.document_uri(video_id)
+    if not store.exists(uri):
+        return False
+    stages = (store.read_json(uri).get("pipeline") or {}).get("stages")
+    if not isinstance(stages, dict):  # a document older than pipeline.stages: as it was
+        return True
+    return bool(stages.get("caption")) and bool(stages.get("aggregate"))
+
+
 def pending_videos(store: ArtifactStore, video_ids: Iterable[str], workers: int = 16) -> list[str]:
-    """The IDs whose per-video document does not exist yet, in order."""
+    """The IDs not finished yet, in order: no document, or a document written without every
+    stage (an aggregate skipped for want of an LLM counts as not finished, so a later run with
+    a key annotates it)."""
     ids = list(video_ids)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        done = list(pool.map(lambda vid: store.exists(store.document_uri(vid)), ids))
+        done = list(pool.map(lambda vid: _is_complete(store, vid), ids))
     return [vid for vid, finished in zip(ids, done, strict=True) if not finished]
+
+
+def plan_window(
+    store: ArtifactStore,
+    ids: Sequence[str],
+    offset: int,
+    shard_size: int,
+    max_shards: int,
+    skip_done: bool = True,
+) -> tuple[list[list[str]], int | None, int]:
+    """The next bounded slice of a manifest: ``(shards, next_offset, scanned)``.
+
+    From ``ids[offset:]``, collects up to ``max_shards * shard_size`` videos still to do (all of
+    them when not ``skip_done``), checking the store a chunk at a time so a run never looks at
+    more of a 1.2M-video manifest than it needs. ``next_offset`` is where a continuation starts
+    (None once the manifest is exhausted); ``scanned`` counts the entries looked at."""
+    if max_shards < 1:
+        raise PermanentError(f"max_shards must be at least 1, got {max_shards}")
+    capacity = max_shards * shard_size
+    todo: list[str] = []
+    position = offset = max(0, offset)
+    while position < len(ids) and len(todo) < capacity:
+        chunk = ids[position : position + max(capacity - len(todo), 256)]
+        wanted = set(pending_videos(store, chunk)) if skip_done else set(chunk)
+        for video_id in chunk:
+            position += 1
+            if video_id in wanted:
+                todo.append(video_id)
+                if len(todo) == capacity:
+                    break
+    next_offset = position if position < len(ids) else None
+    return shard(todo, shard_size), next_offset, position - offset
 
 
 def shard(items: Sequence[str], size: int) -> list[list[str]]:
@@ -136,17 +210,23 @@ def build_report(
         result = results.get(video_id)
         row: dict[str, Any] = {"video_id": video_id, "source": video["uri"]}
         if result is not None:
-            row["status"] = "skipped" if result.get("reused_all") else "done"
+            incomplete = result.get("aggregate_skipped")
+            # "skipped" means everything was finished before; a video whose aggregation was
+            # skipped is not finished, so it is "done" with the reason, never "skipped".
+            row["status"] = "skipped" if result.get("reused_all") and not incomplete else "done"
             row["document"] = result.get("document")
             row["notes"] = result.get("notes", [])
             row["usage"] = result.get("usage") or {}
+            if incomplete:
+                row["aggregate_skipped"] = incomplete
         else:
             failure = failures.get(video_id) or _failure_from_states(states.get(video_id, {}))
             row.update(status="failed", stage=failure["stage"], reason=failure["error"])
         rows.append(row)
     counts = {status: sum(r["status"] == status for r in rows) for status in STATUSES}
     usage = _sum_usage(r.get("usage", {}) for r in rows)
-    return {"videos": rows, "counts": counts, "usage": usage}
+    without = sum(bool(r.get("aggregate_skipped")) for r in rows)
+    return {"videos": rows, "counts": counts, "usage": usage, "aggregate_skipped": without}
 
 
 def _failure_from_states(states: dict[str, str | None]) -> dict[str, str]:
@@ -178,26 +258,44 @@ def _sum_usage(usages: Iterable[dict[str, Any]]) -> dict[str, float]:
     return total
 
 
+def _path_safe(run_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", run_id)
+
+
 def report_uri(store: ArtifactStore, run_id: str) -> str:
     """Where a run's report goes: ``{root}/runs/{run_id}/report.json`` (run ID made path-safe)."""
-    return store.join("runs", re.sub(r"[^A-Za-z0-9._-]+", "_", run_id), "report.json")
+    return store.join("runs", _path_safe(run_id), "report.json")
+
+
+def shard_list_uri(store: ArtifactStore, run_id: str, index: int) -> str:
+    """Where a backfill run puts shard ``index``'s video list: ``{root}/backfill/{run_id}/``."""
+    return store.join("backfill", _path_safe(run_id), f"shard{index:04d}.txt")
 
 
 def format_report(report: dict[str, Any]) -> str:
     """A table a person reads in the task log."""
     counts = report["counts"]
-    lines = [
-        "run report: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES),
-        f"{'video':<24} {'status':<8} detail",
-    ]
+    header = "run report: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES)
+    if report.get("aggregate_skipped"):
+        header += (
+            f"; {report['aggregate_skipped']} done WITHOUT annotations (aggregate skipped): "
+            "configure an LLM and run them again"
+        )
+    lines = [header, f"{'video':<24} {'status':<8} detail"]
     for row in report["videos"]:
-        if row["status"] == "failed":
+        status = row["status"]
+        if status == "failed":
             detail = f"{row['stage']}: {row['reason']}"
         else:
             detail = row.get("document") or ""
-            if row.get("notes"):
-                detail += "  (" + "; ".join(row["notes"]) + ")"
-        lines.append(f"{row['video_id']:<24} {row['status']:<8} {detail}")
+            notes = list(row.get("notes") or [])
+            if row.get("aggregate_skipped"):
+                status = "done (aggregate skipped)"
+                reason = f"aggregate skipped: {row['aggregate_skipped']}"
+                notes = [reason, *(n for n in notes if n != reason)]
+            if notes:
+                detail += "  (" + "; ".join(notes) + ")"
+        lines.append(f"{row['video_id']:<24} {status:<8} {detail}")
     usage = report.get("usage") or {}
     if usage:
         lines.append("usage: " + ", ".join(f"{k}={_number(v)}" for k, v in sorted(usage.items())))

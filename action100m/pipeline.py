@@ -12,13 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from action100m.config import Settings
-from action100m.document import metadata_uri, write_document
+from action100m.document import build_document, metadata_uri
 from action100m.errors import VideoError
 from action100m.stages.embed import run_embed
 from action100m.stages.segment import run_segment
 from action100m.store import ArtifactStore, normalise_uri
 
 log = logging.getLogger(__name__)
+# Written by publish next to the document: whether the video is finished (every stage ran,
+# aggregation included), so a backfill tells finished videos apart with one small read.
+STATUS_FILE = "status.json"
 __all__ = [
     "resolve_video",
     "save_metadata",
@@ -28,6 +31,7 @@ __all__ = [
     "run_aggregate",
     "run_publish",
     "run_video",
+    "skipped_stages",
 ]
 
 
@@ -83,12 +87,42 @@ def run_aggregate(settings: Settings, store: ArtifactStore, video_id: str) -> st
     return aggregate(settings, store, video_id)
 
 
+def skipped_stages(settings: Settings, store: ArtifactStore, video_id: str) -> dict[str, str]:
+    """The stages whose output the video's document lacks, each with why (empty: finished).
+    Aggregation skipped for want of an LLM gives that reason."""
+    skipped: dict[str, str] = {}
+    for stage in ("caption", "aggregate"):
+        if store.is_done(store.stage_dir(video_id, stage, settings.stage_key(stage))):
+            continue
+        reason = None
+        if stage == "aggregate":
+            from action100m.stages.aggregate import llm_unavailable_reason
+
+            reason = llm_unavailable_reason(settings)
+        skipped[stage] = reason or f"{stage} has not finished"
+    return skipped
+
+
 def run_publish(settings: Settings, store: ArtifactStore, video_id: str) -> str:
-    """Write the per-video document from every finished stage; returns its URI."""
+    """Write the per-video document from every finished stage; returns its URI.
+
+    A document written without a stage's output (aggregation skipped for want of an LLM)
+    records it under ``pipeline.skipped`` (``{"aggregate": reason}``), and ``status.json`` says
+    the video is not finished, so a later backfill (with an LLM configured) picks it up again."""
     from action100m.viewer import publish_viewer
 
-    uri = write_document(settings, store, video_id)
-    log.info("video %s: document written to %s", video_id, uri)
+    skipped = skipped_stages(settings, store, video_id)
+    document = build_document(settings, store, video_id)
+    if skipped:
+        document["pipeline"]["skipped"] = skipped
+    uri = store.document_uri(video_id)
+    store.write_json(uri, document)  # the document first: the status never runs ahead of it
+    store.write_json(
+        store.join("videos", video_id, STATUS_FILE),
+        {"complete": not skipped, "skipped": skipped, "published_at": time.time()},
+    )
+    notes = "; ".join(f"{stage} skipped: {why}" for stage, why in skipped.items())
+    log.info("video %s: document written to %s%s", video_id, uri, f" ({notes})" if notes else "")
     try:
         viewer = publish_viewer(settings, store, video_id)
         log.info("video %s: viewer written to %s", video_id, viewer)

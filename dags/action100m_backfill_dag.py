@@ -1,22 +1,28 @@
 """### action100m_backfill: a manifest of videos, in runs of `shard_size`
 
 Reads `manifest` (a list of video IDs, one a line, or the HowTo100M CSV with a `video_id` column),
-leaves out videos whose per-video document exists (`skip_done`), and triggers one `action100m` run
-per shard of `shard_size` videos, a bounded number at a time (`ACTION100M_BACKFILL_MAX_ACTIVE_SHARDS`,
-default 4). **summary** logs shards done / total and which videos are still missing. Triggering
-the same manifest again does no duplicate work. Set `[operators] default_deferrable = True` (with a
-triggerer running) so waiting shards hold no worker slot.
+leaves out finished videos (`skip_done`: published with annotations; a video whose aggregation was
+skipped for want of an LLM is not finished), writes each shard of `shard_size` IDs to the store and
+triggers one `action100m` run per shard with that list's URI (`videos_uri`), a bounded number at a
+time (`ACTION100M_BACKFILL_MAX_ACTIVE_SHARDS`, default 4). One run plans at most `max_shards` shards
+(`ACTION100M_BACKFILL_MAX_SHARDS_PER_RUN`, default 256, capped by `[core] max_map_length`) from
+manifest entry `offset`; **continue_backfill** triggers a run for the rest (run ID `…__fromNNNNNNNN`),
+which starts once this one is over (`max_active_runs=1`), so a 1.2M-video manifest goes through in
+a chain of runs. **summary** logs shards done / total and which videos are still missing.
+Triggering the same manifest again does no duplicate work. Set `[operators] default_deferrable =
+True` (with a triggerer running) so waiting shards hold no worker slot.
 """
 
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from typing import Any
 
 from action100m_airflow import BACKFILL_DAG_ID, DAG_ID, task_defaults
 from action100m_airflow import backfill as backfill_tasks
-from action100m_airflow.params import run_params
-from airflow.sdk import Param, TriggerRule, dag, task
+from action100m_airflow.params import backfill_params, run_params
+from airflow.sdk import TriggerRule, dag, task
 
 MAX_ACTIVE_SHARDS = int(os.environ.get("ACTION100M_BACKFILL_MAX_ACTIVE_SHARDS", "4"))
 POKE_SECONDS = int(os.environ.get("ACTION100M_BACKFILL_POKE_SECONDS", "30"))
@@ -26,39 +32,20 @@ POKE_SECONDS = int(os.environ.get("ACTION100M_BACKFILL_POKE_SECONDS", "30"))
     dag_id=BACKFILL_DAG_ID,
     schedule=None,
     catchup=False,
+    # One backfill run at a time: two runs of the same manifest would start duplicate
+    # action100m runs. A continuation run is triggered without waiting and queues behind this one.
+    max_active_runs=1,
     doc_md=__doc__,
     default_args=task_defaults(),
     tags=["action100m"],
-    params={
-        "manifest": Param(
-            "",
-            type="string",
-            title="Manifest",
-            description="URI or path of a video-ID list (one a line) or the HowTo100M CSV "
-            "with a video_id column.",
-        ),
-        "shard_size": Param(
-            64,
-            type="integer",
-            minimum=1,
-            maximum=1024,
-            title="Videos per run",
-            description="Videos in each triggered action100m run (at most the per-run limit).",
-        ),
-        "skip_done": Param(
-            True,
-            type="boolean",
-            title="Skip finished videos",
-            description="Leave out videos whose per-video document already exists.",
-        ),
-        **run_params(),
-    },
+    params={**backfill_params(), **run_params()},
 )
 def action100m_backfill() -> None:
-    @task(retries=0)
+    @task(task_id=backfill_tasks.PLAN_TASK_ID, retries=0)
     def plan_shards() -> list[dict[str, Any]]:
         return backfill_tasks.plan_shards()
 
+    planned = plan_shards()
     triggered = backfill_tasks.ShardTriggerOperator.partial(
         task_id=backfill_tasks.TRIGGER_TASK_ID,
         trigger_dag_id=DAG_ID,
@@ -70,13 +57,26 @@ def action100m_backfill() -> None:
         map_index_template="{{ task.trigger_run_id.rsplit('__', 1)[-1] }}",
         retries=0,
         execution_timeout=None,
-    ).expand_kwargs(plan_shards())
+    ).expand_kwargs(planned)
+
+    # The rest of the manifest: a backfill run of its own, queued behind this one (no waiting,
+    # so max_active_runs=1 cannot deadlock). It goes on even when a shard failed.
+    going_on = backfill_tasks.ContinuationTriggerOperator(
+        task_id=backfill_tasks.CONTINUE_TASK_ID,
+        trigger_dag_id=BACKFILL_DAG_ID,
+        wait_for_completion=False,
+        skip_when_already_exists=True,
+        openlineage_inject_parent_info=False,
+        trigger_rule=TriggerRule.ALL_DONE,
+        retries=0,
+        execution_timeout=timedelta(minutes=5),
+    )
 
     @task(trigger_rule=TriggerRule.ALL_DONE, retries=0)
     def summary() -> dict[str, Any]:
         return backfill_tasks.summarize()
 
-    triggered >> summary()
+    triggered >> [going_on, summary()]
 
 
 action100m_backfill()

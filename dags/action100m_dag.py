@@ -1,6 +1,7 @@
 """### action100m: hierarchical action annotations for a batch of videos
 
-Trigger with `videos` (IDs, paths or URIs; IDs go through the `source` template). Each video runs
+Trigger with `videos` (IDs, paths or URIs; IDs go through the `source` template) and/or `videos_uri`
+(the URI of such a list, one a line: how `action100m_backfill` passes a shard). Each video runs
 **embed** (pool `gpu`, queue `gpu`) → **segment** → **caption** (pool `gpu`) → **aggregate**
 (pool `llm`) → **publish** in its own mapped task group, labelled with its video ID; a failing
 video never stops the others. **report** lists every video as done / failed (with the reason) /
@@ -17,7 +18,7 @@ from typing import Any
 
 from action100m_airflow import DAG_ID, STAGE_OPTIONS, STAGES, VIDEO_GROUP, task_defaults
 from action100m_airflow import tasks as pipeline_tasks
-from action100m_airflow.params import run_params, videos_param
+from action100m_airflow.params import run_params, videos_param, videos_uri_param
 from airflow.sdk import TriggerRule, dag, task, task_group
 
 VIDEO_LABEL = "{{ video_id }}"
@@ -42,6 +43,7 @@ def stage_task(stage: str) -> Any:
     tags=["action100m"],
     params={
         "videos": videos_param(),
+        "videos_uri": videos_uri_param(),
         **run_params(),
     },
 )

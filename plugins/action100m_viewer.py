@@ -32,6 +32,14 @@ DAG_ID = "action100m"
 VIDEO_GROUP = "video"
 
 
+def dags_to_authorise(path_params: Any, query_params: Any) -> list[str]:
+    """The DAGs whose read access a request needs: always ``action100m`` (every page shows its
+    artifacts), plus any other DAG the request names (a ``/ti/{dag_id}/...`` path, the run
+    report's ``?dag_id=``), whose task instances it reads. Naming a DAG never replaces the check."""
+    named = [path_params.get("dag_id"), query_params.get("dag_id")]
+    return list(dict.fromkeys([DAG_ID, *(str(d) for d in named if d)]))
+
+
 async def require_login(request: Request) -> None:
     """The caller's Airflow identity (bearer token or session cookie), with DAG read access."""
     from airflow.api_fastapi.app import get_auth_manager
@@ -42,11 +50,12 @@ async def require_login(request: Request) -> None:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     bearer = HTTPAuthorizationCredentials(scheme=scheme, credentials=token) if token else None
     user = await get_user(request, None, bearer)
-    dag_id = request.path_params.get("dag_id") or request.query_params.get("dag_id") or DAG_ID
-    if not get_auth_manager().is_authorized_dag(
-        method="GET", details=DagDetails(id=dag_id), user=user
-    ):
-        raise HTTPException(403, "Forbidden")
+    auth_manager = get_auth_manager()
+    for dag_id in dags_to_authorise(request.path_params, request.query_params):
+        if not auth_manager.is_authorized_dag(
+            method="GET", details=DagDetails(id=dag_id), user=user
+        ):
+            raise HTTPException(403, "Forbidden")
 
 
 def get_store() -> Any:

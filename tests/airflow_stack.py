@@ -5,7 +5,9 @@ scheduler (LocalExecutor), the DAG processor and the API server, with a small RE
         run_id = stack.trigger("action100m", {"videos": [...], "profile": "tiny"})
         assert stack.wait(run_id, "action100m") == "success"
 
-Every process is started in its own session and stopped by its process-group id at the end.
+Every process is started in its own session and stopped by its process-group id at the end,
+together with every process it started: Airflow's supervisor puts each task runner in a process
+group of its own, which signalling the service's group would miss (:func:`kill_tree`).
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -36,6 +41,30 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    """Every process below ``pid`` now (empty if it is gone)."""
+    try:
+        return list(psutil.Process(pid).children(recursive=True))
+    except psutil.NoSuchProcess:
+        return []
+
+
+def kill_tree(pid: int, known: Iterable[psutil.Process] = ()) -> None:
+    """SIGKILL ``pid``, its process group and every descendant (task processes run in groups of
+    their own): what happens to a container that dies. ``known``: descendants recorded earlier,
+    which outlive a parent that has exited since (they were re-parented away from ``pid``)."""
+    found = {process.pid: process for process in known}
+    with contextlib.suppress(psutil.NoSuchProcess):
+        leader = psutil.Process(pid)
+        found.update({process.pid: process for process in [leader, *descendants(pid)]})
+    for process in found.values():  # psutil refuses a pid reused by another process
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(list(found.values()), timeout=10)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 class PostgresCluster:
@@ -159,8 +188,10 @@ class AirflowStack:
         raise TimeoutError(f"Airflow not healthy after {timeout} s; logs in {self.workdir}/logs")
 
     def stop(self) -> None:
-        """Interrupt each process group we started, then terminate, then kill what is left."""
-        for sig, grace in ((signal.SIGINT, 15), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        """Interrupt each process group we started, then terminate, then kill what is left,
+        task runners included (their own process groups, noted before any signal is sent)."""
+        started = {name: descendants(p.pid) for name, p in self.processes.items()}
+        for sig, grace in ((signal.SIGINT, 15), (signal.SIGTERM, 10)):
             alive = [p for p in self.processes.values() if p.poll() is None]
             for process in alive:
                 with contextlib.suppress(ProcessLookupError):
@@ -169,9 +200,10 @@ class AirflowStack:
             for process in alive:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        for process in self.processes.values():  # children that outlived their leader
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+        for name, process in self.processes.items():  # and whatever outlived its leader
+            kill_tree(process.pid, started[name])
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=5)
         self.postgres.stop()
 
     def __enter__(self) -> AirflowStack:

@@ -21,7 +21,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -30,9 +29,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import psutil
 import yaml
-from airflow_stack import PG_BIN, REPO, VENV_BIN, AirflowStack, PostgresCluster, free_port
+from airflow_stack import (
+    PG_BIN,
+    REPO,
+    VENV_BIN,
+    AirflowStack,
+    PostgresCluster,
+    free_port,
+    kill_tree,
+)
 
 COMPOSE_FILE = REPO / "docker-compose.yaml"
 WORKER_SERVICES = ("airflow-worker", "airflow-worker-gpu")
@@ -140,19 +146,6 @@ class RedisServer:
                 self.process.kill()
                 self.process.wait()
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL ``pid``, its process group and every descendant (task processes run in groups of
-    their own): what happens to a worker container that dies."""
-    with contextlib.suppress(psutil.NoSuchProcess):
-        descendants = psutil.Process(pid).children(recursive=True)
-        for process in [psutil.Process(pid), *descendants]:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.kill()
-        psutil.wait_procs(descendants, timeout=10)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
 
 
 class CeleryStack(AirflowStack):

@@ -1,5 +1,7 @@
-"""The ``action100m_backfill`` DAG under the real scheduler: a manifest of 5 IDs in shards of 2
-gives three ``action100m`` runs and every video done; the same manifest again triggers nothing."""
+"""The ``action100m_backfill`` DAG under the real scheduler: a manifest of 5 IDs in shards of 2, at
+most 2 shards per backfill run, gives a backfill run with two ``action100m`` runs, a continuation
+backfill run (same manifest, from entry 5) with the third, and every video done; each shard's IDs
+travel as a list in the store, never in the conf. The same manifest again triggers nothing."""
 
 from __future__ import annotations
 
@@ -32,33 +34,55 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 
 def _shard_runs(airflow: AirflowStack, backfill_run_id: str) -> list[dict[str, Any]]:
+    """The action100m runs of a backfill and of its continuations (they share its prefix)."""
     prefix = f"action100m_backfill__{backfill_run_id}__"
     return [run for run in airflow.runs("action100m") if run["dag_run_id"].startswith(prefix)]
 
 
-def test_backfill_shards_the_manifest_and_a_rerun_does_nothing(
+def _labels(airflow: AirflowStack, run_id: str) -> set[str]:
+    return {ti["rendered_map_index"] for ti in airflow.task_instances("action100m_backfill", run_id)
+            if ti["task_id"] == "trigger_shard"}  # fmt: skip
+
+
+def test_backfill_shards_the_manifest_goes_on_in_a_continuation_and_a_rerun_does_nothing(
     stack: tuple[AirflowStack, Any], manifest: tuple[Path, str]
 ) -> None:
     airflow, _ = stack
     path, source = manifest
-    conf = {"manifest": str(path), "shard_size": 2, "source": source, "profile": "tiny"}
+    conf = {"manifest": str(path), "shard_size": 2, "max_shards": 2, "source": source,
+            "profile": "tiny"}  # fmt: skip
     airflow.set_pool("gpu", 2)  # two "GPUs": shards overlap (the 1-slot case is test_scheduler's)
 
     first = airflow.trigger("action100m_backfill", conf)
     assert airflow.wait(first, "action100m_backfill", timeout=400) == "success"
+    # Two shards (4 videos) filled this run; entry 5 onwards went to a continuation run.
+    continuation = f"{first}__from00000004"
+    assert airflow.wait(continuation, "action100m_backfill", timeout=400) == "success"
+    backfills = {run["dag_run_id"]: run for run in airflow.runs("action100m_backfill")}
+    assert backfills[continuation]["conf"]["offset"] == 4
+    assert backfills[continuation]["conf"]["manifest"] == str(path)
+    assert not any(run_id.startswith(f"{continuation}__") for run_id in backfills)
 
     runs = _shard_runs(airflow, first)
     assert len(runs) == 3 and all(run["state"] == "success" for run in runs)
-    assert sorted(len(run["conf"]["videos"]) for run in runs) == [1, 2, 2]
     store = Path(airflow.env["ACTION100M_STORE"].removeprefix("file://"))
+    listed = []
+    for run in runs:
+        assert "videos" not in run["conf"], run["conf"]  # IDs stay out of conf and XCom
+        uri = run["conf"]["videos_uri"]
+        assert uri.startswith(airflow.env["ACTION100M_STORE"] + "/backfill/"), uri
+        listed.append(Path(uri.removeprefix("file://")).read_text().split())
+    assert sorted(len(videos) for videos in listed) == [1, 2, 2]
+    assert sorted(v for videos in listed for v in videos) == VIDEO_IDS
     for video_id in VIDEO_IDS:
         assert (store / "videos" / video_id / "annotations.json").exists(), video_id
-    labels = {ti["rendered_map_index"] for ti in airflow.task_instances("action100m_backfill", first)
-              if ti["task_id"] == "trigger_shard"}  # fmt: skip
-    assert labels == {"shard0001of0003", "shard0002of0003", "shard0003of0003"}
+    assert _labels(airflow, first) == {"shard0001of0002", "shard0002of0002"}
+    assert _labels(airflow, continuation) == {"shard0001of0001"}
 
     runs_before = len(airflow.runs("action100m"))
     again = airflow.trigger("action100m_backfill", conf)
     assert airflow.wait(again, "action100m_backfill", timeout=120) == "success"
     assert _shard_runs(airflow, again) == []
     assert len(airflow.runs("action100m")) == runs_before
+    again_runs = [r["dag_run_id"] for r in airflow.runs("action100m_backfill")]
+    assert [run_id for run_id in again_runs if run_id.startswith(again)] == [again]  # no sequel

@@ -11,11 +11,17 @@ from action100m.batch import (
     format_report,
     parse_manifest,
     pending_videos,
+    plan_window,
     read_manifest,
+    read_video_list,
     resolve_batch,
     shard,
+    shard_list_uri,
+    write_video_list,
 )
+from action100m.config import Settings
 from action100m.errors import PermanentError
+from action100m.pipeline import STATUS_FILE, run_publish
 from action100m.store import ArtifactStore
 
 
@@ -52,10 +58,72 @@ def test_manifest_plain_list_and_howto100m_csv(tmp_path: Path) -> None:
         read_manifest(str(tmp_path / "missing.txt"))
 
 
+def _finished(store: ArtifactStore, video_id: str, complete: bool = True) -> None:
+    store.write_json(store.document_uri(video_id), {"video_uid": video_id})
+    store.write_json(store.join("videos", video_id, STATUS_FILE), {"complete": complete})
+
+
 def test_shards_and_pending(store: ArtifactStore) -> None:
     assert shard(["a", "b", "c", "d", "e"], 2) == [["a", "b"], ["c", "d"], ["e"]]
-    store.write_json(store.document_uri("b"), {"video_uid": "b"})
-    assert pending_videos(store, ["a", "b", "c"]) == ["a", "c"]
+    _finished(store, "b")
+    _finished(store, "d", complete=False)  # published, but aggregation was skipped
+    # A document without status.json: its pipeline.stages decide (segment writes it early).
+    stages = {"segment": True, "caption": True, "aggregate": False}
+    store.write_json(store.document_uri("e"), {"pipeline": {"stages": stages}})
+    store.write_json(
+        store.document_uri("f"), {"pipeline": {"stages": {**stages, "aggregate": True}}}
+    )
+    assert pending_videos(store, ["a", "b", "c", "d", "e", "f"]) == ["a", "c", "d", "e"]
+
+
+def test_plan_window_bounds_a_run_and_says_where_the_next_starts(store: ArtifactStore) -> None:
+    ids = [f"v{i}" for i in range(7)]
+    _finished(store, "v1")
+    shards, next_offset, scanned = plan_window(store, ids, 0, shard_size=2, max_shards=2)
+    assert shards == [["v0", "v2"], ["v3", "v4"]] and next_offset == 5 and scanned == 5
+    shards, next_offset, scanned = plan_window(store, ids, 5, shard_size=2, max_shards=2)
+    assert shards == [["v5", "v6"]] and next_offset is None and scanned == 2
+    for video_id in ids:
+        _finished(store, video_id)
+    assert plan_window(store, ids, 0, 2, 2) == ([], None, 7)
+    assert plan_window(store, ids, 0, 2, 1, skip_done=False) == ([["v0", "v1"]], 2, 2)
+    # Exactly full at the manifest's end: nothing left for a continuation.
+    assert plan_window(store, ids, 3, 2, 2, skip_done=False)[1] is None
+
+
+def test_video_lists_round_trip(store: ArtifactStore) -> None:
+    uri = shard_list_uri(store, "manual__2026-01-01T00:00:00+00:00", 3)
+    assert uri.endswith("/backfill/manual__2026-01-01T00_00_00_00_00/shard0003.txt")
+    write_video_list(store, uri, ["a", "s3://b/c.mp4"])
+    assert read_video_list(store, uri) == ["a", "s3://b/c.mp4"]
+
+
+def test_publish_without_an_llm_leaves_the_video_pending(
+    store: ArtifactStore, tiny_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from caption_helpers import scene_tree, write_tree
+
+    for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL",
+                 "AIRFLOW_CONN_OPENAI_DEFAULT", "AIRFLOW_CONN_ANTHROPIC_DEFAULT"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    tree = scene_tree("/missing/clip.mp4", "clip")
+    write_tree(tiny_settings, store, tree)
+    for stage, name in (("caption", "captions.json"), ("aggregate", "annotations.json")):
+        folder = store.stage_dir("clip", stage, tiny_settings.stage_key(stage))
+        store.write_json(f"{folder}/{name}", {"model": "tiny", "nodes": {}})
+        if stage == "caption":
+            store.mark_done(folder)
+
+    run_publish(tiny_settings, store, "clip")
+    document = store.read_json(store.document_uri("clip"))
+    assert "no LLM configured" in document["pipeline"]["skipped"]["aggregate"]
+    assert document["pipeline"]["stages"]["aggregate"] is False
+    assert pending_videos(store, ["clip"]) == ["clip"]  # a later backfill annotates it
+
+    store.mark_done(store.stage_dir("clip", "aggregate", tiny_settings.stage_key("aggregate")))
+    run_publish(tiny_settings, store, "clip")
+    assert "skipped" not in store.read_json(store.document_uri("clip"))["pipeline"]
+    assert pending_videos(store, ["clip"]) == []
 
 
 def test_report_statuses_reasons_and_usage() -> None:
@@ -67,7 +135,9 @@ def test_report_statuses_reasons_and_usage() -> None:
                 "usage": {"input_tokens": 5, "cost_usd": 0.25}},
     }  # fmt: skip
     failures = {"bad": {"video_id": "bad", "stage": "embed", "error": "video bad: corrupt"}}
-    states = {"lost": {"embed": "success", "segment": "failed", "caption": "upstream_failed"}}
+    states: dict[str, dict[str, str | None]] = {
+        "lost": {"embed": "success", "segment": "failed", "caption": "upstream_failed"}
+    }
     report = build_report(videos, states, results, failures)
     assert report["counts"] == {"done": 1, "skipped": 1, "failed": 2}
     rows = {row["video_id"]: row for row in report["videos"]}
@@ -76,3 +146,24 @@ def test_report_statuses_reasons_and_usage() -> None:
     assert report["usage"] == {"input_tokens": 15, "cost_usd": 0.75}
     text = format_report(report)
     assert "1 done, 1 skipped, 2 failed" in text and "embed: video bad: corrupt" in text
+
+
+def test_report_shows_a_skipped_aggregation() -> None:
+    videos = [{"video_id": "bare", "uri": "file:///bare.mp4"}]
+    reason = "no LLM configured for aggregation: set OPENAI_API_KEY"
+    results = {
+        "bare": {
+            "video_id": "bare",
+            "document": "d",
+            "reused_all": True,
+            "aggregate_skipped": reason,
+            "notes": [f"aggregate skipped: {reason}"],
+        }
+    }
+    report = build_report(videos, {}, results, {})
+    assert report["counts"] == {"done": 1, "skipped": 0, "failed": 0}  # not "finished before"
+    assert report["videos"][0]["aggregate_skipped"] == reason
+    text = format_report(report)
+    assert "1 done WITHOUT annotations (aggregate skipped)" in text
+    row = text.splitlines()[2]
+    assert "done (aggregate skipped)" in row and row.count(reason) == 1

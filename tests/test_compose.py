@@ -107,11 +107,87 @@ def environment_keys_read_by_code() -> set[str]:
     return keys
 
 
+def env_example() -> dict[str, str]:
+    """The settings ``.env.example`` sets (uncommented): what reaches every Airflow container."""
+    text = (ROOT / ".env.example").read_text()
+    return dict(re.findall(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", text, re.M))
+
+
 def test_every_environment_key_the_code_reads_is_in_env_example() -> None:
     example = (ROOT / ".env.example").read_text()
-    documented = set(re.findall(r"^([A-Z][A-Z0-9_]+)=", example, re.M))
+    # Set, or shown commented out (optional settings: an empty value is not an unset one).
+    documented = set(re.findall(r"^(?:# )?([A-Z][A-Z0-9_]+)=", example, re.M))
     internal = {"AIRFLOW_HOME", "HOME", "PATH", "PYTHONPATH", "HOSTNAME"}
     keys = environment_keys_read_by_code() - internal
     assert {"ACTION100M_STORE", "OPENAI_API_KEY", "AWS_ENDPOINT_URL"} <= keys | documented
     missing = sorted(k for k in keys if k not in documented and not k.startswith("AIRFLOW__"))
     assert missing == [], f"add to .env.example: {missing}"
+
+
+def test_no_empty_value_reaches_the_containers(compose: dict[str, Any]) -> None:
+    # An empty OPENAI_BASE_URL / ANTHROPIC_BASE_URL is read by the clients as the base URL "", so
+    # every aggregate call fails: optional settings stay commented out, never empty.
+    required = {"AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET"}  # `:?` in compose
+    empty = sorted(key for key, value in env_example().items() if not value.strip())
+    assert empty == sorted(required), empty
+    commented = (ROOT / ".env.example").read_text()
+    for key in ("OPENAI_BASE_URL", "ANTHROPIC_BASE_URL", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
+        assert key not in env_example() and re.search(rf"^# {key}=\S", commented, re.M), key
+    for name, service in compose["services"].items():
+        environment = service.get("environment") or {}
+        for key, value in environment.items():
+            if key.endswith(("_URL", "_BASE_URL")):
+                text = str(value)
+                assert text and not re.fullmatch(r"\$\{\w+:?-\}", text), (name, key, value)
+
+
+def test_secrets_have_no_committed_default(compose: dict[str, Any]) -> None:
+    common = compose["x-airflow-common"]["environment"]
+    for key in ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET"):
+        assert re.fullmatch(rf"\$\{{{key}:\?[^}}]+\}}", common[key]), (key, common[key])
+    example = (ROOT / ".env.example").read_text()
+    assert "Fernet.generate_key()" in example and "openssl rand" in example
+    assert "change-me" not in (ROOT / "docker-compose.yaml").read_text()
+
+
+def test_model_cache_and_logs_are_the_airflow_users(compose: dict[str, Any]) -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    cpu_stage = dockerfile.split(" AS gpu", 1)[0]
+    assert re.search(r"mkdir -p /opt/airflow/cache\b", cpu_stage)
+    assert re.search(r"chown -R airflow:0 /opt/airflow/cache\b", cpu_stage)
+    common = compose["x-airflow-common"]
+    assert "model-cache:/opt/airflow/cache" in common["volumes"]
+    assert "/opt/airflow/cache/huggingface" in cpu_stage  # HF_HOME lives in the volume
+    init = _command(compose["services"]["airflow-init"])
+    chown = re.search(r'chown -R "\$\{AIRFLOW_UID:-50000\}:0"([^&]+)', init)
+    assert chown, init
+    for folder in ("/opt/airflow/logs", "/opt/airflow/cache", "/opt/airflow/config"):
+        assert folder in chown.group(1), folder
+    assert init.index("chown") < init.index("airflow db migrate")
+
+
+def test_gpu_image_has_cuda_torch_and_a_pinned_vllm() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    gpu_stage = dockerfile.split(" AS gpu", 1)[1]
+    assert re.search(r"^ARG VLLM_VERSION=\d+\.\d+\.\d+$", dockerfile, re.M)
+    assert '"vllm==${VLLM_VERSION}"' in gpu_stage and "--upgrade" not in gpu_stage
+    # The CPU torch goes before vLLM brings its CUDA build, and the build checks it did.
+    assert gpu_stage.index("pip uninstall -y torch") < gpu_stage.index("pip install")
+    assert "assert torch.version.cuda" in gpu_stage
+
+
+def test_each_gpu_worker_and_vllm_get_a_gpu_of_their_own(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    gpu_services = [name for name, s in services.items() if "deploy" in s]
+    assert {"airflow-worker-gpu", "vllm"} <= set(gpu_services)
+    devices = {}
+    for name in gpu_services:
+        (request,) = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert "count" not in request, name  # count: 1 gives every --scale replica GPU 0
+        (devices[name],) = request["device_ids"]
+    workers = [devices[n] for n in gpu_services if n.startswith("airflow-worker-gpu")]
+    assert len(set(workers)) == len(workers) > 1, devices  # one GPU per worker service
+    assert "--gpu-memory-utilization" in _command(services["vllm"])
+    example = env_example()
+    for key in ("AIRFLOW_WORKER_GPU_DEVICE", "VLLM_GPU_DEVICE", "VLLM_GPU_MEMORY_UTILIZATION"):
+        assert key in example, key

@@ -96,8 +96,9 @@ def test_per_video_tasks_pools_queues_and_retries(dags: dict[str, Any]) -> None:
 
 def test_params_have_a_form(dags: dict[str, Any]) -> None:
     for dag_id, names in {
-        "action100m": ["videos", "source", "metadata", "profile", "overrides"],
-        "action100m_backfill": ["manifest", "shard_size", "skip_done", "source", "profile"],
+        "action100m": ["videos", "videos_uri", "source", "metadata", "profile", "overrides"],
+        "action100m_backfill": ["manifest", "shard_size", "skip_done", "max_shards", "offset"]
+        + ["source", "profile"],
     }.items():
         params = dags[dag_id].params
         for name in names:
@@ -107,6 +108,8 @@ def test_params_have_a_form(dags: dict[str, Any]) -> None:
     assert dags["action100m"].params["profile"] == os.environ.get("ACTION100M_PROFILE", "paper")
     assert dags["action100m_backfill"].params["shard_size"] == 64
     assert dags["action100m_backfill"].params["skip_done"] is True
+    assert 1 <= dags["action100m_backfill"].params["max_shards"] <= 1024  # max_map_length
+    assert dags["action100m_backfill"].params["offset"] == 0
 
 
 def test_backfill_triggers_bounded_runs_of_the_video_dag(dags: dict[str, Any]) -> None:
@@ -116,6 +119,24 @@ def test_backfill_triggers_bounded_runs_of_the_video_dag(dags: dict[str, Any]) -
     assert trigger.partial_kwargs["wait_for_completion"] is True
     assert 1 <= trigger.partial_kwargs["max_active_tis_per_dag"] <= 16
     assert dag.get_task("summary").trigger_rule == "all_done"
+    # One backfill run at a time (no duplicate shard runs); the rest of a long manifest goes to
+    # a continuation run triggered without waiting, so max_active_runs=1 cannot deadlock.
+    assert dag.max_active_runs == 1
+    going_on = dag.get_task("continue_backfill")
+    assert going_on.trigger_dag_id == "action100m_backfill"
+    assert going_on.wait_for_completion is False
+    assert going_on.trigger_rule == "all_done"
+    assert going_on.upstream_task_ids == {"trigger_shard"}
+
+
+def test_backfill_continuation_run_ids_do_not_nest() -> None:
+    from action100m_airflow.backfill import continuation_run_id, max_shards_per_run
+
+    first = "manual__2026-01-01T00:00:00+00:00"
+    second = continuation_run_id(first, 128)
+    assert second == f"{first}__from00000128"
+    assert continuation_run_id(second, 256) == f"{first}__from00000256"
+    assert max_shards_per_run(100_000) == 1024  # Airflow's [core] max_map_length
 
 
 def test_dags_serialize_for_the_scheduler(dags: dict[str, Any]) -> None:

@@ -5,9 +5,14 @@ whose first try fails (the LLM answers HTTP 500 once) is retried and succeeds.""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from airflow_stack import AirflowStack, shared_stack
 from llm_server import LLMServer, Reply
@@ -63,3 +68,38 @@ def test_run_through_the_scheduler_honours_pools_and_retries(
     tries = airflow.tries("action100m", run_id, "video.aggregate", retried[0]["map_index"])
     states = [t["state"] for t in sorted(tries, key=lambda t: t["try_number"])]
     assert states[0] in ("failed", "up_for_retry") and states[-1] == "success"
+
+
+# A stand-in for a scheduler whose task runner lives in a process group (a session) of its own,
+# as Airflow's supervisor starts it: the runner writes its pid, then both wait.
+RUNNER_PARENT = """
+import signal, subprocess, sys, time
+signal.signal(signal.SIGINT, signal.SIG_DFL)  # end quietly on Ctrl+C, no traceback
+runner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                          start_new_session=True)
+with open(sys.argv[1] + ".tmp", "w") as out:
+    out.write(str(runner.pid))
+import os; os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+time.sleep(120)
+"""
+
+
+def test_stop_leaves_no_task_runner_behind(tmp_path: Path) -> None:
+    """``AirflowStack.stop`` mid-run: a task runner in a process group of its own goes too."""
+    stack = AirflowStack(tmp_path)  # not started: no PostgreSQL, only the stand-in process
+    pid_file = tmp_path / "runner.pid"
+    stack.processes["scheduler"] = subprocess.Popen(
+        [sys.executable, "-c", RUNNER_PARENT, str(pid_file)], start_new_session=True
+    )
+    deadline = time.monotonic() + 60
+    while not pid_file.exists():
+        assert time.monotonic() < deadline, "the stand-in scheduler never started its runner"
+        time.sleep(0.1)
+    runner = psutil.Process(int(pid_file.read_text()))
+    assert runner.is_running() and runner.status() != psutil.STATUS_ZOMBIE
+    stack.stop()
+    assert stack.processes["scheduler"].poll() is not None
+    gone = not runner.is_running() or runner.status() == psutil.STATUS_ZOMBIE
+    if not gone:
+        runner.kill()  # never leave it behind, even when the test fails
+    assert gone, "the task runner outlived AirflowStack.stop()"

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import secrets
@@ -15,6 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from viewer_helpers import chromium_page, click_node, panel_fields, screenshot, synthetic_document
@@ -195,3 +198,64 @@ def test_served_page_in_chromium(server: Server, store_root: ArtifactStore) -> N
         page.wait_for_function("document.querySelector('#thumb img').naturalWidth > 0")
         screenshot(page, "viewer-plugin.png")
         assert not page.errors
+
+
+def _viewer_module() -> Any:
+    """The plugin module itself, for unit tests that need no API server."""
+    from airflow_testenv import use_test_airflow_home
+
+    use_test_airflow_home()
+    spec = importlib.util.spec_from_file_location(
+        "action100m_viewer_under_test", REPO / "plugins" / "action100m_viewer.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "path_params", "needed"),
+    [
+        ("/videos/clip", b"dag_id=other", {"video_id": "clip"}, ["action100m", "other"]),
+        ("/videos/clip/document.json", b"", {"video_id": "clip"}, ["action100m"]),
+        ("/ti/other/r/t/0", b"", {"dag_id": "other", "run_id": "r"}, ["action100m", "other"]),
+        ("/runs/r", b"dag_id=action100m", {"run_id": "r"}, ["action100m"]),
+    ],
+)
+def test_access_is_checked_against_the_action100m_dag_whatever_the_request_names(
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+    query: bytes,
+    path_params: dict[str, str],
+    needed: list[str],
+) -> None:
+    """A user who may read some other DAG but not ``action100m`` gets no page by naming that
+    DAG in ``?dag_id=``; a DAG named in the request is checked as well, never instead."""
+    viewer = _viewer_module()
+    from fastapi import HTTPException
+    from starlette.requests import Request
+
+    readable = {"other"}
+    checked: list[str] = []
+
+    class AuthManager:
+        def is_authorized_dag(self, *, method: str, details: Any, user: Any) -> bool:
+            checked.append(details.id)
+            return bool(details.id in readable)
+
+    async def get_user(*args: Any) -> str:
+        return "viewer-of-other"
+
+    monkeypatch.setattr("airflow.api_fastapi.app.get_auth_manager", lambda: AuthManager())
+    monkeypatch.setattr("airflow.api_fastapi.core_api.security.get_user", get_user)
+    scope = {"type": "http", "method": "GET", "path": path, "query_string": query,
+             "headers": [(b"authorization", b"Bearer t")], "path_params": path_params}  # fmt: skip
+    with pytest.raises(HTTPException) as denied:
+        asyncio.run(viewer.require_login(Request(scope)))
+    assert denied.value.status_code == 403 and checked[0] == "action100m"
+
+    readable.add("action100m")
+    checked.clear()
+    asyncio.run(viewer.require_login(Request(scope)))  # may read both: allowed
+    assert checked == needed

@@ -1,17 +1,24 @@
-"""Task bodies of the ``action100m_backfill`` DAG: plan shards from a manifest, then summarise.
+"""Task bodies of the ``action100m_backfill`` DAG: plan shards from a manifest, trigger them, go on.
 
-Finished videos (their per-video document exists) are left out before sharding, so running the
-same manifest again only triggers runs for what is still missing: nothing, once all is done.
+Only URIs and small summaries go through XCom: each shard's video IDs are written to the store
+(``{store}/backfill/{run_id}/shardNNNN.txt``) and the triggered ``action100m`` run gets that URI
+(its ``videos_uri`` param). A backfill run plans at most ``max_shards`` shards (below Airflow's
+``[core] max_map_length``) from where its ``offset`` points in the manifest; when the manifest goes
+on, it triggers a continuation backfill run (same manifest, the next offset, no waiting) which the
+DAG's ``max_active_runs=1`` starts once this run is over. Finished videos are left out when a run
+plans, so running the same manifest again only does what is still missing: nothing, once all is
+done.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import Context, get_current_context
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk import Context, conf, get_current_context
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from action100m_airflow import BACKFILL_DAG_ID, DAG_ID
 from action100m_airflow.connections import ArtifactStoreHook
@@ -20,43 +27,83 @@ from action100m_airflow.tasks import failures_reported
 log = logging.getLogger("action100m.airflow")
 
 FORWARDED_PARAMS = ("source", "metadata", "profile", "overrides")
+BACKFILL_PARAMS = ("manifest", "shard_size", "skip_done", "max_shards")
+PLAN_TASK_ID = "plan_shards"
+PLAN_KEY = "plan"
 TRIGGER_TASK_ID = "trigger_shard"
+CONTINUE_TASK_ID = "continue_backfill"
+_FROM = re.compile(r"__from\d+$")
+
+
+def continuation_run_id(run_id: str, offset: int) -> str:
+    """The run ID of the backfill run going on from ``offset``: the first run's ID (never nested)
+    plus ``__fromNNNNNNNN``, so every shard run of one backfill shares the first run's prefix."""
+    return f"{_FROM.sub('', run_id)}__from{offset:08d}"
+
+
+def max_shards_per_run(requested: int) -> int:
+    """``requested``, capped by ``[core] max_map_length`` (Airflow refuses to map more)."""
+    return max(1, min(requested, conf.getint("core", "max_map_length", fallback=1024)))
 
 
 def plan_shards() -> list[dict[str, Any]]:
-    """One ``{trigger_run_id, conf}`` per shard of the videos still to do."""
-    from action100m.batch import max_videos_per_run, pending_videos, read_manifest, shard
+    """One ``{trigger_run_id, conf}`` per shard of the next bounded slice of the manifest; the
+    shard's IDs go to the store and only their URI into the conf. The plan's figures (and where
+    a continuation starts) are pushed as the XCom ``plan``."""
+    from action100m.batch import (
+        max_videos_per_run,
+        options_for,
+        plan_window,
+        read_manifest,
+        shard_list_uri,
+        write_video_list,
+    )
 
     context = get_current_context()
-    params, run_id = context["params"], context["run_id"]
+    params, run_id, ti = context["params"], context["run_id"], context["ti"]
     with failures_reported("plan", None):
         size = int(params["shard_size"])
         if size > max_videos_per_run():
             raise AirflowFailException(
                 f"shard_size {size} is above the per-run limit of {max_videos_per_run()}"
             )
+        max_shards = max_shards_per_run(int(params.get("max_shards") or 1))
+        offset = int(params.get("offset") or 0)
         store = ArtifactStoreHook().get_store()
         manifest = str(params["manifest"]).strip()
-        same_protocol = manifest.split("://")[0] == store.root.split("://")[0]
-        ids = read_manifest(manifest, store.storage_options if same_protocol else None)
-        todo = pending_videos(store, ids) if params.get("skip_done", True) else ids
-    shards = shard(todo, size)
+        ids = read_manifest(manifest, options_for(store, manifest))
+        skip_done = bool(params.get("skip_done", True))
+        shards, next_offset, scanned = plan_window(store, ids, offset, size, max_shards, skip_done)
+        uris = [shard_list_uri(store, run_id, index + 1) for index in range(len(shards))]
+        for uri, videos in zip(uris, shards, strict=True):
+            write_video_list(store, uri, videos)
+    planned = sum(len(videos) for videos in shards)
     log.info(
-        "manifest %s: %d video(s), %d already done, %d to do in %d shard(s) of up to %d",
-        manifest,
-        len(ids),
-        len(ids) - len(todo),
-        len(todo),
-        len(shards),
-        size,
+        "manifest %s: %d video(s); entries %d-%d looked at: %d already done, %d to do in %d "
+        "shard(s) of up to %d (at most %d shard(s) per run)%s",
+        manifest, len(ids), offset + 1, offset + scanned, scanned - planned, planned,
+        len(shards), size, max_shards,
+        f"; the rest (from entry {next_offset + 1}) goes to a continuation run"
+        if next_offset is not None else "; this run reaches the end of the manifest",
+    )  # fmt: skip
+    ti.xcom_push(
+        key=PLAN_KEY,
+        value={
+            "manifest": manifest,
+            "total": len(ids),
+            "offset": offset,
+            "scanned": scanned,
+            "next_offset": next_offset,
+            "shard_sizes": [len(videos) for videos in shards],
+        },
     )
-    conf_base = {name: params.get(name) for name in FORWARDED_PARAMS}
+    forwarded = {name: params.get(name) for name in FORWARDED_PARAMS}
     return [
         {
             "trigger_run_id": f"{BACKFILL_DAG_ID}__{run_id}__shard{index + 1:04d}of{len(shards):04d}",
-            "conf": {**conf_base, "videos": videos},
+            "conf": {**forwarded, "videos_uri": uri},
         }
-        for index, videos in enumerate(shards)
+        for index, uri in enumerate(uris)
     ]
 
 
@@ -65,47 +112,81 @@ class ShardTriggerOperator(TriggerDagRunOperator):
 
     def execute(self, context: Context) -> Any:
         ti = context["ti"]
-        planned = ti.xcom_pull(task_ids="plan_shards") or []
+        planned = ti.xcom_pull(task_ids=PLAN_TASK_ID) or []
+        plan = ti.xcom_pull(task_ids=PLAN_TASK_ID, key=PLAN_KEY) or {}
         run_ids = [entry["trigger_run_id"] for entry in planned]
         done, failed = (
             ti.get_dr_count(dag_id=DAG_ID, run_ids=run_ids, states=[state]) if run_ids else 0
             for state in ("success", "failed")
         )
-        videos = (self.conf or {}).get("videos", [])
+        index = ti.map_index or 0
+        sizes = plan.get("shard_sizes") or []
         log.info(
-            "shard %d/%d: %d video(s) (%s) -> %s run %s; so far %d/%d shard(s) done, %d failed",
-            (ti.map_index or 0) + 1, len(run_ids), len(videos), ", ".join(videos[:5]),
-            DAG_ID, self.trigger_run_id, done, len(run_ids), failed,
+            "shard %d/%d: %s video(s) listed in %s -> %s run %s; so far %d/%d shard(s) done, "
+            "%d failed",
+            index + 1, len(run_ids), sizes[index] if index < len(sizes) else "?",
+            (self.conf or {}).get("videos_uri"), DAG_ID, self.trigger_run_id, done,
+            len(run_ids), failed,
+        )  # fmt: skip
+        return super().execute(context)
+
+
+class ContinuationTriggerOperator(TriggerDagRunOperator):
+    """Triggers the backfill run going on from where this run's plan stopped, without waiting:
+    with ``max_active_runs=1`` it starts when this run is over. Skipped at the manifest's end."""
+
+    def execute(self, context: Context) -> Any:
+        ti, params, run_id = context["ti"], context["params"], context["run_id"]
+        plan = ti.xcom_pull(task_ids=PLAN_TASK_ID, key=PLAN_KEY)
+        if not plan:
+            raise AirflowSkipException("no plan (see the plan_shards task's log): not continuing")
+        next_offset = plan.get("next_offset")
+        if next_offset is None:
+            raise AirflowSkipException(f"the manifest ends in this run ({plan['total']} entries)")
+        self.trigger_run_id = continuation_run_id(run_id, int(next_offset))
+        self.conf = {
+            **{name: params.get(name) for name in (*BACKFILL_PARAMS, *FORWARDED_PARAMS)},
+            "offset": int(next_offset),
+        }
+        log.info(
+            "manifest %s: entries %d-%d of %d left to %s run %s",
+            plan["manifest"], next_offset + 1, plan["total"], plan["total"], BACKFILL_DAG_ID,
+            self.trigger_run_id,
         )  # fmt: skip
         return super().execute(context)
 
 
 def summarize() -> dict[str, Any]:
     """Shards done / total and videos done / total, in the log; fails if any shard failed."""
-    from action100m.batch import pending_videos
+    from action100m.batch import pending_videos, read_video_list
 
     context = get_current_context()
     ti, run_id = context["ti"], context["run_id"]
-    planned = ti.xcom_pull(task_ids="plan_shards")
+    planned = ti.xcom_pull(task_ids=PLAN_TASK_ID)
+    plan = ti.xcom_pull(task_ids=PLAN_TASK_ID, key=PLAN_KEY) or {}
     if planned is None:
         raise AirflowFailException("no plan: see the plan_shards task's log")
+    going_on = plan.get("next_offset") is not None
+    then = f"; continuing from manifest entry {plan['next_offset'] + 1}" if going_on else ""
     if not planned:
-        log.info("backfill: nothing to do, every video in the manifest is already done")
-        return {"shards": 0, "succeeded": 0, "failed": 0, "videos_left": 0}
+        log.info("backfill: nothing to do, every video looked at is already done%s", then)
+        return {"shards": 0, "succeeded": 0, "failed": 0, "videos_left": 0, "continues": going_on}
     states = ti.get_task_states(
         dag_id=BACKFILL_DAG_ID, task_ids=[TRIGGER_TASK_ID], run_ids=[run_id]
     ).get(run_id, {})
     shard_states = [states.get(f"{TRIGGER_TASK_ID}_{index}") for index in range(len(planned))]
     succeeded = sum(state == "success" for state in shard_states)
-    videos = [vid for entry in planned for vid in entry["conf"]["videos"]]
-    left = pending_videos(ArtifactStoreHook().get_store(), videos)
+    store = ArtifactStoreHook().get_store()
+    videos = [vid for e in planned for vid in read_video_list(store, e["conf"]["videos_uri"])]
+    left = pending_videos(store, videos)
     log.info(
-        "backfill: %d/%d shard(s) succeeded; %d/%d video(s) done this backfill%s",
+        "backfill: %d/%d shard(s) succeeded; %d/%d video(s) done this run%s%s",
         succeeded,
         len(planned),
         len(videos) - len(left),
         len(videos),
         f"; still missing: {', '.join(left[:20])}{' …' if len(left) > 20 else ''}" if left else "",
+        then,
     )
     for entry, state in zip(planned, shard_states, strict=True):
         if state != "success":
@@ -122,4 +203,10 @@ def summarize() -> dict[str, Any]:
             f"{failed} of {len(planned)} shard(s) failed; each {DAG_ID} run's report task says "
             "which videos and why. Trigger the backfill again to retry what is missing."
         )
-    return {"shards": len(planned), "succeeded": succeeded, "failed": 0, "videos_left": len(left)}
+    return {
+        "shards": len(planned),
+        "succeeded": succeeded,
+        "failed": 0,
+        "videos_left": len(left),
+        "continues": going_on,
+    }

@@ -18,6 +18,64 @@ def videos_param() -> Param:
     )
 
 
+def videos_uri_param() -> Param:
+    return Param(
+        None,
+        type=["null", "string"],
+        title="Video list URI",
+        description="Optional URI of a list of videos, one a line (IDs, paths or URIs), added to "
+        "Videos; action100m_backfill passes each shard this way.",
+    )
+
+
+def backfill_params(environ: dict[str, str] | None = None) -> dict[str, Param]:
+    """What a backfill run covers: the manifest, shard size, the bound on shards per run and
+    where in the manifest it starts (set by the continuation run a full run triggers)."""
+    env = os.environ if environ is None else environ
+    return {
+        "manifest": Param(
+            "",
+            type="string",
+            title="Manifest",
+            description="URI or path of a video-ID list (one a line) or the HowTo100M CSV "
+            "with a video_id column.",
+        ),
+        "shard_size": Param(
+            64,
+            type="integer",
+            minimum=1,
+            maximum=1024,
+            title="Videos per run",
+            description="Videos in each triggered action100m run (at most the per-run limit).",
+        ),
+        "skip_done": Param(
+            True,
+            type="boolean",
+            title="Skip finished videos",
+            description="Leave out finished videos (published with annotations; a video whose "
+            "aggregation was skipped for want of an LLM is not finished).",
+        ),
+        "max_shards": Param(
+            int(env.get("ACTION100M_BACKFILL_MAX_SHARDS_PER_RUN", "256")),
+            type="integer",
+            minimum=1,
+            maximum=1024,
+            title="Shards per backfill run",
+            description="At most this many shards (action100m runs) per backfill run, below "
+            "Airflow's [core] max_map_length; the rest of the manifest goes to a continuation "
+            "backfill run this run triggers.",
+        ),
+        "offset": Param(
+            0,
+            type="integer",
+            minimum=0,
+            title="Start at manifest entry",
+            description="Where in the manifest this run starts (0: the beginning). Continuation "
+            "runs set it; leave it at 0.",
+        ),
+    }
+
+
 def run_params() -> dict[str, Param]:
     """How each video is found and processed (the backfill passes these on to each run)."""
     return {

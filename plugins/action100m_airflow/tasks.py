@@ -72,12 +72,19 @@ def failures_reported(stage: str, video_id: str | None) -> Iterator[None]:
 
 
 def resolve_videos() -> list[dict[str, Any]]:
-    """The run's videos as ``{video_id, uri, metadata}``, from the params."""
-    from action100m.batch import resolve_batch
+    """The run's videos as ``{video_id, uri, metadata}``, from the params: ``videos`` and the
+    list at ``videos_uri`` (a backfill shard: only its URI travels through the conf)."""
+    from action100m.batch import parse_video_list, read_video_list, resolve_batch
 
     params = get_current_context()["params"]
     with failures_reported("resolve", None):
-        videos = resolve_batch(params.get("videos"), params.get("source"), params.get("metadata"))
+        entries = parse_video_list(params.get("videos"))
+        list_uri = str(params.get("videos_uri") or "").strip()
+        if list_uri:
+            listed = read_video_list(ArtifactStoreHook().get_store(), list_uri)
+            log.info("%d video(s) listed in %s", len(listed), list_uri)
+            entries.extend(listed)
+        videos = resolve_batch(entries, params.get("source"), params.get("metadata"))
     log.info("%d video(s) to process: %s", len(videos), ", ".join(v["video_id"] for v in videos))
     return videos
 
@@ -129,7 +136,9 @@ def run_stage(stage: str, video: dict[str, Any]) -> dict[str, Any]:
     notes = list(video.get("notes", []))
     if stage == "aggregate":
         if uri is None:
-            notes.append(f"aggregate skipped: {_llm_unavailable_reason(settings)}")
+            reason = _llm_unavailable_reason(settings)
+            notes.append(f"aggregate skipped: {reason}")
+            summary["aggregate_skipped"] = reason
         elif not reused:  # tokens and cost of this run only
             summary["usage"] = _usage(store, uri)
     if stage == "publish":
