@@ -91,6 +91,7 @@ class AggregateConfig(_Section):
             "timeout",
             "max_retries",
             "prices",
+            "rate_share",
         }
     )
     provider: Literal["openai", "anthropic"] = "openai"
@@ -103,6 +104,9 @@ class AggregateConfig(_Section):
     max_repairs: int = Field(1, ge=0)
     requests_per_minute: int = Field(500, ge=1)
     tokens_per_minute: int = Field(2_000_000, ge=1)
+    # The limits above are the account's; every aggregate task keeps its own buckets, so with N
+    # tasks at once (the Airflow pool `llm`) each must keep 1/N of them.
+    rate_share: int = Field(1, ge=1, description="aggregate tasks sharing the account's limits")
     concurrency: int = Field(8, ge=1)
     timeout: float = Field(120.0, gt=0)
     max_retries: int = Field(6, ge=0)

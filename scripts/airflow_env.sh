@@ -13,6 +13,8 @@ export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-4}"
 export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="${AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL:-30}"
 export ACTION100M_STORE="${ACTION100M_STORE:-file://$ACTION100M_REPO/.demo/artifacts}"
 export ACTION100M_PRELOAD="${ACTION100M_PRELOAD:-1}"  # plugins/action100m_preload.py
+# Slots of the llm pool; aggregate tasks split the LLM rate limits by it (aggregate.rate_share).
+export LLM_POOL_SLOTS="${LLM_POOL_SLOTS:-4}"
 export ACTION100M_CACHE="${ACTION100M_CACHE:-$ACTION100M_REPO/.demo/models}"
 # `airflow standalone` starts `airflow` subprocesses: the venv's bin must be on PATH.
 if [ -d "$ACTION100M_REPO/.venv/bin" ]; then

@@ -23,10 +23,13 @@ import subprocess
 import sys
 from typing import Any
 
-DEFAULT_POOLS = {"gpu": 1, "llm": 4}
+DEFAULT_POOLS = {  # compose and scripts/airflow_env.sh set the variables
+    "gpu": int(os.environ.get("GPU_POOL_SLOTS") or 1),
+    "llm": int(os.environ.get("LLM_POOL_SLOTS") or 4),
+}
 POOL_DESCRIPTIONS = {
     "gpu": "action100m embed and caption: one slot per GPU",
-    "llm": "action100m aggregate: concurrent LLM tasks (each also rate-limits itself)",
+    "llm": "action100m aggregate: concurrent LLM tasks (each keeps 1/slots of the rate limits)",
 }
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import email.utils
 import re
 import time
+from pathlib import Path
 
 import pytest
 from test_aggregate import build_tree
 
+from action100m.config import load_settings
 from action100m.errors import ServiceError
 from action100m.llm import prompts
 from action100m.llm.messages import ChatRequest, Usage
@@ -22,6 +24,7 @@ from action100m.llm.ratelimit import (
     parse_retry_after,
 )
 from action100m.llm.schema import AnswerError, parse_answer
+from action100m.store import ArtifactStore
 from action100m.tree import Node, Tree, make_node_id
 
 GOOD = (
@@ -343,3 +346,22 @@ def test_5xx_and_timeouts_still_get_every_retry() -> None:
     with pytest.raises(ServiceError, match="gave up after 7 attempts"):
         limiter.call(overloaded, 10, "node")
     assert len(calls) == 7 and limiter.down is None
+
+
+def test_each_task_keeps_its_share_of_the_account_limits(tmp_path: Path) -> None:
+    """Four aggregate tasks at once, each with its own buckets: together they stay within the
+    account's limits only if each keeps a quarter of them (bursts included)."""
+    from action100m.stages.aggregate import _session
+
+    overrides = {
+        "aggregate": {
+            "base_url": "http://127.0.0.1:9/v1",
+            "requests_per_minute": 400,
+            "tokens_per_minute": 100_000,
+            "rate_share": 4,
+        }
+    }
+    settings = load_settings(store=str(tmp_path), environ={}, overrides=overrides)
+    limiter = _session(settings, ArtifactStore(str(tmp_path))).limiter
+    assert limiter.requests.capacity == 100 and limiter.tokens.capacity == 25_000
+    assert limiter.requests.rate == pytest.approx(100 / 60)

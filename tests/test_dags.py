@@ -129,6 +129,13 @@ def test_backfill_triggers_bounded_runs_of_the_video_dag(dags: dict[str, Any]) -
     assert going_on.upstream_task_ids == {"trigger_shard"}
 
 
+@pytest.fixture
+def plugins_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plugins folder on sys.path, as Airflow puts it (alone, a test has no DagBag to do so)."""
+    monkeypatch.syspath_prepend(str(REPO / "plugins"))
+
+
+@pytest.mark.usefixtures("plugins_on_path")
 def test_backfill_continuation_run_ids_do_not_nest() -> None:
     from action100m_airflow.backfill import continuation_run_id, max_shards_per_run
 
@@ -137,6 +144,23 @@ def test_backfill_continuation_run_ids_do_not_nest() -> None:
     assert second == f"{first}__from00000128"
     assert continuation_run_id(second, 256) == f"{first}__from00000256"
     assert max_shards_per_run(100_000) == 1024  # Airflow's [core] max_map_length
+
+
+@pytest.mark.usefixtures("plugins_on_path")
+def test_aggregate_tasks_split_the_llm_limits_by_the_pool_slots() -> None:
+    from action100m_airflow.tasks import share_llm_limits
+
+    from action100m.config import load_settings
+
+    environ = {"LLM_POOL_SLOTS": "4"}
+    share_llm_limits(environ)
+    assert load_settings(environ=environ).aggregate.rate_share == 4
+    explicit = {"LLM_POOL_SLOTS": "4", "ACTION100M_AGGREGATE__RATE_SHARE": "2"}
+    share_llm_limits(explicit)
+    assert load_settings(environ=explicit).aggregate.rate_share == 2
+    unset: dict[str, str] = {}
+    share_llm_limits(unset)
+    assert load_settings(environ=unset).aggregate.rate_share == 1
 
 
 def test_dags_serialize_for_the_scheduler(dags: dict[str, Any]) -> None:

@@ -110,8 +110,8 @@ class RateLimiter:
 
     def __init__(
         self,
-        requests_per_minute: int,
-        tokens_per_minute: int,
+        requests_per_minute: float,
+        tokens_per_minute: float,
         concurrency: int,
         policy: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,

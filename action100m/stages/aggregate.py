@@ -48,8 +48,8 @@ def llm_unavailable_reason(settings: Settings) -> str | None:
 def _session(settings: Settings, store: ArtifactStore) -> Session:
     cfg = settings.aggregate
     limiter = RateLimiter(
-        cfg.requests_per_minute,
-        cfg.tokens_per_minute,
+        cfg.requests_per_minute / cfg.rate_share,
+        cfg.tokens_per_minute / cfg.rate_share,
         cfg.concurrency,
         RetryPolicy(max_retries=cfg.max_retries),
     )

@@ -16,6 +16,9 @@ VIDEO_GROUP = "video"
 STAGES = ("embed", "segment", "caption", "aggregate", "publish")
 GPU_POOL = "gpu"
 LLM_POOL = "llm"
+# Slots of the `llm` pool where the deployment sets them (compose's .env, scripts/airflow_env.sh);
+# aggregate tasks split the account's rate limits by it.
+LLM_POOL_SLOTS_ENV = "LLM_POOL_SLOTS"
 GPU_QUEUE = "gpu"
 STORE_CONN_ID = "action100m_store"
 LLM_CONN_IDS = {"openai": "openai_default", "anthropic": "anthropic_default"}

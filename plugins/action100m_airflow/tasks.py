@@ -17,7 +17,7 @@ from typing import Any
 from airflow.sdk import get_current_context
 from airflow.sdk.exceptions import AirflowFailException
 
-from action100m_airflow import DAG_ID, STAGES, VIDEO_GROUP
+from action100m_airflow import DAG_ID, LLM_POOL_SLOTS_ENV, STAGES, VIDEO_GROUP
 from action100m_airflow.connections import ArtifactStoreHook, model_service_settings
 
 log = logging.getLogger("action100m.airflow")
@@ -40,10 +40,22 @@ def build_runtime(params: dict[str, Any]) -> tuple[Any, Any]:
     environ = dict(os.environ)
     for dotted, value in services.items():
         environ[ENV_PREFIX + dotted.upper().replace(".", "__")] = value
+    share_llm_limits(environ)
     settings = load_settings(
         profile=params.get("profile") or None, overrides=user, store=store.root, environ=environ
     )
     return settings, store
+
+
+def share_llm_limits(environ: dict[str, str]) -> None:
+    """Up to ``LLM_POOL_SLOTS`` aggregate tasks run at once (the ``llm`` pool, sized from the same
+    variable), each with its own rate limiter: each keeps that share of the account's limits
+    (``aggregate.rate_share``), unless the setting is given explicitly."""
+    from action100m.config import ENV_PREFIX
+
+    slots = environ.get(LLM_POOL_SLOTS_ENV, "").strip()
+    if slots:
+        environ.setdefault(ENV_PREFIX + "AGGREGATE__RATE_SHARE", slots)
 
 
 def _one_line(exc: BaseException, limit: int = 400) -> str:
