@@ -281,7 +281,7 @@ def format_report(report: dict[str, Any]) -> str:
             f"; {report['aggregate_skipped']} done WITHOUT annotations (aggregate skipped): "
             "configure an LLM and run them again"
         )
-    lines = [header, f"{'video':<24} {'status':<8} detail"]
+    table: list[tuple[str, str, str]] = []
     for row in report["videos"]:
         status = row["status"]
         if status == "failed":
@@ -289,13 +289,16 @@ def format_report(report: dict[str, Any]) -> str:
         else:
             detail = row.get("document") or ""
             notes = list(row.get("notes") or [])
-            if row.get("aggregate_skipped"):
+            if skipped := row.get("aggregate_skipped"):
                 status = "done (aggregate skipped)"
-                reason = f"aggregate skipped: {row['aggregate_skipped']}"
-                notes = [reason, *(n for n in notes if n != reason)]
+                notes = [skipped, *(n for n in notes if n != f"aggregate skipped: {skipped}")]
             if notes:
                 detail += "  (" + "; ".join(notes) + ")"
-        lines.append(f"{row['video_id']:<24} {status:<8} {detail}")
+        table.append((row["video_id"], status, detail))
+    video_width = max([24, *(len(video) for video, _, _ in table)])
+    status_width = max([8, *(len(status) for _, status, _ in table)])
+    lines = [header, f"{'video':<{video_width}} {'status':<{status_width}} detail"]
+    lines += [f"{v:<{video_width}} {s:<{status_width}} {d}" for v, s, d in table]
     usage = report.get("usage") or {}
     if usage:
         lines.append("usage: " + ", ".join(f"{k}={_number(v)}" for k, v in sorted(usage.items())))
