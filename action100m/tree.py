@@ -14,6 +14,16 @@ from typing import Any
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/facebookresearch/action100m")
 
 
+# Times are exact to the millisecond (node ids round to it): container time bases leave
+# 11.9996875 s where 12 s was meant, and a span shown as 8.00-12.00 must count as 4 s.
+TIME_RESOLUTION = 1e-3
+
+
+def reaches(seconds: float, minimum: float) -> bool:
+    """Whether a span of ``seconds`` lasts ``minimum`` or more, to the millisecond."""
+    return seconds >= minimum - TIME_RESOLUTION / 2
+
+
 def make_node_id(video_id: str, start: float, end: float) -> str:
     return str(uuid.uuid5(NAMESPACE, f"{video_id}:{start:.3f}:{end:.3f}"))
 
@@ -30,6 +40,9 @@ class Node:
     @property
     def duration(self) -> float:
         return self.end - self.start
+
+    def lasts(self, minimum: float) -> bool:
+        return reaches(self.duration, minimum)
 
     @property
     def is_leaf(self) -> bool:

@@ -75,7 +75,7 @@ def naive_usage(
     top = "\n".join(prompts.outline_lines(tree, tree.root, captions, 3))
     context = f"{meta}\n\n# Global context: the top of the video's segment tree\n{top}\n"
     usage, parts = Usage(), {"metadata": 0.0, "global": 0.0, "subtree": 0.0}
-    targets = [n for n in tree.nodes if n.duration >= settings.aggregate.min_duration]
+    targets = [n for n in tree.nodes if n.lasts(settings.aggregate.min_duration)]
     for node in targets:
         subtree = "\n".join(prompts.outline_lines(tree, node, captions, None))
         block = f"# Segment to annotate: {prompts.span(node.start, node.end)}\n{subtree}\n"
@@ -95,7 +95,7 @@ def ours_parts(settings: Settings, store: ArtifactStore, video_id: str) -> dict[
     """Our prompt's parts, in tokens: the shared prefix and the mean node block."""
     tree, captions, metadata = _inputs(settings, store, video_id)
     builder = PromptBuilder(tree, captions, metadata, settings.aggregate.max_prompt_tokens)
-    targets = [n for n in tree.nodes if n.duration >= settings.aggregate.min_duration]
+    targets = [n for n in tree.nodes if n.lasts(settings.aggregate.min_duration)]
     blocks = [prompts.estimate_tokens(builder.node_block(n)) for n in targets]
     return {"prefix": prompts.estimate_tokens(builder.context), "block": sum(blocks) / len(blocks)}
 

@@ -126,7 +126,7 @@ def test_annotates_long_nodes_with_three_rounds(settings, store, llm, caplog) ->
     assert set(nodes) == {n.node_id for n in tree.nodes}
     for node in tree.nodes:
         entry = nodes[node.node_id]
-        if node.duration >= 4.0:
+        if node.lasts(4.0):
             where = prompts.span(node.start, node.end)
             assert entry["annotation"]["brief_action"] == f"brief_action of {where} v3"
             assert [r["kind"] for r in entry["rounds"]] == ["draft", "refine", "refine"]

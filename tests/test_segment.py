@@ -11,7 +11,7 @@ from action100m.config import Settings, load_settings
 from action100m.pipeline import run_embed, run_segment
 from action100m.stages.segment import build_tree, frame_boundaries, ward_merges
 from action100m.store import ArtifactStore
-from action100m.tree import Node, Tree
+from action100m.tree import Node, Tree, reaches
 
 
 def _segment(settings: Settings, store: ArtifactStore, path: Path, video_id: str) -> Tree:
@@ -28,7 +28,7 @@ def assert_tree_invariants(tree: Tree, min_duration: float) -> None:
     for node in tree.nodes:
         assert node.node_id not in seen
         seen.add(node.node_id)
-        assert node.duration >= min_duration
+        assert node.lasts(min_duration)
         if node.parent_id is not None:
             assert tree[node.parent_id].level == node.level - 1
         if not node.is_leaf:
@@ -124,9 +124,9 @@ def test_invariants_hold_for_random_features(seed: int) -> None:
         children = [frames_of(child) for child in tree.children(node)]
         if children:
             assert children == split[span]
-            assert min(seconds(child) for child in children) >= min_duration
+            assert all(reaches(seconds(child), min_duration) for child in children)
         elif span[1] - span[0] > 1:
-            assert min(seconds(part) for part in split[span]) < min_duration
+            assert not all(reaches(seconds(part), min_duration) for part in split[span])
 
 
 def _ward_splits(merges: np.ndarray, n: int) -> dict[tuple[int, int], list[tuple[int, int]]]:
@@ -166,3 +166,18 @@ def test_ward_matches_scikit_learn_with_chain_connectivity() -> None:
             warnings.simplefilter("ignore")
             reference.fit(features)
         assert spans(ward_merges(features), n) == spans(reference.children_, n)
+
+
+def test_thresholds_hold_to_the_millisecond() -> None:
+    """MP4 time bases give 11.9996875 s for a 12 s video: its last 4 s (shown 8.00-12.00) is 4 s
+    for the aggregate threshold, and a 0.4996 s child survives pruning at 0.5 s."""
+    assert reaches(11.9996875 - 8.0, 4.0) and reaches(0.4996, 0.5)
+    assert not reaches(3.998, 4.0) and not reaches(0.499, 0.5)
+    edges = np.array([0.0, 0.25, 0.4996, 0.75, 0.9992])
+    merges = np.array([[0, 1], [2, 3], [4, 5]])  # (0.00-0.50) + (0.50-1.00)
+    tree = build_tree("v", merges, edges, min_duration=0.5, fps=4.0, source="x")
+    assert [(n.start, n.end) for n in tree.nodes] == [
+        (0.0, 0.9992),
+        (0.0, 0.4996),
+        (0.4996, 0.9992),
+    ]

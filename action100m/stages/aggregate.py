@@ -100,7 +100,7 @@ def run_aggregate(settings: Settings, store: ArtifactStore, video_id: str) -> st
         raise MissingArtifactError(f"video {video_id}: no finished captions; run `caption` first")
     captions = store.read_json(captions_uri).get("nodes", {})
     builder = PromptBuilder(tree, captions, load_metadata(store, video_id), cfg.max_prompt_tokens)
-    targets = [node for node in tree.nodes if node.duration >= cfg.min_duration]
+    targets = [node for node in tree.nodes if node.lasts(cfg.min_duration)]
     session = _session(settings, store)
     started = time.monotonic()
     log.info(

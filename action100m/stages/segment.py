@@ -18,7 +18,7 @@ from action100m.config import Settings
 from action100m.document import write_document
 from action100m.errors import MissingArtifactError, VideoError
 from action100m.store import ArtifactStore
-from action100m.tree import Node, Tree, make_node_id
+from action100m.tree import Node, Tree, make_node_id, reaches
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def build_tree(
         nodes.append(node)
         by_id[node.node_id] = node
         pair = kids(cluster)
-        if pair and all(span(c)[1] - span(c)[0] >= min_duration for c in pair):
+        if pair and all(reaches(span(c)[1] - span(c)[0], min_duration) for c in pair):
             stack.extend((c, node.node_id, level + 1) for c in reversed(pair))
     return Tree(video_id, float(edges[-1]), fps, source, nodes)
 
