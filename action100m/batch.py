@@ -97,29 +97,24 @@ def parse_manifest(text: str) -> list[str]:
     return list(dict.fromkeys(video_id for video_id in ids if video_id))
 
 
-def read_manifest(uri: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+def read_manifest(
+    uri: str, storage_options: dict[str, Any] | None = None, what: str = "manifest"
+) -> list[str]:
     """The manifest's video IDs, duplicates dropped; ``uri`` is a path or any fsspec URI."""
     uri = normalise_uri(uri)
     parent, _, _ = uri.rpartition("/")
     reader = ArtifactStore(parent, storage_options)
     if not reader.exists(uri):
-        raise PermanentError(f"manifest {uri} does not exist")
+        raise PermanentError(f"{what} {uri} does not exist")
     ids = parse_manifest(reader.read_bytes(uri).decode("utf-8-sig"))
     if not ids:
-        raise PermanentError(f"manifest {uri} lists no video IDs")
+        raise PermanentError(f"{what} {uri} lists no video IDs")
     return ids
-
-
-def options_for(store: ArtifactStore, uri: str) -> dict[str, Any] | None:
-    """The store's storage options where ``uri`` is on the same kind of storage, else None
-    (the defaults for that URI: the usual AWS variables for ``s3://``)."""
-    same_protocol = normalise_uri(uri).split("://")[0] == store.root.split("://")[0]
-    return store.storage_options if same_protocol else None
 
 
 def read_video_list(store: ArtifactStore, uri: str) -> list[str]:
     """A list of videos (one a line: IDs, paths or URIs) at ``uri``, e.g. a backfill shard."""
-    return read_manifest(uri, options_for(store, uri))
+    return read_manifest(uri, store.options_for(uri), what="video list")
 
 
 def write_video_list(store: ArtifactStore, uri: str, videos: Sequence[str]) -> None:
@@ -129,21 +124,22 @@ def write_video_list(store: ArtifactStore, uri: str, videos: Sequence[str]) -> N
 def _is_complete(store: ArtifactStore, video_id: str) -> bool:
     """Whether the video is finished: published with every stage, aggregation included.
 
-    ``status.json`` (written by ``publish``) says so in one small read. Without it (a store from
-    before it existed, an imported video, a run that stopped after ``segment`` wrote the
-    document), the document's ``pipeline.stages`` decide; no document: not finished."""
+    ``status.json`` (written by ``publish``) says "complete" in one small read. Anything else
+    (no status, a store from before it existed, an imported video, a status that a later
+    ``aggregate`` or ``import`` outdated) is decided by the document's ``pipeline.stages``; no
+    document: not finished."""
     try:
         status = store.read_json(store.join("videos", video_id, STATUS_FILE))
     except FileNotFoundError:
         status = None
-    if isinstance(status, dict) and "complete" in status:
-        return bool(status["complete"])
+    if isinstance(status, dict) and status.get("complete"):
+        return True
     uri = store.document_uri(video_id)
     if not store.exists(uri):
         return False
     stages = (store.read_json(uri).get("pipeline") or {}).get("stages")
-    if not isinstance(stages, dict):  # a document older than pipeline.stages: as it was
-        return True
+    if not isinstance(stages, dict):  # older than pipeline.stages: only the status can tell
+        return status is None
     return bool(stages.get("caption")) and bool(stages.get("aggregate"))
 
 
@@ -164,20 +160,24 @@ def plan_window(
     shard_size: int,
     max_shards: int,
     skip_done: bool = True,
+    max_scan: int | None = None,
 ) -> tuple[list[list[str]], int | None, int]:
     """The next bounded slice of a manifest: ``(shards, next_offset, scanned)``.
 
     From ``ids[offset:]``, collects up to ``max_shards * shard_size`` videos still to do (all of
     them when not ``skip_done``), checking the store a chunk at a time so a run never looks at
-    more of a 1.2M-video manifest than it needs. ``next_offset`` is where a continuation starts
-    (None once the manifest is exhausted); ``scanned`` counts the entries looked at."""
+    more of a 1.2M-video manifest than it needs, and at most ``max_scan`` entries (16 times the
+    capacity by default): a nearly finished manifest is rescanned by a chain of short runs, not
+    by one task reading a million statuses. ``next_offset`` is where a continuation starts (None
+    once the manifest is exhausted); ``scanned`` counts the entries looked at."""
     if max_shards < 1:
         raise PermanentError(f"max_shards must be at least 1, got {max_shards}")
     capacity = max_shards * shard_size
     todo: list[str] = []
     position = offset = max(0, offset)
-    while position < len(ids) and len(todo) < capacity:
-        chunk = ids[position : position + max(capacity - len(todo), 256)]
+    scan_end = min(len(ids), offset + (16 * capacity if max_scan is None else max_scan))
+    while position < scan_end and len(todo) < capacity:
+        chunk = ids[position : min(scan_end, position + max(capacity - len(todo), 256))]
         wanted = set(pending_videos(store, chunk)) if skip_done else set(chunk)
         for video_id in chunk:
             position += 1

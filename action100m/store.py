@@ -150,7 +150,7 @@ class ArtifactStore:
         With ``video_id``, a remote file that does not exist is that video's VideoError (a retry
         cannot fix it); any other failure to fetch it is a StoreError naming the URI."""
         uri = normalise_uri(uri)
-        fs, path = fsspec.core.url_to_fs(uri, **self._options_for(uri))
+        fs, path = fsspec.core.url_to_fs(uri, **self.options_for(uri))
         if uri.startswith("file://"):
             yield path
             return
@@ -170,7 +170,9 @@ class ArtifactStore:
             shutil.copyfileobj(src, target)
         target.flush()
 
-    def _options_for(self, uri: str) -> dict[str, Any]:
+    def options_for(self, uri: str) -> dict[str, Any]:
+        """Storage options for ``uri``: this store's own on the same kind of storage, else the
+        defaults for that URI (the usual AWS variables for ``s3://``)."""
         same_protocol = uri.split("://", 1)[0] == self.root.split("://", 1)[0]
         if same_protocol:
             return self.storage_options

@@ -4,9 +4,10 @@
 PyAV is the default: on H.264 it decodes 1-in-4 frames about 1.5x faster than decord here
 (decord scales every decoded frame, PyAV only the kept ones; ``benchmarks/decode.py``).
 
-Frames come with their real presentation time (seconds from the first frame), so variable frame
-rate videos get correct times. Frames are decoded straight to the size the consumer needs and
-streamed, so memory does not grow with the video's length.
+Frames come with their real presentation time (seconds from the stream's start, the origin both
+decoders and the caption stage's seeking use), so variable frame rate videos get correct times.
+Frames are decoded straight to the size the consumer needs and streamed, so memory does not grow
+with the video's length.
 """
 
 from __future__ import annotations
@@ -129,24 +130,22 @@ def iter_sampled_frames(
     decoder: str = "pyav",
     info: VideoInfo | None = None,
 ) -> Iterator[tuple[float, np.ndarray]]:
-    """Every ``step``-th frame as (seconds from the first frame, HxWx3 uint8), shortest side
+    """Every ``step``-th frame as (seconds from the stream's start, HxWx3 uint8), shortest side
     resized to ``short_side``. ``decoder`` first; the other one from wherever it stopped.
 
     Raises VideoError when no frame decodes or when the frames stop well before the duration the
     video stream declares (a truncated file), so a partial video never passes as a whole one."""
     info = info or probe(path, video_id)
     size = scaled_size(info.width, info.height, short_side)
-    first: float | None = None
     last: float | None = None
     produced = 0
     order = [decoder, *(name for name in DECODERS if name != decoder)]
     for name in order:
         try:
             for pts, frame in DECODERS[name](path, step, size, last):
-                first = pts if first is None else first
                 last = pts
                 produced += 1
-                yield pts - first, frame
+                yield pts, frame
             break
         except Exception as exc:  # decord raises DECORDError/RuntimeError, PyAV av.error.*
             if name == order[-1]:
@@ -156,7 +155,7 @@ def iter_sampled_frames(
             log.info(
                 "video %s: %s stopped (%s); continuing with %s", video_id, name, exc, order[-1]
             )
-    if first is None or last is None:
+    if last is None:
         raise VideoError(video_id, "no frame could be decoded (truncated or corrupt file)")
     _check_complete(video_id, info, last + step / info.fps, step)
 
@@ -176,7 +175,7 @@ def _check_complete(video_id: str, info: VideoInfo, covered: float, step: int) -
 def read_frames_at(
     path: str, video_id: str, times: list[float], size: tuple[int, int]
 ) -> list[np.ndarray]:
-    """The frames shown at ``times`` (seconds from the first frame), each resized to ``size``
+    """The frames shown at ``times`` (seconds from the stream's start), each resized to ``size``
     (width, height). Seeks instead of decoding the whole video."""
     import av
 

@@ -365,3 +365,32 @@ def test_each_task_keeps_its_share_of_the_account_limits(tmp_path: Path) -> None
     limiter = _session(settings, ArtifactStore(str(tmp_path))).limiter
     assert limiter.requests.capacity == 100 and limiter.tokens.capacity == 25_000
     assert limiter.requests.rate == pytest.approx(100 / 60)
+
+
+def test_one_blip_failing_every_request_in_flight_counts_once() -> None:
+    """A proxy reset fails all eight concurrent requests at the same moment: that is one
+    connection failure, not three in a row, and each of them retries after its backoff."""
+    import threading
+
+    limiter = RateLimiter(1000, 10**7, 8, RetryPolicy(max_retries=1), sleep=lambda s: None)
+    blip = threading.Barrier(8)
+    first_tries = threading.Semaphore(8)
+
+    def fails_together_then_answers() -> str:
+        if first_tries.acquire(blocking=False):
+            blip.wait(timeout=5)  # all eight are in flight before any fails
+            raise ConnectionFailed("openai: cannot connect: server disconnected")
+        return "answer"
+
+    results: list[str] = []
+
+    def node() -> None:
+        results.append(limiter.call(fails_together_then_answers, 1, "node"))
+
+    threads = [threading.Thread(target=node) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == ["answer"] * 8
+    assert limiter.down is None and limiter.connection_failures == 0

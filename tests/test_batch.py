@@ -74,6 +74,27 @@ def test_shards_and_pending(store: ArtifactStore) -> None:
         store.document_uri("f"), {"pipeline": {"stages": {**stages, "aggregate": True}}}
     )
     assert pending_videos(store, ["a", "b", "c", "d", "e", "f"]) == ["a", "c", "d", "e"]
+    # A status that a later `aggregate` (or import) outdated: the document has every stage now.
+    store.write_json(
+        store.document_uri("d"), {"pipeline": {"stages": {**stages, "aggregate": True}}}
+    )
+    assert pending_videos(store, ["d", "e"]) == ["e"]
+
+
+def test_plan_window_scans_a_bounded_stretch_of_a_finished_manifest(store: ArtifactStore) -> None:
+    """A nearly finished manifest is rescanned by a chain of short runs, each looking at no more
+    than max_scan entries, rather than by one task reading every status."""
+    ids = [f"v{i}" for i in range(10)]
+    for video_id in ids[:-1]:
+        _finished(store, video_id)
+    offset: int | None = 0
+    plans = []
+    while offset is not None:
+        shards, next_offset, scanned = plan_window(store, ids, offset, 2, 2, max_scan=4)
+        assert scanned <= 4
+        plans.append((offset, shards))
+        offset = next_offset
+    assert plans == [(0, []), (4, []), (8, [["v9"]])]
 
 
 def test_plan_window_bounds_a_run_and_says_where_the_next_starts(store: ArtifactStore) -> None:

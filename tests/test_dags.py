@@ -163,6 +163,38 @@ def test_aggregate_tasks_split_the_llm_limits_by_the_pool_slots() -> None:
     assert load_settings(environ=unset).aggregate.rate_share == 1
 
 
+class _RunSoFar:
+    """What the continuation task reads of its run: the plan and the shard triggers' states."""
+
+    def __init__(self, plan: dict[str, Any], states: dict[str, str]) -> None:
+        self.plan, self.states = plan, states
+
+    def xcom_pull(self, task_ids: str, key: str = "return_value") -> Any:
+        return self.plan if key == "plan" else None
+
+    def get_task_states(self, dag_id: str, task_ids: list[str], run_ids: list[str]) -> Any:
+        return {run_ids[0]: self.states}
+
+
+@pytest.mark.usefixtures("plugins_on_path")
+def test_a_backfill_whose_every_shard_failed_does_not_go_on() -> None:
+    """A wrong source template fails every shard; going on would fail the whole manifest."""
+    from action100m_airflow.backfill import ContinuationTriggerOperator
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    going_on = ContinuationTriggerOperator(
+        task_id="continue_backfill", trigger_dag_id="action100m_backfill"
+    )
+    plan = {"manifest": "m.txt", "total": 10, "next_offset": 4, "shard_sizes": [2, 2]}
+    failed = {"trigger_shard_0": "failed", "trigger_shard_1": "failed"}
+    context: Any = {"ti": _RunSoFar(plan, failed), "params": {}, "run_id": "manual__1"}
+    with pytest.raises(AirflowFailException, match=r"all 2 shard\(s\) .* offset=4"):
+        going_on.execute(context)
+    context["ti"] = _RunSoFar({**plan, "next_offset": None}, failed)
+    with pytest.raises(AirflowSkipException, match="the manifest ends"):
+        going_on.execute(context)
+
+
 def test_dags_serialize_for_the_scheduler(dags: dict[str, Any]) -> None:
     from airflow.serialization.serialized_objects import DagSerialization
 

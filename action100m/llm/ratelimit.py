@@ -4,7 +4,10 @@ refused), exponential backoff with jitter on 5xx and timeouts, and no retry on w
 
 An endpoint that refuses connections is not retried per request for minutes: after
 ``RetryPolicy.max_connection_failures`` connection failures in a row across every caller (no
-success in between), every call, running or to come, raises ``EndpointDown`` at once.
+success in between), every call, running or to come, raises ``EndpointDown`` at once. Requests
+that were already in flight when a failure was counted do not count again: one blip (a proxy
+reset, a server restart) that fails every concurrent request at once is one failure, not a
+verdict.
 """
 
 from __future__ import annotations
@@ -125,6 +128,7 @@ class RateLimiter:
         self.waited = 0.0  # seconds spent waiting on limits, for the logs and benchmarks
         self.lock = threading.Lock()
         self.connection_failures = 0  # in a row, reset by any success
+        self.failure_epoch = 0  # bumped by every counted failure: which attempts are news
         self.down: str | None = None  # why the endpoint counts as down, once it does
 
     def pause(self, seconds: float) -> None:
@@ -149,6 +153,8 @@ class RateLimiter:
                 raise EndpointDown(f"{what}: not sent: {self.down}")
             try:
                 with self.slot(tokens):
+                    # A failure of this request is news only if none is counted from now on.
+                    epoch = self.failure_epoch
                     result = fn()
                 with self.lock:
                     self.connection_failures = 0
@@ -160,7 +166,7 @@ class RateLimiter:
                 self.pause(delay)
                 problem: ServiceError = exc
             except ConnectionFailed as exc:
-                self._connection_failed(exc)
+                self._connection_failed(exc, epoch)
                 delay = self.policy.backoff(attempt)
                 problem = exc
             except TransientError as exc:
@@ -175,10 +181,13 @@ class RateLimiter:
                 self.sleep(delay)
         raise AssertionError("unreachable")
 
-    def _connection_failed(self, exc: ConnectionFailed) -> None:
-        """Count one more connection failure in a row; past the limit, the endpoint is down."""
+    def _connection_failed(self, exc: ConnectionFailed, sent_at_epoch: int) -> None:
+        """Count one more connection failure in a row, unless another was counted while this
+        request was in flight (the same blip); past the limit, the endpoint is down."""
         with self.lock:
-            self.connection_failures += 1
+            if sent_at_epoch == self.failure_epoch:
+                self.failure_epoch += 1
+                self.connection_failures += 1
             if self.down is None and self.connection_failures >= (
                 self.policy.max_connection_failures
             ):

@@ -8,8 +8,8 @@ Outcomes: a node whose answers stay invalid (or whose request the endpoint rejec
 in a way nobody planned for) carries an ``error`` and the video goes on. An invalid key or unknown
 model stops the video at once (PermanentError). A node whose requests still hit 429s, 5xx, timeouts
 or a dead endpoint after every retry makes the task fail with ServiceError once the other nodes are
-done: the retry asks only for what is missing, because every valid answer received is cached. A
-video whose every node failed raises.
+done: the retry asks again only for nodes without a cached valid answer (a node whose valid answer
+came from a repair turn pays for its invalid draft again). A video whose every node failed raises.
 """
 
 from __future__ import annotations

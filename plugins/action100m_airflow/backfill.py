@@ -52,7 +52,6 @@ def plan_shards() -> list[dict[str, Any]]:
     a continuation starts) are pushed as the XCom ``plan``."""
     from action100m.batch import (
         max_videos_per_run,
-        options_for,
         plan_window,
         read_manifest,
         shard_list_uri,
@@ -71,7 +70,7 @@ def plan_shards() -> list[dict[str, Any]]:
         offset = int(params.get("offset") or 0)
         store = ArtifactStoreHook().get_store()
         manifest = str(params["manifest"]).strip()
-        ids = read_manifest(manifest, options_for(store, manifest))
+        ids = read_manifest(manifest, store.options_for(manifest))
         skip_done = bool(params.get("skip_done", True))
         shards, next_offset, scanned = plan_window(store, ids, offset, size, max_shards, skip_done)
         uris = [shard_list_uri(store, run_id, index + 1) for index in range(len(shards))]
@@ -131,9 +130,20 @@ class ShardTriggerOperator(TriggerDagRunOperator):
         return super().execute(context)
 
 
+def shard_states(ti: Any, run_id: str, count: int) -> list[str | None]:
+    """The state of each of this run's ``count`` shard triggers, in shard order."""
+    states = ti.get_task_states(
+        dag_id=BACKFILL_DAG_ID, task_ids=[TRIGGER_TASK_ID], run_ids=[run_id]
+    ).get(run_id, {})
+    return [states.get(f"{TRIGGER_TASK_ID}_{index}") for index in range(count)]
+
+
 class ContinuationTriggerOperator(TriggerDagRunOperator):
     """Triggers the backfill run going on from where this run's plan stopped, without waiting:
-    with ``max_active_runs=1`` it starts when this run is over. Skipped at the manifest's end."""
+    with ``max_active_runs=1`` it starts when this run is over. Skipped at the manifest's end.
+
+    A run whose every shard failed does not go on: that is a wrong ``source`` template, dead
+    store credentials or the like, which would fail the rest of the manifest the same way."""
 
     def execute(self, context: Context) -> Any:
         ti, params, run_id = context["ti"], context["params"], context["run_id"]
@@ -143,6 +153,14 @@ class ContinuationTriggerOperator(TriggerDagRunOperator):
         next_offset = plan.get("next_offset")
         if next_offset is None:
             raise AirflowSkipException(f"the manifest ends in this run ({plan['total']} entries)")
+        planned = len(plan.get("shard_sizes") or [])
+        if planned and not any(s == "success" for s in shard_states(ti, run_id, planned)):
+            raise AirflowFailException(
+                f"all {planned} shard(s) of this run failed: not going on with the manifest "
+                f"(entries {next_offset + 1}-{plan['total']} left). Fix the cause (see each "
+                f"{DAG_ID} run's report), then trigger {BACKFILL_DAG_ID} again: finished videos "
+                f"are skipped (or start at offset={next_offset})."
+            )
         self.trigger_run_id = continuation_run_id(run_id, int(next_offset))
         self.conf = {
             **{name: params.get(name) for name in (*BACKFILL_PARAMS, *FORWARDED_PARAMS)},
@@ -171,11 +189,8 @@ def summarize() -> dict[str, Any]:
     if not planned:
         log.info("backfill: nothing to do, every video looked at is already done%s", then)
         return {"shards": 0, "succeeded": 0, "failed": 0, "videos_left": 0, "continues": going_on}
-    states = ti.get_task_states(
-        dag_id=BACKFILL_DAG_ID, task_ids=[TRIGGER_TASK_ID], run_ids=[run_id]
-    ).get(run_id, {})
-    shard_states = [states.get(f"{TRIGGER_TASK_ID}_{index}") for index in range(len(planned))]
-    succeeded = sum(state == "success" for state in shard_states)
+    states = shard_states(ti, run_id, len(planned))
+    succeeded = sum(state == "success" for state in states)
     store = ArtifactStoreHook().get_store()
     videos = [vid for e in planned for vid in read_video_list(store, e["conf"]["videos_uri"])]
     left = pending_videos(store, videos)
@@ -188,7 +203,7 @@ def summarize() -> dict[str, Any]:
         f"; still missing: {', '.join(left[:20])}{' …' if len(left) > 20 else ''}" if left else "",
         then,
     )
-    for entry, state in zip(planned, shard_states, strict=True):
+    for entry, state in zip(planned, states, strict=True):
         if state != "success":
             log.warning(
                 "shard %s (%s run %s): %s",
