@@ -60,7 +60,7 @@ def action100m_backfill() -> None:
     ).expand_kwargs(planned)
 
     # The rest of the manifest: a backfill run of its own, queued behind this one (no waiting,
-    # so max_active_runs=1 cannot deadlock). It goes on even when a shard failed.
+    # so max_active_runs=1 cannot deadlock). It goes on when some shard failed, not when all did.
     going_on = backfill_tasks.ContinuationTriggerOperator(
         task_id=backfill_tasks.CONTINUE_TASK_ID,
         trigger_dag_id=BACKFILL_DAG_ID,
