@@ -40,3 +40,6 @@ RUN pip uninstall -y torch torchvision torchaudio \
     && pip install --no-cache-dir "vllm==${VLLM_VERSION}" \
     && python -c "import torch, vllm; assert torch.version.cuda, 'CPU torch ' + torch.__version__; \
 print(torch.__version__, 'CUDA', torch.version.cuda, 'vllm', vllm.__version__)"
+
+# The default target (a plain `docker build .`) is the last stage: the small CPU image.
+FROM cpu AS default

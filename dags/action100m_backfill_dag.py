@@ -41,7 +41,9 @@ POKE_SECONDS = int(os.environ.get("ACTION100M_BACKFILL_POKE_SECONDS", "30"))
     params={**backfill_params(), **run_params()},
 )
 def action100m_backfill() -> None:
-    @task(task_id=backfill_tasks.PLAN_TASK_ID, retries=0)
+    # plan_shards and summary keep the default retries (see dags/action100m_dag.py); a trigger
+    # is not retried: its run is there or it is not.
+    @task(task_id=backfill_tasks.PLAN_TASK_ID)
     def plan_shards() -> list[dict[str, Any]]:
         return backfill_tasks.plan_shards()
 
@@ -56,6 +58,8 @@ def action100m_backfill() -> None:
         max_active_tis_per_dag=MAX_ACTIVE_SHARDS,
         map_index_template="{{ task.trigger_run_id.rsplit('__', 1)[-1] }}",
         retries=0,
+        # Waits for its shard's run, which may take days on one GPU; every task of that run has
+        # a timeout of its own, so the wait always ends.
         execution_timeout=None,
     ).expand_kwargs(planned)
 
@@ -72,7 +76,7 @@ def action100m_backfill() -> None:
         execution_timeout=timedelta(minutes=5),
     )
 
-    @task(trigger_rule=TriggerRule.ALL_DONE, retries=0)
+    @task(trigger_rule=TriggerRule.ALL_DONE)
     def summary() -> dict[str, Any]:
         return backfill_tasks.summarize()
 

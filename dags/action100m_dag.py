@@ -48,7 +48,9 @@ def stage_task(stage: str) -> Any:
     },
 )
 def action100m() -> None:
-    @task(retries=0)
+    # Every task keeps the default retries: a deliberate failure (a bad parameter, failed videos
+    # in the report) is an AirflowFailException, which is never retried; a passing S3 error is.
+    @task
     def resolve_videos() -> list[dict[str, Any]]:
         return pipeline_tasks.resolve_videos()
 
@@ -59,7 +61,7 @@ def action100m() -> None:
             summary = stage_task(stage)(summary)
         return summary
 
-    @task(trigger_rule=TriggerRule.ALL_DONE, retries=0)
+    @task(trigger_rule=TriggerRule.ALL_DONE)
     def report() -> dict[str, Any]:
         return pipeline_tasks.write_report()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,9 @@ def test_dockerfile_pins_airflow_and_stays_non_root() -> None:
     assert re.search(r"^FROM .* AS gpu$", dockerfile, re.M) and "vllm" in dockerfile
     users = re.findall(r"^USER (\S+)", dockerfile, re.M)
     assert users and users[-1] == "airflow"
+    # A plain `docker build .` builds the last stage: it must be the small CPU image.
+    stages = re.findall(r"^FROM (\S+)(?: AS (\S+))?$", dockerfile, re.M)
+    assert stages[-1][0] == "cpu", stages
 
 
 def environment_keys_read_by_code() -> set[str]:
@@ -191,3 +195,27 @@ def test_each_gpu_worker_and_vllm_get_a_gpu_of_their_own(compose: dict[str, Any]
     example = env_example()
     for key in ("AIRFLOW_WORKER_GPU_DEVICE", "VLLM_GPU_DEVICE", "VLLM_GPU_MEMORY_UTILIZATION"):
         assert key in example, key
+
+
+def test_init_connections_from_the_compose_settings(compose: dict[str, Any]) -> None:
+    """What airflow-init creates from .env: the store on MinIO, vLLM, and the LLM whose key is set
+    (an empty base URL variable adds no endpoint)."""
+    spec = importlib.util.spec_from_file_location(
+        "airflow_setup", ROOT / "scripts" / "airflow_setup.py"
+    )
+    assert spec and spec.loader
+    setup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(setup)
+    env = {**env_example(), "OPENAI_API_KEY": "sk-x", "OPENAI_BASE_URL": ""}
+    for key, raw in compose["x-airflow-common"]["environment"].items():
+        if key.startswith(("ACTION100M_", "AWS_")):  # ${VAR:-default}: .env's value wins
+            name, _, default = str(raw).removeprefix("${").removesuffix("}").partition(":-")
+            env.setdefault(name, default)
+    found = setup.wanted_connections(env)
+    assert set(found) == {"action100m_store", "openai_default", "vllm_default"}
+    store = found["action100m_store"]
+    assert store["conn_type"] == "aws" and store["login"] == env["AWS_ACCESS_KEY_ID"]
+    assert store["extra"] == {"root": "s3://action100m", "endpoint_url": "http://minio:9000"}
+    assert found["openai_default"]["password"] == "sk-x"
+    assert "base_url" not in found["openai_default"]["extra"]
+    assert found["vllm_default"]["extra"] == {"base_url": "http://vllm:8000/v1"}

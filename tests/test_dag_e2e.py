@@ -108,6 +108,11 @@ def test_two_good_videos_and_a_corrupt_one_then_a_rerun_that_skips_finished_work
         assert document["video_uid"] == video_id
         long_nodes = [n for n in document["nodes"] if n["end"] - n["start"] >= 4.0]
         assert long_nodes and all(n["annotation"] for n in long_nodes)
+        # publish also wrote the viewer page: self-contained, with this tree in it.
+        page = s3.get_object(Bucket=BUCKET, Key=f"store/videos/{video_id}/viewer.html")
+        html = page["Body"].read().decode()
+        assert all(node["node_id"] in html for node in document["nodes"])
+        assert "src=\"http" not in html and "href=\"http" not in html
     assert document["nodes"][0]["caption"]
     broken = tis[("video.embed", "broken")]
     assert broken.state == "failed" and broken.try_number == 1  # failed at once, no retry

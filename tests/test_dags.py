@@ -92,6 +92,12 @@ def test_per_video_tasks_pools_queues_and_retries(dags: dict[str, Any]) -> None:
     assert report.trigger_rule == "all_done"
     assert report.upstream_task_ids == {"video.publish"}
     assert all(task.execution_timeout for task in dag.tasks)
+    # Besides the shard triggers (a run is there or not), every task of both DAGs retries what
+    # may pass, and has a timeout; deliberate failures are AirflowFailException, never retried.
+    backfill = dags["action100m_backfill"]
+    for task in [*dag.tasks, *backfill.tasks]:
+        if task.task_id not in ("trigger_shard", "continue_backfill"):
+            assert task.retries >= 2 and task.retry_exponential_backoff > 1, task.task_id
 
 
 def test_params_have_a_form(dags: dict[str, Any]) -> None:
