@@ -2,20 +2,22 @@
 #   source scripts/airflow_env.sh && airflow standalone
 # Everything stays inside the checkout under .demo/: Airflow home .demo/airflow (SQLite), artifacts
 # .demo/artifacts, tiny models .demo/models; `make clean` removes it.
-# Anything already set in the environment wins (e.g. ACTION100M_STORE=s3://bucket).
+# Anything already set in the environment wins (e.g. ACTION100M_STORE=s3://bucket, or
+# ACTION100M_DEMO=/elsewhere for the whole demo folder).
 ACTION100M_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export AIRFLOW_HOME="${AIRFLOW_HOME:-$ACTION100M_REPO/.demo/airflow}"
+export ACTION100M_DEMO="${ACTION100M_DEMO:-$ACTION100M_REPO/.demo}"
+export AIRFLOW_HOME="${AIRFLOW_HOME:-$ACTION100M_DEMO/airflow}"
 export AIRFLOW__CORE__DAGS_FOLDER="$ACTION100M_REPO/dags"
 export AIRFLOW__CORE__PLUGINS_FOLDER="$ACTION100M_REPO/plugins"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
 export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-4}"
 export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="${AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL:-30}"
-export ACTION100M_STORE="${ACTION100M_STORE:-file://$ACTION100M_REPO/.demo/artifacts}"
+export ACTION100M_STORE="${ACTION100M_STORE:-file://$ACTION100M_DEMO/artifacts}"
 export ACTION100M_PRELOAD="${ACTION100M_PRELOAD:-1}"  # plugins/action100m_preload.py
 # Slots of the llm pool; aggregate tasks split the LLM rate limits by it (aggregate.rate_share).
 export LLM_POOL_SLOTS="${LLM_POOL_SLOTS:-4}"
-export ACTION100M_CACHE="${ACTION100M_CACHE:-$ACTION100M_REPO/.demo/models}"
+export ACTION100M_CACHE="${ACTION100M_CACHE:-$ACTION100M_DEMO/models}"
 # `airflow standalone` starts `airflow` subprocesses: the venv's bin must be on PATH.
 if [ -d "$ACTION100M_REPO/.venv/bin" ]; then
   case ":$PATH:" in *":$ACTION100M_REPO/.venv/bin:"*) ;; *) export PATH="$ACTION100M_REPO/.venv/bin:$PATH" ;; esac

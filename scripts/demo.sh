@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/airflow_env.sh
-DEMO="$ACTION100M_REPO/.demo"
+DEMO="$ACTION100M_DEMO"
 VIDEO="$DEMO/videos/demo_cooking.mp4"
 VIDEO_ID="$(basename "$VIDEO" .mp4)"
 LOG="$DEMO/airflow-dags-test.log"
