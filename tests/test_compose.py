@@ -219,3 +219,13 @@ def test_init_connections_from_the_compose_settings(compose: dict[str, Any]) -> 
     assert found["openai_default"]["password"] == "sk-x"
     assert "base_url" not in found["openai_default"]["extra"]
     assert found["vllm_default"]["extra"] == {"base_url": "http://vllm:8000/v1"}
+
+
+def test_caption_tasks_ask_for_the_model_the_vllm_service_serves(compose: dict[str, Any]) -> None:
+    served = compose["services"]["vllm"]["command"]
+    model = served[served.index("--model") + 1]
+    assert served[served.index("--served-model-name") + 1] == model
+    assert model == "${CAPTION_MODEL:-cpatonn/Qwen3-VL-4B-Instruct-AWQ-4bit}"
+    settings = env_example()
+    assert settings["ACTION100M_CAPTION__MODEL"] == settings["CAPTION_MODEL"]
+    assert model.removesuffix("}").endswith(settings["CAPTION_MODEL"])
