@@ -139,11 +139,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         pipeline.run_embed(settings, store, video_id, uri)
         print(pipeline.run_segment(settings, store, video_id))
     elif command in ("caption", "aggregate", "publish"):
-        stage = getattr(pipeline, f"run_{command}")
-        result = stage(settings, store, args.video_id)
+        if command == "aggregate":
+            # Asked for by name, aggregation without an LLM is an error, not a skip (`run` skips
+            # it with the reason): the stage itself raises PermanentError naming the video.
+            from action100m.stages.aggregate import run_aggregate
+
+            result = run_aggregate(settings, store, args.video_id)
+        else:
+            result = getattr(pipeline, f"run_{command}")(settings, store, args.video_id)
         if command != "publish":
             pipeline.run_publish(settings, store, args.video_id)
-        print(result or f"{command} skipped")
+        print(result)
     elif command == "show":
         return _show(settings, store, args)
     elif command == "import":

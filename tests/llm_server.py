@@ -11,6 +11,8 @@ clients on the other side).
         server.responder = lambda req: Reply.text("no") if req.segment == "[0.0s-8.0s]" else None
         ...
         server.requests            # every request received: api, path, headers, body, prompt
+        server.delay = 0.05        # every answer waits this long (requests overlap)
+        server.max_in_flight       # the most requests the server held at once
 
 Replies: ``Reply.valid()`` (the default), ``Reply.text(str)``, ``Reply.json(obj)``,
 ``Reply.status(code, retry_after=None)``, ``Reply.hang(seconds)``, ``Reply.garbage()`` (HTTP 200
@@ -89,6 +91,8 @@ class Request:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
+    received_at: float = 0.0  # time.monotonic() when the request arrived (the same clock as
+    # the rate limiter's, in this process)
 
     @property
     def segments(self) -> list[tuple[str, bool]]:
@@ -147,6 +151,9 @@ class LLMServer:
         self.api_key = api_key
         self.responder: Callable[[Request], Reply | None] | None = None
         self.requests: list[Request] = []
+        self.delay = 0.0  # seconds every answer waits before it is sent
+        self.in_flight = 0
+        self.max_in_flight = 0  # the most requests being answered at once
         self._script: list[Reply] = []
         self._seen: set[str] = set()
         self._lock = threading.Lock()
@@ -195,6 +202,7 @@ class LLMServer:
             self._script.clear()
             self.requests.clear()
             self._seen.clear()
+            self.max_in_flight = self.in_flight
 
     def _next(self, request: Request) -> Reply:
         with self._lock:
@@ -308,6 +316,7 @@ def _handler(server: LLMServer) -> type[BaseHTTPRequestHandler]:
             pass
 
         def _send(self, status: int, payload: bytes, headers: dict[str, str]) -> None:
+            self._done()  # before the answer goes out: the client may send its next one at once
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # client gave up
                 self.send_response(status)
                 for name, value in {"content-type": "application/json", **headers}.items():
@@ -319,13 +328,32 @@ def _handler(server: LLMServer) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
             length = int(self.headers.get("content-length", 0))
             body = json.loads(self.rfile.read(length) or b"{}")
+            with server._lock:
+                server.in_flight += 1
+                server.max_in_flight = max(server.max_in_flight, server.in_flight)
+            self._counted = True
+            try:
+                self._answer(body)
+            finally:
+                self._done()
+
+        def _done(self) -> None:
+            """This request no longer counts as in flight (once)."""
+            if getattr(self, "_counted", False):
+                self._counted = False
+                with server._lock:
+                    server.in_flight -= 1
+
+        def _answer(self, body: dict[str, Any]) -> None:
             api = "anthropic" if self.path.rstrip("/").endswith("/messages") else "openai"
             headers = {k.lower(): v for k, v in self.headers.items()}
-            request = Request(api, self.path, headers, body)
+            request = Request(api, self.path, headers, body, received_at=time.monotonic())
             key = headers.get("x-api-key") or headers.get("authorization", "").removeprefix(
                 "Bearer "
             )
             reply = self._choose(request, key)
+            if server.delay:
+                server.wait(server.delay)
             if reply.kind == "hang":
                 server.wait(reply.seconds)
                 reply = Reply.valid()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
 
@@ -15,7 +16,7 @@ from action100m.config import Settings, load_settings
 from action100m.errors import PermanentError, ServiceError
 from action100m.llm import prompts
 from action100m.llm.clients import BASE_URL_ENV, DEFAULT_BASE_URL, KEY_ENV, make_client
-from action100m.llm.ratelimit import RetryPolicy
+from action100m.llm.ratelimit import RateLimiter, RetryPolicy
 from action100m.stages import aggregate
 from action100m.stages.aggregate import llm_unavailable_reason, run_aggregate
 from action100m.store import ArtifactStore
@@ -418,7 +419,11 @@ def test_a_dead_endpoint_stops_every_node_after_a_few_connection_failures(
     monkeypatch.setattr(OpenAIChat, "complete", counted)
     with pytest.raises(ServiceError, match=f"{LONG} of {LONG} nodes.*connection failures in a row"):
         run_aggregate(settings, store, VIDEO)
-    assert len(attempts) <= settings.aggregate.concurrency + 2  # not 7 per node
+    # Not 7 per node: each caller sends at most one attempt per counted failure (a failure sent
+    # before the last one was counted does not count), so the endpoint is down after at most
+    # concurrency x max_connection_failures attempts however the failures interleave.
+    limit = RetryPolicy().max_connection_failures
+    assert len(attempts) <= settings.aggregate.concurrency * limit < LONG * 7
 
 
 def test_an_endpoint_dying_midway_keeps_every_answer_received(
@@ -484,3 +489,101 @@ def test_a_failed_refine_round_is_asked_again_in_the_next_round(settings, store,
     # round 3 sends round 2's very request again (the draft is still the last valid answer)
     assert third["annotation"] is not None and not third["attempts"][0]["cached"]
     assert entry["annotation"]["brief_action"] == f"brief_action of {root} v2"
+
+
+class RecordingLimiter(RateLimiter):
+    """The stage's real limiter, remembering every pause a 429 set (until when, in its clock)."""
+
+    made: list[RecordingLimiter] = []
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.pauses: list[float] = []
+        self.paused = threading.Event()
+        RecordingLimiter.made.append(self)
+
+    def pause(self, seconds: float) -> None:
+        super().pause(seconds)
+        self.pauses.append(self.paused_until)
+        self.paused.set()
+
+
+@pytest.fixture
+def limiters(monkeypatch) -> list[RecordingLimiter]:
+    made: list[RecordingLimiter] = []
+    monkeypatch.setattr(RecordingLimiter, "made", made)
+    monkeypatch.setattr(aggregate, "RateLimiter", RecordingLimiter)
+    return made
+
+
+def test_a_429_storm_fails_the_task_and_keeps_every_answer_received(
+    settings, store, llm, limiters
+) -> None:
+    """Every request after the first ten is refused with a Retry-After, for longer than the
+    retries last: the task fails naming the video, and the rerun asks only for what is missing."""
+    write_inputs(settings, store)
+    settings.aggregate.max_retries = 2
+    lock = threading.Lock()
+    answered = [0]
+
+    def storm_after_ten(request: Request) -> Reply | None:
+        with lock:
+            if answered[0] < 10:
+                answered[0] += 1
+                return None  # a valid answer
+        return Reply.status(429, retry_after=0.05)
+
+    llm.responder = storm_after_ten
+    with pytest.raises(ServiceError, match=rf"video {VIDEO}: \d of {LONG} nodes.*rate limited"):
+        run_aggregate(settings, store, VIDEO)
+    assert not store.is_done(store.stage_dir(VIDEO, "aggregate", settings.stage_key("aggregate")))
+    refused = len(llm.requests) - 10
+    assert refused > 0 and refused % 3 == 0  # every refused request was tried 1 + 2 times
+    (limiter,) = limiters
+    assert len(limiter.pauses) == refused  # each 429 paused the limiter for its Retry-After
+    llm.responder = None
+    llm.reset()
+    run_aggregate(settings, store, VIDEO)
+    assert len(llm.requests) == 3 * LONG - 10  # the ten answers received were not asked again
+    assert usage(settings, store)["nodes_annotated"] == LONG
+    assert usage(settings, store)["cache_hits"] == 10
+
+
+def test_a_retry_after_holds_back_every_caller(settings, store, llm, limiters) -> None:
+    """The first request is refused with a Retry-After while the other two in flight wait at the
+    server until the limiter has paused: every request sent from then on, by any caller, reaches
+    the server only once the pause is over (the same clock: no wall-clock assumption)."""
+    write_inputs(settings, store)
+    lock = threading.Lock()
+    seen = [0]
+
+    def refuse_the_first(request: Request) -> Reply | None:
+        with lock:
+            index = seen[0]
+            seen[0] += 1
+        if index == 0:
+            return Reply.status(429, retry_after=0.3)
+        if index < settings.aggregate.concurrency:  # the others first sent: held until the pause
+            limiters[0].paused.wait(5.0)
+        return None
+
+    llm.responder = refuse_the_first
+    run_aggregate(settings, store, VIDEO)
+    (limiter,) = limiters
+    (until,) = limiter.pauses
+    assert len(llm.requests) == 3 * LONG + 1
+    first = settings.aggregate.concurrency  # requests sent before anybody had an answer
+    later = llm.requests[first:]
+    assert {r.segment for r in later} - {llm.requests[0].segment}  # not just the refused caller's
+    early = [r.segment for r in later if r.received_at < until]
+    assert early == [], f"sent during the Retry-After pause: {early}"
+    assert limiter.waited > 0
+
+
+def test_aggregate_concurrency_is_reached_and_never_exceeded(settings, store, llm) -> None:
+    write_inputs(settings, store)
+    settings.aggregate.concurrency = 2
+    llm.delay = 0.03  # each answer takes a moment, so that requests overlap
+    run_aggregate(settings, store, VIDEO)
+    assert len(llm.requests) == 3 * LONG
+    assert llm.max_in_flight == 2

@@ -8,9 +8,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from caption_helpers import VIDEO_ID, prepared, read_captions
+from caption_helpers import VIDEO_ID, prepared, read_captions, scene_tree, write_tree
 from vlm_server import Recorded, Reply, free_port_url, scripted_server, thumbnail
 
+from action100m.config import CaptionConfig, load_settings
 from action100m.errors import ServiceError
 from action100m.models import vlm_server as backend
 from action100m.stages.caption import run_caption
@@ -268,3 +269,37 @@ def test_server_dying_keeps_the_requests_in_flight_for_the_retry(
     assert len(server.requests) == len(tree)  # ... and cached: the retry asked for the root only
     nodes = read_captions(settings, store)["nodes"]
     assert [nodes[n.node_id]["cached"] for n in tree.nodes] == [False] + [True] * 4
+
+
+def test_the_default_settings_send_32_frames_of_320_per_segment_and_one_per_leaf(
+    store: ArtifactStore, scene_video: tuple[Path, list[float]]
+) -> None:
+    """The paper's shapes, not the small ones the other tests use to stay quick."""
+    defaults = CaptionConfig()
+    assert (defaults.frames, defaults.size) == (32, 320)
+    with scripted_server(always(Reply("a caption"))) as server:
+        settings = load_settings(
+            store=store.root,
+            environ={},
+            overrides={"caption": {"model": "test/vlm", "base_url": server.url}},
+        )
+        assert (settings.caption.frames, settings.caption.size) == (32, 320)
+        tree = scene_tree(str(scene_video[0]))
+        write_tree(settings, store, tree)
+        run_caption(settings, store, VIDEO_ID)
+    sizes = sorted((len(r.image_sizes), set(r.image_sizes)) for r in server.requests)
+    leaves, segments = len(tree.leaves()), len(tree) - len(tree.leaves())
+    assert sizes == [(1, {(320, 320)})] * leaves + [(32, {(320, 320)})] * segments
+    for request in server.requests:
+        assert ("32 frames" in request.prompt) == (len(request.image_sizes) == 32)
+        assert request.max_tokens == defaults.max_new_tokens
+
+
+def test_caption_concurrency_is_reached_and_never_exceeded(
+    store: ArtifactStore, scene_video: tuple[Path, list[float]]
+) -> None:
+    with scripted_server(always(Reply("slow", hang=0.1))) as server:  # so that requests overlap
+        settings, tree = server_settings(store, scene_video[0], server.url, concurrency=2)
+        run_caption(settings, store, VIDEO_ID)
+    assert len(server.requests) == len(tree)
+    assert server.max_in_flight == 2

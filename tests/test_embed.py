@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +91,39 @@ def test_a_window_the_encoder_cannot_split_into_tubelets_is_refused(
     with pytest.raises(ConfigError, match=r"embed.window \(63\) must be a multiple of .* \(2\)"):
         run_embed(settings, store, "short", str(short_video))
     assert not store.exists(store.video_dir("short"))
+
+
+@pytest.mark.parametrize(("window", "stride", "batch_size"), [(64, 8, 4), (16, 4, 1), (8, 8, 3)])
+def test_only_the_frames_of_windows_in_flight_are_kept(
+    window: int, stride: int, batch_size: int
+) -> None:
+    """A long video streams through with a bounded number of frames alive at once: each frame
+    the generator yields is counted until it is freed, and the peak is set by the window, the
+    stride and the batch, not by the 2,000 frames of the video."""
+    import weakref
+
+    alive = [0]
+    peak = [0]
+
+    def freed() -> None:
+        alive[0] -= 1
+
+    def frames() -> Iterator[np.ndarray]:
+        for i in range(2000):
+            frame = np.full((2, 2, 3), i % 256, np.uint8)
+            alive[0] += 1
+            peak[0] = max(peak[0], alive[0])
+            weakref.finalize(frame, freed)
+            yield frame
+            del frame
+
+    def encode(windows: np.ndarray) -> np.ndarray:
+        peak[0] = max(peak[0], alive[0])
+        return windows[:, :, 0, 0, :1].astype(np.float32)
+
+    out = embed_frames(frames(), encode, window=window, stride=stride, batch_size=batch_size)
+    assert out.shape == (2000, 1)
+    assert np.allclose(out[:, 0], np.arange(2000) % 256)
+    bound = window + stride * batch_size
+    assert window < peak[0] <= bound, (peak[0], bound)
+    assert alive[0] == 0

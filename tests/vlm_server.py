@@ -3,7 +3,8 @@
 It records every request (prompt text, max_tokens, each image decoded to its size and mean colour)
 and answers according to a script: a function of the recorded request and how many times that
 same request has been seen, returning a ``Reply``: a caption, an HTTP status, a hang, or a raw
-body sent as is with HTTP 200 (a malformed or choice-less answer).
+body sent as is with HTTP 200 (a malformed or choice-less answer). ``max_in_flight`` is the most
+completion requests it was answering at once (a ``Reply(hang=...)`` makes them overlap).
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ class ScriptedServer:
     seen: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
     url: str = ""
+    in_flight: int = 0
+    max_in_flight: int = 0  # the most completion requests being answered at once
 
     def record(self, body: dict[str, Any]) -> Recorded:
         sizes, thumbnails, prompt = [], [], ""
@@ -90,6 +93,7 @@ def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
             pass
 
         def send(self, status: int, payload: dict[str, Any] | str) -> None:
+            self.done()  # before the answer goes out: the client may send its next one at once
             data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -106,6 +110,23 @@ def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
                 self.send(404, {"error": {"message": "not found"}})
 
         def do_POST(self) -> None:  # noqa: N802
+            with server.lock:
+                server.in_flight += 1
+                server.max_in_flight = max(server.max_in_flight, server.in_flight)
+            self.counted = True
+            try:
+                self.answer()
+            finally:
+                self.done()
+
+        def done(self) -> None:
+            """This request no longer counts as in flight (once)."""
+            if getattr(self, "counted", False):
+                self.counted = False
+                with server.lock:
+                    server.in_flight -= 1
+
+        def answer(self) -> None:
             length = int(self.headers.get("Content-Length", 0))
             request = server.record(json.loads(self.rfile.read(length)))
             with server.lock:
