@@ -112,7 +112,7 @@ def test_two_good_videos_and_a_corrupt_one_then_a_rerun_that_skips_finished_work
         page = s3.get_object(Bucket=BUCKET, Key=f"store/videos/{video_id}/viewer.html")
         html = page["Body"].read().decode()
         assert all(node["node_id"] in html for node in document["nodes"])
-        assert "src=\"http" not in html and "href=\"http" not in html
+        assert 'src="http' not in html and 'href="http' not in html
     assert document["nodes"][0]["caption"]
     broken = tis[("video.embed", "broken")]
     assert broken.state == "failed" and broken.try_number == 1  # failed at once, no retry
