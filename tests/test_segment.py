@@ -43,14 +43,15 @@ def assert_tree_invariants(tree: Tree, min_duration: float) -> None:
         assert before.end == after.start  # no gap, no overlap
 
 
+@pytest.mark.parametrize(("window", "stride"), [(16, 4), (64, 8)])  # short windows; the paper's
 def test_scene_cuts_are_top_level_boundaries(
-    scene_video: tuple[Path, list[float]], store: ArtifactStore
+    scene_video: tuple[Path, list[float]], store: ArtifactStore, window: int, stride: int
 ) -> None:
     path, cuts = scene_video
     settings = load_settings(
         profile="tiny",
         store=store.root,
-        overrides=["embed.window=16", "embed.stride=4"],
+        overrides=[f"embed.window={window}", f"embed.stride={stride}"],
         environ={},
     )
     tree = _segment(settings, store, path, "scenes")
