@@ -230,6 +230,14 @@ class AirflowStack:
             detail = exc.read().decode(errors="replace")[:500]
             raise RuntimeError(f"{method} {path}: HTTP {exc.code}: {detail}") from exc
 
+    def fetch(self, path: str) -> tuple[str, str]:
+        """``(final URL, body text)`` of a GET with the bearer token, redirects followed: pages
+        and task logs, where :meth:`request` reads JSON."""
+        headers = {"Authorization": f"Bearer {self.token()}", "Accept": "application/json"}
+        request = urllib.request.Request(self.base_url + path, headers=headers)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.geturl(), response.read().decode(errors="replace")
+
     def token(self) -> str:
         if self._token is None:
             self._token = self.request("GET", "/auth/token", auth=False)["access_token"]

@@ -5,12 +5,14 @@ whose first try fails (the LLM answers HTTP 500 once) is retried and succeeds.""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import psutil
 import pytest
@@ -68,6 +70,48 @@ def test_run_through_the_scheduler_honours_pools_and_retries(
     tries = airflow.tries("action100m", run_id, "video.aggregate", retried[0]["map_index"])
     states = [t["state"] for t in sorted(tries, key=lambda t: t["try_number"])]
     assert states[0] in ("failed", "up_for_retry") and states[-1] == "success"
+
+    _task_logs_tell_what_happened(airflow, run_id, by_key)
+    _viewer_pages_of_the_finished_run(airflow, run_id, by_key)
+
+
+def _task_log(airflow: AirflowStack, run_id: str, ti: dict[str, Any]) -> str:
+    path = (
+        f"/api/v2/dags/action100m/dagRuns/{run_id}/taskInstances/{ti['task_id']}/logs/"
+        f"{ti['try_number']}?map_index={ti['map_index']}&full_content=true"
+    )
+    return airflow.fetch(path)[1]
+
+
+def _task_logs_tell_what_happened(
+    airflow: AirflowStack, run_id: str, by_key: dict[Any, dict[str, Any]]
+) -> None:
+    """What a person reads in the UI: stage, video, progress within the step, timings, and where
+    the artifacts went."""
+    embed = _task_log(airflow, run_id, by_key[("video.embed", "sched_a")])
+    assert "video sched_a: encoded" in embed and "windows" in embed
+    assert "embed video sched_a: done in" in embed and "/videos/sched_a/embed/" in embed
+    caption = _task_log(airflow, run_id, by_key[("video.caption", "sched_b")])
+    assert "video sched_b: captioned" in caption and "captions written to" in caption
+    aggregate = _task_log(airflow, run_id, by_key[("video.aggregate", "sched_a")])
+    assert "video sched_a: annotated" in aggregate
+    report = _task_log(airflow, run_id, by_key[("report", -1)])
+    assert "run report: 2 done" in report and "report written to" in report
+
+
+def _viewer_pages_of_the_finished_run(
+    airflow: AirflowStack, run_id: str, by_key: dict[Any, dict[str, Any]]
+) -> None:
+    """The viewer plugin in this API server: the run's Report tab, and a task's Captions tab
+    leading to its video's tree."""
+    _, report = airflow.fetch(f"/action100m/runs/{quote(run_id, safe='')}?dag_id=action100m")
+    assert "sched_a" in report and "sched_b" in report and "(in progress)" not in report
+    ti = by_key[("video.caption", "sched_b")]
+    url, page = airflow.fetch(f"/action100m/ti/action100m/{run_id}/video.caption/{ti['map_index']}")
+    assert "/action100m/videos/sched_b" in url
+    _, document = airflow.fetch("/action100m/videos/sched_b/document.json")
+    nodes = json.loads(document)["nodes"]
+    assert nodes and all(node["node_id"] in page for node in nodes)
 
 
 # A stand-in for a scheduler whose task runner lives in a process group (a session) of its own,
