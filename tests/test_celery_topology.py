@@ -160,9 +160,15 @@ def test_compose_topology_on_celery_survives_a_dead_gpu_worker(
         document = json.loads(
             s3.get_object(Bucket=BUCKET, Key=f"videos/{name}/annotations.json")["Body"].read()
         )
-        assert document, name
-    report = s3.get_object(Bucket=BUCKET, Key=f"runs/{RUN_ID}/report.json")
-    assert json.loads(report["Body"].read())["counts"]["failed"] == 0
+        assert [node["node_id"] for node in document["nodes"]], name
+        # No LLM in this stack: the document and the report say aggregation was skipped and why.
+        assert document["pipeline"]["skipped"]["aggregate"].startswith("no LLM configured"), name
+    report = json.loads(
+        s3.get_object(Bucket=BUCKET, Key=f"runs/{RUN_ID}/report.json")["Body"].read()
+    )
+    assert report["counts"]["failed"] == 0
+    assert report["aggregate_skipped"] == len(VIDEOS)
+    assert all(row["aggregate_skipped"].startswith("no LLM") for row in report["videos"])
     print(
         f"celery topology: run finished in {run_seconds:.0f} s, startup {stack.startup_seconds:.0f} s"
     )
