@@ -17,11 +17,13 @@ open model served by vLLM would process, and our client path's overhead per call
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,6 +145,18 @@ def run_path(record: dict, reference: str, provider: str, budget: int | None) ->
         return store.read_json(f"{folder_uri}/usage.json"), elapsed
 
 
+@contextlib.contextmanager
+def whole_captions() -> Iterator[None]:
+    """Our prompt without cutting any caption at a sentence: the same content per shown node as
+    the naive prompt, so what remains of the saving is order, caching, depth and no resending."""
+    saved = prompts.PART_CHARS, prompts.GLOBAL_CHARS
+    prompts.PART_CHARS = prompts.GLOBAL_CHARS = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        prompts.PART_CHARS, prompts.GLOBAL_CHARS = saved
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -195,6 +209,10 @@ def main() -> None:
         line(f"{label}, prompt caching", usage, price)
         line(f"{label}, batch API (no caching)", uncached, price, BATCH)
         if provider == "openai":
+            with whole_captions():
+                whole, _ = run_path(record, args.reference, provider, args.max_prompt_tokens)
+            whole_usage = Usage.from_json(whole)
+            line(f"{label}, whole captions, prompt caching", whole_usage, price)
             tokens = (usage.input_tokens + usage.output_tokens) / hours
             naive_tokens = (naive.input_tokens + naive.output_tokens) / hours
             print(
