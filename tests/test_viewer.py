@@ -3,19 +3,29 @@ sample, driven in headless Chromium (click a bar, read the side panel, breadcrum
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import re
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 from viewer_helpers import (
     FIELDS,
     chromium_page,
     click_node,
+    facts,
+    fixed,
+    page_time,
     panel_fields,
     screenshot,
+    settle,
     synthetic_document,
+    tiny_jpeg,
+    visible_range,
 )
 
 from action100m.cli import main as cli_main
@@ -174,3 +184,249 @@ def test_many_thumbnails_in_one_pass_match_seeking(tmp_path: Path) -> None:
         pa = np.asarray(Image.open(io.BytesIO(a)), dtype=np.int16)
         pb = np.asarray(Image.open(io.BytesIO(b)), dtype=np.int16)
         assert np.abs(pa - pb).mean() < 3
+
+
+# -- interaction: zoom, pan, tooltip, panel, keyboard, no network ---------------------------------
+
+
+def _open(page: Any, path: Path) -> None:
+    page.goto(path.as_uri())
+    page.wait_for_function("window.a100m && window.a100m.current() === 0")
+
+
+def _canvas_pixels(page: Any) -> bytes:
+    """The timeline canvas as PNG bytes, with the pointer off it (no hover highlight)."""
+    page.mouse.move(2, 2)
+    settle(page)
+    return page.locator("#canvas").screenshot()
+
+
+def _children(nodes: list[dict]) -> dict[int, list[int]]:
+    row = {n["node_id"]: i for i, n in enumerate(nodes)}
+    kids: dict[int, list[int]] = {i: [] for i in range(len(nodes))}
+    for i, n in enumerate(nodes):
+        if n["parent_id"]:
+            kids[row[n["parent_id"]]].append(i)
+    return kids
+
+
+def _label(node: dict) -> str:
+    """What the page prints for a node: its brief action, else its caption."""
+    annotation = node["annotation"] or {}
+    return annotation.get("brief_action") or annotation.get("brief_caption") or node["caption"]
+
+
+@pytest.fixture
+def minute_page(tmp_path: Path) -> tuple[Path, dict, dict[str, bytes]]:
+    """A 60 s synthetic tree (119 nodes, 7 levels) with a distinct thumbnail on every other node,
+    embedded in one self-contained page."""
+    document = synthetic_document("minute", 60.0, leaf=1.5, seed=1)
+    thumbs = {n["node_id"]: tiny_jpeg(i) for i, n in enumerate(document["nodes"]) if i % 2 == 0}
+    out = tmp_path / "minute.html"
+    out.write_text(render_html(document, thumbs))
+    return out, document, thumbs
+
+
+def _zoom_in(page: Any, x: float, y: float) -> None:
+    before = visible_range(page)
+    bar = page.evaluate("window.a100m.barCenter(1)")
+    page.mouse.move(x, y)
+    page.mouse.wheel(0, -300)  # the page zooms by exp(deltaY * 0.0015): about 0.64 of the span
+    page.wait_for_function(  # the wheel event is handled asynchronously
+        "x => { const p = window.a100m.barCenter(1); return p === null || p.x !== x; }",
+        arg=bar["x"],
+    )
+    assert visible_range(page) != before
+
+
+def test_wheel_zooms_toward_the_pointer_and_0_resets(minute_page: tuple) -> None:
+    path, _document, _thumbs = minute_page
+    with chromium_page() as page:
+        _open(page, path)
+        assert visible_range(page) == pytest.approx((0.0, 60.0), abs=1e-6)
+        full = _canvas_pixels(page)
+        box = page.locator("#canvas").bounding_box()
+        x, y = box["x"] + box["width"] * 0.4, box["y"] + box["height"] / 2
+        under = 60.0 * 0.4  # the time under the pointer, which the zoom keeps in place
+        _zoom_in(page, x, y)
+        t0, t1 = visible_range(page)
+        assert t0 > 0.0 and t1 < 60.0, (t0, t1)
+        assert t1 - t0 == pytest.approx(60.0 * 2.718281828 ** (-0.45), rel=1e-3)
+        assert t0 + (t1 - t0) * 0.4 == pytest.approx(under, abs=1e-3)
+        zoomed = _canvas_pixels(page)
+        assert zoomed != full  # the bars were drawn again, wider
+        page.keyboard.press("+")  # and the keys: + narrows by 0.7 about the centre
+        a0, a1 = visible_range(page)
+        assert a1 - a0 == pytest.approx((t1 - t0) * 0.7, rel=1e-3)
+        assert (a0 + a1) / 2 == pytest.approx((t0 + t1) / 2, abs=1e-3)
+        page.keyboard.press("0")
+        assert visible_range(page) == pytest.approx((0.0, 60.0), abs=1e-6)
+        assert _canvas_pixels(page) == full
+        assert page.evaluate("window.a100m.current()") == 0  # a reset, not a new focus
+        assert not page.errors
+
+
+def test_drag_pans_without_changing_the_span(minute_page: tuple) -> None:
+    path, _document, _thumbs = minute_page
+    with chromium_page() as page:
+        _open(page, path)
+        box = page.locator("#canvas").bounding_box()
+        cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        _zoom_in(page, cx, cy)
+        t0, t1 = visible_range(page)
+        span = t1 - t0
+        page.mouse.move(cx, cy)
+        page.mouse.down()
+        page.mouse.move(cx - 150, cy, steps=5)  # dragging left brings later times into view
+        page.mouse.up()
+        u0, u1 = visible_range(page)
+        assert u1 - u0 == pytest.approx(span, rel=1e-6)
+        assert u0 == pytest.approx(t0 + 150 / box["width"] * span, abs=1e-3)
+        assert page.evaluate("window.a100m.current()") == 0  # the drag's click focused nothing
+        page.mouse.move(cx, cy)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] - 1, cy, steps=5)  # far right: stops at 0 s
+        page.mouse.up()
+        v0, v1 = visible_range(page)
+        assert v0 == pytest.approx(0.0, abs=1e-6) and v1 - v0 == pytest.approx(span, rel=1e-6)
+        assert not page.errors
+
+
+def test_hover_tooltip_shows_level_times_caption_and_thumbnail(minute_page: tuple) -> None:
+    path, document, thumbs = minute_page
+    nodes = document["nodes"]
+    own = next(i for i, n in enumerate(nodes) if n["level"] == 3 and n["node_id"] in thumbs)
+    bare = next(i for i, n in enumerate(nodes) if n["level"] == 5 and n["node_id"] not in thumbs)
+    with chromium_page() as page:
+        _open(page, path)
+        tooltip = page.locator("#tooltip")
+        assert tooltip.is_hidden()
+        for i in (own, bare):
+            node = nodes[i]
+            point = page.evaluate(f"window.a100m.barCenter({i})")
+            page.mouse.move(point["x"], point["y"])
+            start, end = page_time(node["start"]), page_time(node["end"])
+            expect(tooltip).to_be_visible()
+            expect(tooltip.locator(".tt-time")).to_have_text(f"L{node['level']} · {start} – {end}")
+            expect(tooltip.locator(".tt-text")).to_have_text(_label(node))
+            image = tooltip.locator("img")
+            if node["node_id"] in thumbs:
+                jpeg = base64.b64encode(thumbs[node["node_id"]]).decode()
+                expect(image).to_have_attribute("src", f"data:image/jpeg;base64,{jpeg}")
+                expect(image).to_be_visible()
+            else:
+                expect(image).not_to_have_attribute("src", re.compile(".*"))
+                expect(image).to_be_hidden()
+        page.mouse.move(point["x"], 4)  # above the canvas: the tooltip goes
+        expect(tooltip).to_be_hidden()
+        assert page.evaluate("window.a100m.current()") == 0  # hovering focuses nothing
+        assert not page.errors
+
+
+def test_panel_shows_times_and_facts_of_the_clicked_node(minute_page: tuple) -> None:
+    path, document, thumbs = minute_page
+    nodes = document["nodes"]
+    kids = _children(nodes)
+    row = {n["node_id"]: i for i, n in enumerate(nodes)}
+    own = next(i for i, n in enumerate(nodes) if n["level"] == 2 and n["node_id"] in thumbs)
+    inherited = next(
+        i
+        for i, n in enumerate(nodes)
+        if n["level"] == 4 and n["node_id"] not in thumbs and n["parent_id"] in thumbs
+    )
+    with chromium_page() as page:
+        _open(page, path)
+        for i in (own, inherited):
+            page.keyboard.press("Home")
+            click_node(page, i)
+            node = nodes[i]
+            assert page.get_attribute("#panel", "data-node-id") == node["node_id"]
+            shown = facts(page)
+            assert shown == {
+                "Time": f"{page_time(node['start'])} – {page_time(node['end'])}",
+                "Duration": f"{fixed(node['end'] - node['start'], 2)} s",
+                "Level": str(node["level"]),
+                "Children": str(len(kids[i])),
+                "Caption kind": node["caption_kind"],
+                "Node": node["node_id"],
+            }
+            children = page.locator("#children button")
+            assert children.count() == len(kids[i])
+            for k, c in enumerate(kids[i]):
+                times = f"{page_time(nodes[c]['start'])}–{page_time(nodes[c]['end'])}"
+                assert children.nth(k).text_content() == f"{times} {_label(nodes[c])[:60]}"
+            source = node["node_id"] if i == own else node["parent_id"]
+            jpeg = base64.b64encode(thumbs[source]).decode()
+            assert page.get_attribute("#thumb img", "src") == f"data:image/jpeg;base64,{jpeg}"
+            caption = page.text_content("#thumb figcaption")
+            if i == own:
+                assert caption == f"middle frame ({page_time((node['start'] + node['end']) / 2)})"
+            else:
+                assert caption == "middle frame of the enclosing span"
+                assert row[node["parent_id"]] < i
+        assert not page.errors
+
+
+def test_keyboard_moves_between_parent_child_and_siblings(minute_page: tuple) -> None:
+    """↓ the first child, ↑ the parent, → ← the next and previous node of the level (the
+    existing tiny-page test checks one ↓ from the root only)."""
+    path, document, _thumbs = minute_page
+    nodes = document["nodes"]
+    kids = _children(nodes)
+    with chromium_page() as page:
+        _open(page, path)
+
+        def shown() -> str | None:
+            return page.get_attribute("#panel", "data-node-id")
+
+        def crumbs() -> list[str]:
+            return page.eval_on_selector_all(
+                "#breadcrumb button", "bs => bs.map(b => b.dataset.nodeId)"
+            )
+
+        page.keyboard.press("ArrowUp")  # the root has no parent: nothing moves
+        assert shown() == nodes[0]["node_id"]
+        first, second = kids[0]
+        page.keyboard.press("ArrowDown")
+        assert shown() == nodes[first]["node_id"]
+        assert crumbs() == [nodes[0]["node_id"], nodes[first]["node_id"]]
+        page.keyboard.press("ArrowRight")
+        assert shown() == nodes[second]["node_id"]
+        assert crumbs() == [nodes[0]["node_id"], nodes[second]["node_id"]]
+        page.keyboard.press("ArrowRight")  # the last of its level: nothing moves
+        assert shown() == nodes[second]["node_id"]
+        page.keyboard.press("ArrowDown")
+        grandchild = kids[second][0]
+        assert shown() == nodes[grandchild]["node_id"]
+        page.keyboard.press("ArrowRight")
+        assert shown() == nodes[kids[second][1]]["node_id"]
+        page.keyboard.press("ArrowLeft")
+        assert shown() == nodes[grandchild]["node_id"]
+        page.keyboard.press("ArrowUp")
+        assert shown() == nodes[second]["node_id"]
+        page.keyboard.press("ArrowLeft")
+        assert shown() == nodes[first]["node_id"]
+        assert visible_range(page) == pytest.approx(
+            (nodes[first]["start"], nodes[first]["end"]), abs=1e-6
+        )
+        page.keyboard.press("ArrowUp")
+        assert shown() == nodes[0]["node_id"] and crumbs() == [nodes[0]["node_id"]]
+        assert not page.errors
+
+
+def test_page_from_a_file_makes_no_network_request(minute_page: tuple) -> None:
+    path, document, _thumbs = minute_page
+    with chromium_page() as page:
+        requests: list[str] = []
+        page.on("request", lambda request: requests.append(request.url))
+        _open(page, path)
+        deep = max(range(len(document["nodes"])), key=lambda i: document["nodes"][i]["level"])
+        point = page.evaluate(f"window.a100m.barCenter({deep})")
+        page.mouse.move(point["x"], point["y"])  # a tooltip with a thumbnail
+        click_node(page, 2)
+        page.mouse.wheel(0, -200)
+        settle(page)
+        assert requests and requests[0] == path.as_uri()
+        elsewhere = [u for u in requests if u.split("#")[0] != path.as_uri()]
+        assert all(u.startswith("data:") for u in elsewhere), elsewhere
+        assert not page.errors

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +103,68 @@ def screenshot(page: Any, name: str) -> Path:
     path = ARTIFACTS / name
     page.screenshot(path=str(path), full_page=False)
     return path
+
+
+def page_time(t: float, long: bool = False) -> str:
+    """A time as the page should print it: ``m:ss.s`` (``h:mm:ss.s`` for videos of an hour and
+    more), tenths rounded half up as JavaScript's ``toFixed`` does."""
+    tenths = int((Decimal(t) * 10).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    h, rest = divmod(tenths, 36000)
+    m, rest = divmod(rest, 600)
+    s = f"{rest // 10:02d}.{rest % 10}"
+    return f"{h}:{m:02d}:{s}" if long else f"{h * 60 + m}:{s}"
+
+
+def fixed(value: float, digits: int) -> str:
+    """JavaScript's ``value.toFixed(digits)`` (half up on the exact binary value)."""
+    return str(Decimal(value).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
+
+
+def tiny_jpeg(seed: int) -> bytes:
+    """A small JPEG whose colour (and so bytes) depends on ``seed``."""
+    from PIL import Image
+
+    colour = ((seed * 53) % 256, (seed * 97) % 256, (seed * 29) % 256)
+    out = io.BytesIO()
+    Image.new("RGB", (32, 18), colour).save(out, format="JPEG")
+    return out.getvalue()
+
+
+def settle(page: Any) -> None:
+    """Wait until the page has drawn two animation frames (the canvas redraws on one)."""
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+
+
+def visible_range(page: Any) -> tuple[float, float]:
+    """The time range the timeline shows, read back from where the page draws the leaves.
+
+    The leaves of the focused subtree are disjoint and cover it: every visible leaf but the
+    first and the last lies wholly inside the range, so its bar centre is linear in its midpoint;
+    two of them give the range's start and span."""
+    found = page.evaluate(
+        """() => {
+            const N = window.a100m.data.nodes, n = N.id.length, inner = new Uint8Array(n);
+            for (let i = 0; i < n; i++) if (N.parent[i] >= 0) inner[N.parent[i]] = 1;
+            const r = document.getElementById("canvas").getBoundingClientRect(), seen = [];
+            for (let i = 0; i < n; i++) {
+                const p = inner[i] ? null : window.a100m.barCenter(i);
+                if (p) seen.push([(N.start[i] + N.end[i]) / 2, p.x - r.left, N.start[i]]);
+            }
+            seen.sort((a, b) => a[2] - b[2]);
+            return { inside: seen.slice(1, -1), width: r.width };
+        }"""
+    )
+    inside, width = found["inside"], found["width"]
+    assert len(inside) >= 2, f"too few leaves wholly visible to read the range: {inside}"
+    (ma, xa), (mb, xb) = inside[0][:2], inside[-1][:2]
+    span = width * (mb - ma) / (xb - xa)
+    start = ma - xa * span / width
+    return start, start + span
+
+
+def facts(page: Any) -> dict[str, str]:
+    """The side panel's facts list (Time, Duration, Level, ...): name -> text."""
+    return page.evaluate(
+        """() => Object.fromEntries([...document.querySelectorAll('#facts dt')]
+            .map(dt => [dt.textContent, dt.nextElementSibling.textContent]))"""
+    )
