@@ -168,3 +168,13 @@ def facts(page: Any) -> dict[str, str]:
         """() => Object.fromEntries([...document.querySelectorAll('#facts dt')]
             .map(dt => [dt.textContent, dt.nextElementSibling.textContent]))"""
     )
+
+
+def drag(page: Any, start: tuple[float, float], end: tuple[float, float]) -> None:
+    """Press at ``start``, move to ``end`` in steps, release; then let the page's deferred
+    end-of-drag timer (``setTimeout(..., 0)`` on mouseup) run, so a next drag starts afresh."""
+    page.mouse.move(*start)
+    page.mouse.down()
+    page.mouse.move(*end, steps=5)
+    page.mouse.up()
+    page.evaluate("() => new Promise(r => setTimeout(r, 0))")  # queued after the page's timer
