@@ -426,3 +426,19 @@ def test_page_from_a_file_makes_no_network_request(minute_page: tuple) -> None:
         elsewhere = [u for u in requests if u.split("#")[0] != path.as_uri()]
         assert all(u.startswith("data:") for u in elsewhere), elsewhere
         assert not page.errors
+
+
+@pytest.mark.parametrize(
+    ("end", "shown"), [(59.96, "0:00.0 – 1:00.0"), (7199.96, "0:00:00.0 – 2:00:00.0")]
+)
+def test_times_that_round_up_carry_into_the_next_minute(
+    tmp_path: Path, end: float, shown: str
+) -> None:
+    """59.96 s is 1:00.0, not 0:60.0; 7199.96 s is 2:00:00.0, not 1:59:60.0."""
+    document = synthetic_document("carry", end, leaf=end / 3, seed=2)
+    out = tmp_path / "carry.html"
+    out.write_text(render_html(document, {}))
+    with chromium_page() as page:
+        _open(page, out)
+        assert facts(page)["Time"] == shown
+        assert page_time(end, long=end >= 3600) == shown.split(" – ")[1]

@@ -28,6 +28,7 @@
   // -- helpers -------------------------------------------------------------------------------
   const long = (N.end[0] || 0) >= 3600;
   function fmt(t) {
+    t = Number(t.toFixed(1));  // round first, so 59.96 s carries into the minutes: 1:00.0
     const h = Math.floor(t / 3600), m = Math.floor((t % 3600) / 60), s = (t % 60).toFixed(1).padStart(4, "0");
     return long ? `${h}:${String(m).padStart(2, "0")}:${s}` : `${m}:${s}`;
   }
@@ -179,6 +180,7 @@
     return -1;
   }
   canvas.addEventListener("mousemove", (ev) => {
+    if (drag && !(ev.buttons & 1)) drag = null;  // released outside the window: no longer dragging
     if (drag) {
       const dx = ev.clientX - drag.x, span = t1 - t0;
       if (Math.abs(dx) > 3) drag.moved = true;
@@ -192,7 +194,8 @@
   });
   canvas.addEventListener("mouseleave", () => { hover = -1; tooltip.hidden = true; redraw(); });
   canvas.addEventListener("mousedown", (ev) => { drag = { x: ev.clientX, t0, moved: false }; });
-  window.addEventListener("mouseup", () => { setTimeout(() => { drag = null; }, 0); });
+  // Cleared after the click that ends a drag has been ignored; a drag begun since is left alone.
+  window.addEventListener("mouseup", () => { const ended = drag; setTimeout(() => { if (drag === ended) drag = null; }, 0); });
   canvas.addEventListener("click", (ev) => {
     if (drag && drag.moved) return;
     const i = hit(ev);
