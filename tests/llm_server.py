@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from inflight import InFlight
+
 FIELDS = ("brief_action", "detailed_action", "actor", "brief_caption", "detailed_caption")
 BLOCK = 512  # characters per hashed block of the simulated OpenAI prefix cache
 MIN_CACHE_TOKENS = 1024
@@ -152,8 +154,7 @@ class LLMServer:
         self.responder: Callable[[Request], Reply | None] | None = None
         self.requests: list[Request] = []
         self.delay = 0.0  # seconds every answer waits before it is sent
-        self.in_flight = 0
-        self.max_in_flight = 0  # the most requests being answered at once
+        self.in_flight = InFlight()
         self._script: list[Reply] = []
         self._seen: set[str] = set()
         self._lock = threading.Lock()
@@ -192,6 +193,10 @@ class LLMServer:
     def anthropic_base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def max_in_flight(self) -> int:
+        return self.in_flight.most
+
     # -- scripting ------------------------------------------------------------------------------
     def script(self, *replies: Reply) -> None:
         with self._lock:
@@ -202,7 +207,7 @@ class LLMServer:
             self._script.clear()
             self.requests.clear()
             self._seen.clear()
-            self.max_in_flight = self.in_flight
+        self.in_flight.reset()
 
     def _next(self, request: Request) -> Reply:
         with self._lock:
@@ -316,7 +321,7 @@ def _handler(server: LLMServer) -> type[BaseHTTPRequestHandler]:
             pass
 
         def _send(self, status: int, payload: bytes, headers: dict[str, str]) -> None:
-            self._done()  # before the answer goes out: the client may send its next one at once
+            self._leave()  # before the answer goes out: the client may send its next one at once
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # client gave up
                 self.send_response(status)
                 for name, value in {"content-type": "application/json", **headers}.items():
@@ -328,21 +333,14 @@ def _handler(server: LLMServer) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
             length = int(self.headers.get("content-length", 0))
             body = json.loads(self.rfile.read(length) or b"{}")
-            with server._lock:
-                server.in_flight += 1
-                server.max_in_flight = max(server.max_in_flight, server.in_flight)
-            self._counted = True
+            self._leave = server.in_flight.enter()
             try:
                 self._answer(body)
             finally:
-                self._done()
+                self._leave()
 
-        def _done(self) -> None:
-            """This request no longer counts as in flight (once)."""
-            if getattr(self, "_counted", False):
-                self._counted = False
-                with server._lock:
-                    server.in_flight -= 1
+        def _leave(self) -> None:  # replaced per request by the in-flight count's own
+            pass
 
         def _answer(self, body: dict[str, Any]) -> None:
             api = "anthropic" if self.path.rstrip("/").endswith("/messages") else "openai"

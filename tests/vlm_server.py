@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
+from inflight import InFlight
 from PIL import Image
 
 
@@ -64,8 +65,11 @@ class ScriptedServer:
     seen: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
     url: str = ""
-    in_flight: int = 0
-    max_in_flight: int = 0  # the most completion requests being answered at once
+    in_flight: InFlight = field(default_factory=InFlight)  # completion requests being answered
+
+    @property
+    def max_in_flight(self) -> int:
+        return self.in_flight.most
 
     def record(self, body: dict[str, Any]) -> Recorded:
         sizes, thumbnails, prompt = [], [], ""
@@ -93,7 +97,7 @@ def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
             pass
 
         def send(self, status: int, payload: dict[str, Any] | str) -> None:
-            self.done()  # before the answer goes out: the client may send its next one at once
+            self.leave()  # before the answer goes out: the client may send its next one at once
             data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -110,21 +114,14 @@ def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
                 self.send(404, {"error": {"message": "not found"}})
 
         def do_POST(self) -> None:  # noqa: N802
-            with server.lock:
-                server.in_flight += 1
-                server.max_in_flight = max(server.max_in_flight, server.in_flight)
-            self.counted = True
+            self.leave = server.in_flight.enter()
             try:
                 self.answer()
             finally:
-                self.done()
+                self.leave()
 
-        def done(self) -> None:
-            """This request no longer counts as in flight (once)."""
-            if getattr(self, "counted", False):
-                self.counted = False
-                with server.lock:
-                    server.in_flight -= 1
+        def leave(self) -> None:  # replaced per request by the in-flight count's own
+            pass
 
         def answer(self) -> None:
             length = int(self.headers.get("Content-Length", 0))
