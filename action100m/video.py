@@ -64,14 +64,13 @@ def probe(path: str, video_id: str) -> VideoInfo:
                 raise VideoError(video_id, "no video stream in the file")
             stream = container.streams.video[0]
             fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
-            duration: float | None = None
-            from_stream = stream.duration is not None and stream.time_base is not None
+            own: float | None = None  # the video stream's own duration, where it declares one
             if stream.duration is not None and stream.time_base is not None:
-                duration = float(stream.duration * stream.time_base)
-            elif container.duration is not None:
-                duration = container.duration / 1_000_000
+                own = float(stream.duration * stream.time_base)
+            whole = container.duration / 1_000_000 if container.duration is not None else None
+            duration = own if own is not None else whole
             frames = int(stream.frames or round((duration or 0.0) * fps))
-            return VideoInfo(duration, fps, frames, stream.width, stream.height, from_stream)
+            return VideoInfo(duration, fps, frames, stream.width, stream.height, own is not None)
     except VideoError:
         raise
     except Exception as exc:  # av.error.* for truncated or corrupt containers
