@@ -9,8 +9,9 @@ The Airflow DAGs call these; so can any other orchestrator. Nothing here imports
 - :func:`pending_videos` and :func:`shard`: what a backfill still has to do, in runs of a given size;
   :func:`plan_window`: the next bounded slice of a manifest (a backfill run and its continuation).
 - :func:`read_video_list` / :func:`write_video_list`: a shard's IDs as a store object, so only its URI
-  travels through XCom and the triggered run's conf.
-- :func:`build_report` / :func:`format_report`: per video done / failed (with the reason) / skipped.
+  travels through XCom and the triggered run's conf (where: ``store.shard_list_uri``).
+- :func:`build_report` / :func:`format_report`: per video done / failed (with the reason) / skipped,
+  from each video's stage records and its status record (:mod:`action100m.status`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from action100m.errors import PermanentError
-from action100m.pipeline import STATUS_FILE, resolve_video
+from action100m.sources import resolve_video
+from action100m.status import is_complete
 from action100m.store import ArtifactStore, normalise_uri
 
 log = logging.getLogger(__name__)
@@ -121,35 +123,13 @@ def write_video_list(store: ArtifactStore, uri: str, videos: Sequence[str]) -> N
     store.write_bytes(uri, ("\n".join(videos) + "\n").encode())
 
 
-def _is_complete(store: ArtifactStore, video_id: str) -> bool:
-    """Whether the video is finished: published with every stage, aggregation included.
-
-    ``status.json`` (written by ``publish``) says "complete" in one small read. Anything else
-    (no status, a store from before it existed, an imported video, a status that a later
-    ``aggregate`` or ``import`` outdated) is decided by the document's ``pipeline.stages``; no
-    document: not finished."""
-    try:
-        status = store.read_json(store.join("videos", video_id, STATUS_FILE))
-    except FileNotFoundError:
-        status = None
-    if isinstance(status, dict) and status.get("complete"):
-        return True
-    uri = store.document_uri(video_id)
-    if not store.exists(uri):
-        return False
-    stages = (store.read_json(uri).get("pipeline") or {}).get("stages")
-    if not isinstance(stages, dict):  # older than pipeline.stages: only the status can tell
-        return status is None
-    return bool(stages.get("caption")) and bool(stages.get("aggregate"))
-
-
 def pending_videos(store: ArtifactStore, video_ids: Iterable[str], workers: int = 16) -> list[str]:
     """The IDs not finished yet, in order: no document, or a document written without every
     stage (an aggregate skipped for want of an LLM counts as not finished, so a later run with
     a key annotates it)."""
     ids = list(video_ids)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        done = list(pool.map(lambda vid: _is_complete(store, vid), ids))
+        done = list(pool.map(lambda vid: is_complete(store, vid), ids))
     return [vid for vid, finished in zip(ids, done, strict=True) if not finished]
 
 
@@ -203,14 +183,16 @@ def build_report(
 ) -> dict[str, Any]:
     """Per video: ``done`` (work ran), ``skipped`` (everything was already finished) or ``failed``
     (the stage and reason). ``states`` maps video_id -> {stage: task state}; ``results`` the
-    publish summary of finished videos; ``failures`` video_id -> {"stage", "error"}."""
+    outcome of published videos (:func:`published_result`); ``failures`` video_id ->
+    {"stage", "error"}."""
     rows: list[dict[str, Any]] = []
     for video in videos:
         video_id = video["video_id"]
         result = results.get(video_id)
         row: dict[str, Any] = {"video_id": video_id, "source": video["uri"]}
         if result is not None:
-            incomplete = result.get("aggregate_skipped")
+            # Why the video is not finished, as its status record says (no LLM configured).
+            incomplete = (result.get("status") or {}).get("skipped", {}).get("aggregate")
             # "skipped" means everything was finished before; a video whose aggregation was
             # skipped is not finished, so it is "done" with the reason, never "skipped".
             row["status"] = "skipped" if result.get("reused_all") and not incomplete else "done"
@@ -227,6 +209,30 @@ def build_report(
     usage = _sum_usage(r.get("usage", {}) for r in rows)
     without = sum(bool(r.get("aggregate_skipped")) for r in rows)
     return {"videos": rows, "counts": counts, "usage": usage, "aggregate_skipped": without}
+
+
+def published_result(
+    store: ArtifactStore, records: dict[str, dict[str, Any]], status: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What the report needs of a published video, from its stage records of this run (``uri``,
+    ``reused``, ``skipped``, as XCom carries them) and its status record: the document, whether
+    everything was reused, and the LLM usage of this run (from the aggregate's ``usage.json``
+    where it ran now)."""
+    status = status or {}
+    worked = {name: r for name, r in records.items() if name != "publish"}
+    usage: dict[str, float] = {}
+    for record in worked.values():
+        if record.get("uri") and not record.get("reused"):
+            usage = _sum_usage([usage, usage_totals(store, record["uri"])])
+    return {
+        "document": status.get("document") or (records.get("publish") or {}).get("uri"),
+        "reused_all": all(bool(r.get("reused") or r.get("skipped")) for r in worked.values()),
+        "status": status,
+        "usage": usage,
+        "notes": [
+            f"{stage} skipped: {why}" for stage, why in (status.get("skipped") or {}).items()
+        ],
+    }
 
 
 def _failure_from_states(states: dict[str, str | None]) -> dict[str, str]:
@@ -256,20 +262,6 @@ def _sum_usage(usages: Iterable[dict[str, Any]]) -> dict[str, float]:
             if isinstance(value, int | float) and not isinstance(value, bool):
                 total[key] = total.get(key, 0) + value
     return total
-
-
-def _path_safe(run_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", run_id)
-
-
-def report_uri(store: ArtifactStore, run_id: str) -> str:
-    """Where a run's report goes: ``{root}/runs/{run_id}/report.json`` (run ID made path-safe)."""
-    return store.join("runs", _path_safe(run_id), "report.json")
-
-
-def shard_list_uri(store: ArtifactStore, run_id: str, index: int) -> str:
-    """Where a backfill run puts shard ``index``'s video list: ``{root}/backfill/{run_id}/``."""
-    return store.join("backfill", _path_safe(run_id), f"shard{index:04d}.txt")
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -1,4 +1,7 @@
-"""``action100m`` command line: the library without Airflow (DESIGN.md, "Command line")."""
+"""``action100m`` command line: the library without Airflow (docs/architecture.md).
+
+One subcommand per stage, from :data:`action100m.stages.PIPELINE`: each runs the stages up to the
+named one (finished ones are reused) and then publishes the document."""
 
 from __future__ import annotations
 
@@ -11,6 +14,10 @@ from typing import Any
 
 from action100m.config import load_settings
 from action100m.errors import Action100MError
+from action100m.pipeline import run_until, run_video
+from action100m.sources import looks_like_location, resolve_video
+from action100m.stages import STAGE_NAMES, stages
+from action100m.stages.base import Runtime, Video
 from action100m.store import ArtifactStore
 
 log = logging.getLogger("action100m")
@@ -32,15 +39,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--source", help="URI template for IDs, e.g. s3://bucket/{video_id}.mp4")
     run.add_argument("--metadata", help="URI template of per-video metadata JSON")
 
-    segment = commands.add_parser("segment", help="stage 1: embed and segment one video")
-    segment.add_argument("video")
-    segment.add_argument("--video-id")
-    for name, text in (
-        ("caption", "stage 2: caption every node"),
-        ("aggregate", "stage 3: structured annotations with the LLM"),
-        ("publish", "write the per-video document"),
-    ):
-        commands.add_parser(name, help=text).add_argument("video_id")
+    for stage in stages():
+        command = commands.add_parser(stage.name, help=f"{stage.help} (after what it needs)")
+        command.add_argument(
+            "video", help="a video ID (finished earlier, or with --source), a path or a URI"
+        )
+        command.add_argument("--video-id", help="the ID to file it under (default: the file stem)")
+        command.add_argument(
+            "--source", help="URI template for IDs, e.g. s3://bucket/{video_id}.mp4"
+        )
+        command.add_argument("--metadata", help="URI template of per-video metadata JSON")
 
     show = commands.add_parser("show", help="print the tree with captions and annotations")
     show.add_argument("video_id")
@@ -113,43 +121,28 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _dispatch(args: argparse.Namespace) -> int:
-    from action100m import pipeline
+def _video(args: argparse.Namespace) -> Video:
+    """The video a stage subcommand names: a bare ID needs no source once embed has run."""
+    if not looks_like_location(args.video) and not args.source:
+        return Video(args.video_id or args.video, None, args.metadata)
+    video_id, uri = resolve_video(args.video, args.source)
+    return Video(args.video_id or video_id, uri, args.metadata)
 
+
+def _dispatch(args: argparse.Namespace) -> int:
     settings = load_settings(
         profile=args.profile, config_file=args.config, overrides=args.overrides, store=args.store
     )
     store = ArtifactStore(settings.store)
+    runtime = Runtime.from_environment(settings, store)
     command = args.command
     if command == "run":
-        failed = 0
-        for video in args.videos:
-            try:
-                summary = pipeline.run_video(
-                    settings, store, video, metadata_uri=args.metadata, source_template=args.source
-                )
-                print(json.dumps(summary))
-            except Action100MError as exc:  # one bad video never stops its siblings
-                failed += 1
-                print(f"action100m: error: {exc}", file=sys.stderr)
-        return 2 if failed else 0
-    if command == "segment":
-        video_id, uri = pipeline.resolve_video(args.video)
-        video_id = args.video_id or video_id
-        pipeline.run_embed(settings, store, video_id, uri)
-        print(pipeline.run_segment(settings, store, video_id))
-    elif command in ("caption", "aggregate", "publish"):
-        if command == "aggregate":
-            # Asked for by name, aggregation without an LLM is an error, not a skip (`run` skips
-            # it with the reason): the stage itself raises PermanentError naming the video.
-            from action100m.stages.aggregate import run_aggregate
-
-            result = run_aggregate(settings, store, args.video_id)
-        else:
-            result = getattr(pipeline, f"run_{command}")(settings, store, args.video_id)
-        if command != "publish":
-            pipeline.run_publish(settings, store, args.video_id)
-        print(result)
+        return _run(runtime, args)
+    if command in STAGE_NAMES:
+        # Asked for by name, a stage that cannot run (aggregate without an LLM) is an error, not
+        # a skip (`run` skips it with the reason).
+        records = run_until(command, runtime, _video(args))
+        print(records[command].uri)
     elif command == "show":
         return _show(settings, store, args)
     elif command == "import":
@@ -163,6 +156,21 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         print(export(settings, store, args.format, args.out, args.videos or None))
     return 0
+
+
+def _run(runtime: Runtime, args: argparse.Namespace) -> int:
+    failed = 0
+    for video in args.videos:
+        try:
+            summary = run_video(
+                runtime.settings, runtime.store, video, metadata_uri=args.metadata,
+                source_template=args.source, services=runtime.services,
+            )  # fmt: skip
+            print(json.dumps(summary))
+        except Action100MError as exc:  # one bad video never stops its siblings
+            failed += 1
+            print(f"action100m: error: {exc}", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def _show(settings: Any, store: ArtifactStore, args: argparse.Namespace) -> int:

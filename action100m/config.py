@@ -1,14 +1,14 @@
-"""Validated settings: defaults from DESIGN.md, overridden by YAML, environment and ``--set``.
+"""Validated settings: defaults from the paper (docs/architecture.md), overridden by YAML,
+environment, the deployment's connections and ``--set``.
 
-Precedence (last wins): profile defaults < YAML file < ``ACTION100M_SECTION__KEY`` < ``--set``.
-Each stage has a stable ``key``: a short hash of its own settings plus its input's key, so changing
-a caption model re-runs caption and later stages only.
+Precedence (last wins): profile defaults < YAML file < ``ACTION100M_SECTION__KEY`` < deployment
+(endpoints and models from Airflow connections) < ``--set``. Each section's :meth:`identity` feeds
+its stage's key (:func:`action100m.stages.stage_key`), so changing a caption model re-runs caption
+and later stages only. Secrets are not settings: see :mod:`action100m.services`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -20,7 +20,6 @@ from action100m.errors import ConfigError
 
 ENV_PREFIX = "ACTION100M_"
 TINY_PREFIX = "tiny-random/"
-STAGES = ("embed", "segment", "caption", "aggregate")
 
 
 class _Section(BaseModel):
@@ -126,23 +125,16 @@ class Settings(BaseModel):
     caption: CaptionConfig = Field(default_factory=CaptionConfig)
     aggregate: AggregateConfig = Field(default_factory=AggregateConfig)
 
-    # -- stage keys -------------------------------------------------------------------------
-    def stage_key(self, stage: str) -> str:
-        """Short hash of this stage's settings chained with the key of the stage before it."""
-        if stage not in STAGES:
-            raise ValueError(f"unknown stage {stage!r}")
-        position = STAGES.index(stage)
-        payload = {
-            "stage": stage,
-            "settings": getattr(self, stage).identity(),
-            "input": self.stage_key(STAGES[position - 1]) if position else None,
-        }
-        digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-        return digest[:12]
+    def section(self, name: str) -> _Section:
+        """The settings section a stage reads (``embed``, ``caption``, ...)."""
+        value = getattr(self, name, None)
+        if not isinstance(value, _Section):
+            raise ValueError(f"no settings section {name!r}")
+        return value
 
     def summary(self) -> dict[str, Any]:
         """What the per-video document records of the settings that shaped it."""
-        return {stage: getattr(self, stage).identity() for stage in STAGES}
+        return {name: value.identity() for name, value in self if isinstance(value, _Section)}
 
 
 PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -213,6 +205,7 @@ def load_settings(
     overrides: list[str] | dict[str, Any] | None = None,
     store: str | None = None,
     environ: dict[str, str] | None = None,
+    deployment: dict[str, Any] | None = None,
 ) -> Settings:
     """Build the settings from every source, validated; bad values raise ConfigError."""
     env = dict(os.environ if environ is None else environ)
@@ -226,6 +219,8 @@ def load_settings(
             raise ConfigError(f"config file {config_file} must hold a mapping")
         layers.append(loaded)
     layers.append(_from_environment(env))
+    if deployment:
+        layers.append(deployment)
     if isinstance(overrides, dict):
         layers.append(overrides)
     elif overrides:

@@ -1,4 +1,5 @@
-"""Frames at many timestamps in one forward pass over a video, seeking over the gaps.
+"""The frame on screen at time t: the one reader behind caption frames, thumbnails and
+:func:`read_frames_at`. Many timestamps go in one forward pass over a video, seeking over the gaps.
 
 Captioning needs tens of thousands of frames from an hour of video (32 per segment node, at every
 level of the tree), in no useful order per node. Seeking once per frame re-decodes a GOP each time;
@@ -6,8 +7,10 @@ decoding the whole video converts frames nobody needs. Here all wanted times are
 is decoded forward, frames are converted only where wanted, and the reader seeks only when the next
 wanted time is far enough ahead that skipping beats decoding through.
 
-Times are seconds from the stream's start, as in ``video.read_frames_at``: the frame for time ``t``
-is the one on screen at ``t`` (the last with a timestamp at or before it).
+Times are seconds from the stream's start (the origin ``video.iter_sampled_frames`` uses): the frame
+for time ``t`` is the one on screen at ``t`` (the last with a timestamp at or before it; the first
+frame before it, the last frame after the end). ``seek_gap`` trades seeking for decoding: 0 seeks
+for every time (a few frames), infinity decodes through (many frames spread over the video).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from action100m.errors import VideoError
-from action100m.video import SEEK_MARGIN, read_frames_at
+from action100m.video import SEEK_MARGIN, check_file
 
 log = logging.getLogger(__name__)
 EPSILON = 1e-6
@@ -38,19 +41,12 @@ def iter_frames_at(
     A file that cannot be opened at all raises ``VideoError``. When decoding breaks part way
     (a corrupt packet), the remaining times are tried one by one with a fresh seek.
     """
-    import av
-
     wanted = sorted(set(times))
     if not wanted:
         return
-    try:
-        container = av.open(path)
-    except Exception as exc:  # av.error.*: missing, empty or not a video
-        raise VideoError(video_id, f"cannot open the video ({type(exc).__name__}: {exc})") from exc
+    container = _open(path, video_id)
     done = 0
     try:
-        if not container.streams.video:
-            raise VideoError(video_id, "no video stream in the file")
         for item in _forward_pass(container, wanted, size, seek_gap):
             yield item
             done += 1
@@ -67,9 +63,50 @@ def iter_frames_at(
         container.close()
     for target in wanted[done:]:
         try:
-            yield target, read_frames_at(path, video_id, [target], size)[0], None
+            yield target, _frame_at(path, video_id, target, size), None
         except VideoError as exc:
             yield target, None, exc.problem
+
+
+def read_frames_at(
+    path: str, video_id: str, times: list[float], size: tuple[int, int], seek_gap: float = 0.0
+) -> list[np.ndarray]:
+    """The frames shown at ``times``, in their order, each resized to ``size`` (width, height);
+    a time whose frame cannot be decoded is a VideoError naming it."""
+    check_file(path, video_id)
+    found: dict[float, np.ndarray] = {}
+    for moment, frame, problem in iter_frames_at(path, video_id, times, size, seek_gap):
+        if frame is None:
+            raise VideoError(video_id, f"no frame at {moment:.2f} s ({problem})")
+        found[moment] = frame
+    return [found[t] for t in times]
+
+
+def _open(path: str, video_id: str) -> Any:
+    import av
+
+    try:
+        container = av.open(path)
+    except Exception as exc:  # av.error.*: missing, empty or not a video
+        raise VideoError(video_id, f"cannot open the video ({type(exc).__name__}: {exc})") from exc
+    if not container.streams.video:
+        container.close()
+        raise VideoError(video_id, "no video stream in the file")
+    return container
+
+
+def _frame_at(path: str, video_id: str, target: float, size: tuple[int, int]) -> np.ndarray:
+    """One time with a fresh seek: how the times after a broken stretch are tried."""
+    container = _open(path, video_id)
+    try:
+        for _, frame, _ in _forward_pass(container, [target], size, 0.0):
+            if frame is not None:
+                return frame
+    except Exception as exc:
+        raise VideoError(video_id, f"cannot read frames ({type(exc).__name__}: {exc})") from exc
+    finally:
+        container.close()
+    raise VideoError(video_id, f"no frame at {target:.2f} s")
 
 
 def _forward_pass(

@@ -23,9 +23,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from action100m.config import Settings
-from action100m.document import metadata_uri, write_document
 from action100m.errors import PermanentError
 from action100m.llm.schema import FIELDS
+from action100m.stages import get_stage, stages
+from action100m.stages.base import Runtime, StageOutput, Video, run_stage, store_output
 from action100m.store import ArtifactStore, normalise_uri
 from action100m.tree import Node, Tree
 
@@ -109,45 +110,58 @@ def _annotation(gpt: Any) -> dict[str, Any] | None:
     return out if all(isinstance(v, str) for v in out.values()) else None
 
 
+def release_outputs(
+    record: dict[str, Any], source: str, annotations: bool = True
+) -> tuple[str, dict[str, StageOutput]]:
+    """``(video_id, {stage: output})``: one release record as the finished outputs of our stages
+    (the tree as segment, the captions as caption, the annotations as aggregate)."""
+    video_id = str(record["video_uid"])
+    metadata = dict(record.get("metadata") or {})
+    rows = list(record.get("nodes") or [])
+    tree = release_tree(video_id, metadata, rows)
+    by_id = {row["node_id"]: row for row in rows}
+    info = {"imported": source}
+    captions = {n.node_id: _caption(by_id[n.node_id], n.is_leaf) for n in tree.nodes}
+    outputs = {
+        "segment": StageOutput({"tree.json": tree.to_json()}, info),
+        "caption": StageOutput({"captions.json": {"model": RELEASE, "nodes": captions}}, info),
+    }
+    if annotations:
+        nodes: dict[str, Any] = {
+            n.node_id: {
+                "annotation": _annotation(by_id[n.node_id].get("gpt")),
+                "error": None,
+                "rounds": [],
+            }
+            for n in tree.nodes
+        }
+        outputs["aggregate"] = StageOutput(
+            {
+                "annotations.json": {"model": RELEASE, "provider": "import", "nodes": nodes},
+                "usage.json": {"provider": "import", "requests": 0},
+            },
+            info,
+        )
+    return video_id, outputs
+
+
 def import_file(
     settings: Settings, store: ArtifactStore, path: str, *, annotations: bool = True
 ) -> list[str]:
     """Import every video in ``path``; returns their ids. ``annotations=False`` leaves the
-    release's annotations out (the aggregate stage then simply has not run)."""
+    release's annotations out (the aggregate stage then simply has not run). Each video is then
+    published."""
+    runtime = Runtime.from_environment(settings, store)
     imported = []
     for record in read_records(path):
-        video_id = str(record["video_uid"])
-        metadata = dict(record.get("metadata") or {})
-        rows = list(record.get("nodes") or [])
-        tree = release_tree(video_id, metadata, rows)
-        by_id = {row["node_id"]: row for row in rows}
-        info = {"imported": PurePosixPath(path).name}
-
-        store.write_json(metadata_uri(store, video_id), metadata)
-        folder = store.stage_dir(video_id, "segment", settings.stage_key("segment"))
-        store.write_json(f"{folder}/tree.json", tree.to_json())
-        store.mark_done(folder, info)
-        folder = store.stage_dir(video_id, "caption", settings.stage_key("caption"))
-        captions = {n.node_id: _caption(by_id[n.node_id], n.is_leaf) for n in tree.nodes}
-        store.write_json(f"{folder}/captions.json", {"model": RELEASE, "nodes": captions})
-        store.mark_done(folder, info)
-        if annotations:
-            folder = store.stage_dir(video_id, "aggregate", settings.stage_key("aggregate"))
-            nodes: dict[str, Any] = {
-                n.node_id: {
-                    "annotation": _annotation(by_id[n.node_id].get("gpt")),
-                    "error": None,
-                    "rounds": [],
-                }
-                for n in tree.nodes
-            }
-            store.write_json(
-                f"{folder}/annotations.json",
-                {"model": RELEASE, "provider": "import", "nodes": nodes},
-            )
-            store.write_json(f"{folder}/usage.json", {"provider": "import", "requests": 0})
-            store.mark_done(folder, info)
-        write_document(settings, store, video_id)
+        video_id, outputs = release_outputs(record, PurePosixPath(path).name, annotations)
+        runtime.store.write_json(
+            runtime.store.metadata_uri(video_id), dict(record.get("metadata") or {})
+        )
+        for stage in stages():  # in pipeline order, so each output's inputs are filed first
+            if stage.name in outputs:
+                store_output(runtime, stage, video_id, outputs[stage.name])
+        run_stage(get_stage("publish"), runtime, Video(video_id))
         imported.append(video_id)
     return imported
 
@@ -197,7 +211,7 @@ def _documents(store: ArtifactStore, video_ids: list[str] | None) -> list[dict[s
     """The named videos' documents (each must exist), or every document in the store."""
     chosen = video_ids
     if chosen is None:
-        folders = store.list(store.join("videos"))
+        folders = store.list(store.videos_dir())
         chosen = sorted(PurePosixPath(f.split("://", 1)[1]).name for f in folders)
     documents = []
     for video_id in chosen:

@@ -1,134 +1,108 @@
-"""The stages in order, for one video, over artifact URIs: what the CLI and the DAG tasks call.
+"""The stages in order, for one video, over artifact URIs: what the command line calls.
 
-Every ``run_*`` skips work whose ``_SUCCESS`` marker exists and returns its stage folder URI, so a
-rerun or an Airflow retry only does what is missing. Heavy libraries load inside the stages.
+:func:`run_video` runs every stage of :data:`action100m.stages.PIPELINE`; :func:`run_until` the
+stages up to a named one. Each stage skips work whose ``_SUCCESS`` marker exists (the runner,
+:func:`action100m.stages.base.run_stage`, owns that), so a rerun or a retry only does what is
+missing. The ``run_<stage>`` functions are the same runner, one stage at a time.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from pathlib import Path
 from typing import Any
 
 from action100m.config import Settings
-from action100m.document import build_document, metadata_uri
-from action100m.errors import VideoError
-from action100m.stages.embed import run_embed
-from action100m.stages.segment import run_segment
-from action100m.store import ArtifactStore, normalise_uri
+from action100m.services import Services
+from action100m.sources import resolve_video, save_metadata
+from action100m.stages import get_stage, stages
+from action100m.stages.base import Runtime, StageRecord, Video, run_stage
+from action100m.status import read_status
+from action100m.store import ArtifactStore
 
 log = logging.getLogger(__name__)
-# Written by publish next to the document: whether the video is finished (every stage ran,
-# aggregation included), so a backfill tells finished videos apart with one small read.
-STATUS_FILE = "status.json"
 __all__ = [
     "resolve_video",
-    "save_metadata",
-    "run_embed",
-    "run_segment",
-    "run_caption",
     "run_aggregate",
+    "run_caption",
+    "run_embed",
+    "run_named",
     "run_publish",
+    "run_segment",
+    "run_until",
     "run_video",
-    "skipped_stages",
+    "save_metadata",
 ]
 
 
-def resolve_video(video: str, source_template: str | None = None) -> tuple[str, str]:
-    """``(video_id, uri)`` for a path, a URI, or a bare ID resolved through ``source_template``
-    (e.g. ``s3://bucket/howto100m/{video_id}.mp4``). A path's ID is its file stem."""
-    looks_like_location = "://" in video or "/" in video or Path(video).suffix != ""
-    if looks_like_location:
-        uri = normalise_uri(video)
-        return Path(uri.split("://", 1)[1]).stem, uri
-    if not source_template:
-        raise VideoError(video, "a bare video ID needs a source template with {video_id}")
-    if "{video_id}" not in source_template:
-        raise VideoError(video, f"source template {source_template!r} lacks {{video_id}}")
-    return video, normalise_uri(source_template.format(video_id=video))
+def _runtime(settings: Settings, store: ArtifactStore, services: Services | None) -> Runtime:
+    if services is None:
+        return Runtime.from_environment(settings, store)
+    return Runtime(settings, store, services)
 
 
-def save_metadata(store: ArtifactStore, video_id: str, template: str | None) -> str | None:
-    """Copy the video's metadata JSON (title, description, transcript) next to its artifacts.
-    A template whose file is missing is not an error: the LLM then works without metadata."""
-    if not template:
-        return None
-    source = normalise_uri(template.format(video_id=video_id))
-    folder = source.rsplit("/", 1)[0]
-    same_protocol = folder.split("://", 1)[0] == store.root.split("://", 1)[0]
-    reader = ArtifactStore(folder, store.storage_options if same_protocol else None)
-    if not reader.exists(source):
-        log.warning("video %s: no metadata at %s; continuing without it", video_id, source)
-        return None
-    value = reader.read_json(source)
-    if not isinstance(value, dict):
-        raise VideoError(video_id, f"metadata {source} is not a JSON object")
-    target = metadata_uri(store, video_id)
-    store.write_json(target, value)
-    return target
+def run_named(
+    name: str,
+    settings: Settings,
+    store: ArtifactStore,
+    video: Video,
+    *,
+    required: bool = False,
+    services: Services | None = None,
+) -> StageRecord:
+    """One stage for one video (skipped where done); ``required``: fail where it cannot run."""
+    return run_stage(get_stage(name), _runtime(settings, store, services), video, required=required)
+
+
+def run_embed(settings: Settings, store: ArtifactStore, video_id: str, source: str) -> str:
+    return str(run_named("embed", settings, store, Video(video_id, source)).uri)
+
+
+def run_segment(settings: Settings, store: ArtifactStore, video_id: str) -> str:
+    return str(run_named("segment", settings, store, Video(video_id)).uri)
 
 
 def run_caption(settings: Settings, store: ArtifactStore, video_id: str) -> str:
-    from action100m.stages.caption import run_caption as caption
-
-    return caption(settings, store, video_id)
+    return str(run_named("caption", settings, store, Video(video_id)).uri)
 
 
-def run_aggregate(settings: Settings, store: ArtifactStore, video_id: str) -> str | None:
-    """The aggregate stage folder, or None when no LLM is configured (logged with the reason)."""
-    from action100m.stages.aggregate import llm_unavailable_reason
-    from action100m.stages.aggregate import run_aggregate as aggregate
-
-    reason = llm_unavailable_reason(settings)
-    if reason:
-        log.warning("video %s: aggregate skipped: %s", video_id, reason)
-        return None
-    return aggregate(settings, store, video_id)
-
-
-def skipped_stages(settings: Settings, store: ArtifactStore, video_id: str) -> dict[str, str]:
-    """The stages whose output the video's document lacks, each with why (empty: finished).
-    Aggregation skipped for want of an LLM gives that reason."""
-    skipped: dict[str, str] = {}
-    for stage in ("caption", "aggregate"):
-        if store.is_done(store.stage_dir(video_id, stage, settings.stage_key(stage))):
-            continue
-        reason = None
-        if stage == "aggregate":
-            from action100m.stages.aggregate import llm_unavailable_reason
-
-            reason = llm_unavailable_reason(settings)
-        skipped[stage] = reason or f"{stage} has not finished"
-    return skipped
+def run_aggregate(
+    settings: Settings, store: ArtifactStore, video_id: str, *, required: bool = False
+) -> str | None:
+    """The aggregate folder, or None when no LLM is configured (logged with the reason); with
+    ``required``, no LLM is a PermanentError naming the video."""
+    return run_named("aggregate", settings, store, Video(video_id), required=required).uri
 
 
 def run_publish(settings: Settings, store: ArtifactStore, video_id: str) -> str:
-    """Write the per-video document from every finished stage; returns its URI.
+    """Write the per-video document, status and viewer from every finished stage; the document's
+    URI."""
+    return str(run_named("publish", settings, store, Video(video_id)).uri)
 
-    A document written without a stage's output (aggregation skipped for want of an LLM)
-    records it under ``pipeline.skipped`` (``{"aggregate": reason}``), and ``status.json`` says
-    the video is not finished, so a later backfill (with an LLM configured) picks it up again."""
-    from action100m.viewer import publish_viewer
 
-    skipped = skipped_stages(settings, store, video_id)
-    document = build_document(settings, store, video_id)
-    if skipped:
-        document["pipeline"]["skipped"] = skipped
-    uri = store.document_uri(video_id)
-    store.write_json(uri, document)  # the document first: the status never runs ahead of it
-    store.write_json(
-        store.join("videos", video_id, STATUS_FILE),
-        {"complete": not skipped, "skipped": skipped, "published_at": time.time()},
-    )
-    notes = "; ".join(f"{stage} skipped: {why}" for stage, why in skipped.items())
-    log.info("video %s: document written to %s%s", video_id, uri, f" ({notes})" if notes else "")
-    try:
-        viewer = publish_viewer(settings, store, video_id)
-        log.info("video %s: viewer written to %s", video_id, viewer)
-    except Exception as exc:  # the page is a convenience; the document is what was asked for
-        log.warning("video %s: viewer not written: %s", video_id, exc)
-    return uri
+def run_until(
+    last: str, runtime: Runtime, video: Video, *, required: bool = True
+) -> dict[str, StageRecord]:
+    """Every stage up to ``last`` (``required``: fail where ``last`` cannot run), then the later
+    stages that only write what the finished ones hold (publish), where their inputs are there;
+    the records by stage."""
+    records: dict[str, StageRecord] = {}
+    reached = False
+    for stage in stages():
+        if reached:
+            store = runtime.store
+            ready = all(
+                store.is_done(
+                    store.stage_dir(video.video_id, need, get_stage(need).key(runtime.settings))
+                )
+                for need in stage.needs
+            )
+            if stage.keyed or not ready:
+                continue
+        records[stage.name] = run_stage(
+            stage, runtime, video, required=required and stage.name == last
+        )
+        reached = reached or stage.name == last
+    return records
 
 
 def run_video(
@@ -138,26 +112,18 @@ def run_video(
     video_id: str | None = None,
     metadata_uri: str | None = None,
     source_template: str | None = None,
+    services: Services | None = None,
 ) -> dict[str, Any]:
     """Every stage for one video; returns a small summary (URIs and timings)."""
     resolved_id, uri = resolve_video(source, source_template)
-    video_id = video_id or resolved_id
-    timings: dict[str, float] = {}
-    started = time.monotonic()
-    save_metadata(store, video_id, metadata_uri)
-    run_embed(settings, store, video_id, uri)
-    timings["embed"] = time.monotonic() - started
-    for name, stage in (("segment", run_segment), ("caption", run_caption)):
-        mark = time.monotonic()
-        stage(settings, store, video_id)
-        timings[name] = time.monotonic() - mark
-    mark = time.monotonic()
-    aggregated = run_aggregate(settings, store, video_id)
-    timings["aggregate"] = time.monotonic() - mark
-    document = run_publish(settings, store, video_id)
+    video = Video(video_id or resolved_id, uri, metadata_uri)
+    runtime = _runtime(settings, store, services)
+    records = {stage.name: run_stage(stage, runtime, video) for stage in stages()}
+    status = read_status(store, video.video_id) or {}
     return {
-        "video_id": video_id,
-        "document": document,
-        "aggregated": aggregated is not None,
-        "seconds": {k: round(v, 3) for k, v in timings.items()},
+        "video_id": video.video_id,
+        "document": records["publish"].uri,
+        "aggregated": bool(status.get("complete")),
+        "skipped": {name: r.skipped for name, r in records.items() if r.skipped},
+        "seconds": {name: r.seconds for name, r in records.items() if name != "publish"},
     }

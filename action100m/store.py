@@ -1,7 +1,6 @@
 """Artifact store over fsspec URIs: ``file://`` (local folder) or ``s3://`` (MinIO, any S3 server).
 
-Layout (DESIGN.md): ``{root}/videos/{video_id}/{stage}/{key}/...`` with ``_SUCCESS`` written
-last, and the per-video document at ``{root}/videos/{video_id}/annotations.json``. Writes never leave a
+Where things lie is :mod:`action100m.layout`'s business (the store inherits its methods). Writes never leave a
 half-written file under its final name: local files are written to a temporary name and renamed; an
 S3 PUT is atomic per object. A stage folder counts as finished only once its ``_SUCCESS`` exists.
 """
@@ -24,8 +23,9 @@ import fsspec
 import numpy as np
 
 from action100m.errors import StoreError, VideoError
+from action100m.layout import SUCCESS, StoreLayout
 
-SUCCESS = "_SUCCESS"
+__all__ = ["SUCCESS", "ArtifactStore", "normalise_uri", "s3_options", "s3_options_from_env"]
 
 
 def normalise_uri(uri: str) -> str:
@@ -35,10 +35,14 @@ def normalise_uri(uri: str) -> str:
     return Path(uri).expanduser().resolve().as_uri()
 
 
-def s3_options_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
-    """Storage options for s3fs from the usual AWS variables, with short timeouts so a dead
-    server fails in seconds instead of minutes of silent retries."""
-    env = os.environ if environ is None else environ
+def s3_options(
+    key: str | None = None,
+    secret: str | None = None,
+    endpoint: str | None = None,
+    region: str | None = None,
+) -> dict[str, Any]:
+    """Storage options for s3fs, with short timeouts so a dead server fails in seconds instead of
+    minutes of silent retries. Without a key, s3fs finds credentials the usual AWS way."""
     options: dict[str, Any] = {
         "config_kwargs": {
             "connect_timeout": 5,
@@ -46,14 +50,26 @@ def s3_options_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]
             "retries": {"max_attempts": 3},
         }
     }
-    endpoint = env.get("ACTION100M_S3_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        options["client_kwargs"] = {"endpoint_url": endpoint}
+    if key:
+        options.update(key=key, secret=secret or "")
+    client_kwargs = {
+        name: value
+        for name, value in (("endpoint_url", endpoint), ("region_name", region))
+        if value
+    }
+    if client_kwargs:
+        options["client_kwargs"] = client_kwargs
     return options
 
 
-class ArtifactStore:
-    """Reads and writes the pipeline's artifacts under one root URI."""
+def s3_options_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """:func:`s3_options` with the endpoint of the usual variables (keys: boto's own lookup)."""
+    env = os.environ if environ is None else environ
+    return s3_options(endpoint=env.get("ACTION100M_S3_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL"))
+
+
+class ArtifactStore(StoreLayout):
+    """Reads and writes the pipeline's artifacts under one root URI (paths: :class:`StoreLayout`)."""
 
     def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
         self.root = normalise_uri(root)
@@ -66,19 +82,6 @@ class ArtifactStore:
 
     def __repr__(self) -> str:
         return f"ArtifactStore({self.root!r})"
-
-    # -- addresses ----------------------------------------------------------------------------
-    def join(self, *parts: str) -> str:
-        return "/".join([self.root, *(p.strip("/") for p in parts if p)])
-
-    def video_dir(self, video_id: str) -> str:
-        return self.join("videos", video_id)
-
-    def stage_dir(self, video_id: str, stage: str, key: str) -> str:
-        return self.join("videos", video_id, stage, key)
-
-    def document_uri(self, video_id: str) -> str:
-        return self.join("videos", video_id, "annotations.json")
 
     # -- low-level I/O ------------------------------------------------------------------------
     def _call(self, what: str, uri: str, fn: Any, *args: Any) -> Any:
@@ -132,14 +135,14 @@ class ArtifactStore:
 
     # -- completion markers -------------------------------------------------------------------
     def is_done(self, folder: str) -> bool:
-        return self.exists(f"{folder}/{SUCCESS}")
+        return self.exists(self.success_uri(folder))
 
     def mark_done(self, folder: str, info: dict[str, Any] | None = None) -> None:
         """Written last: everything in ``folder`` is complete once this exists."""
-        self.write_json(f"{folder}/{SUCCESS}", {"finished_at": time.time(), **(info or {})})
+        self.write_json(self.success_uri(folder), {"finished_at": time.time(), **(info or {})})
 
     def done_info(self, folder: str) -> dict[str, Any]:
-        info: dict[str, Any] = self.read_json(f"{folder}/{SUCCESS}")
+        info: dict[str, Any] = self.read_json(self.success_uri(folder))
         return info
 
     # -- inputs -------------------------------------------------------------------------------

@@ -4,6 +4,8 @@
 PyAV is the default: on H.264 it decodes 1-in-4 frames about 1.5x faster than decord here
 (decord scales every decoded frame, PyAV only the kept ones; ``benchmarks/decode.py``).
 
+Frames at chosen times (captions, thumbnails) come from :mod:`action100m.frames`.
+
 Frames come with their real presentation time (seconds from the stream's start, the origin both
 decoders and the caption stage's seeking use), so variable frame rate videos get correct times.
 Frames are decoded straight to the size the consumer needs and streamed, so memory does not grow
@@ -39,7 +41,7 @@ class VideoInfo:
     duration_from_stream: bool = False
 
 
-def _check_file(path: str, video_id: str) -> None:
+def check_file(path: str, video_id: str) -> None:
     file = Path(path)
     if not file.exists():
         raise VideoError(video_id, f"file not found: {path}")
@@ -57,7 +59,7 @@ def probe(path: str, video_id: str) -> VideoInfo:
     """Duration, frame rate and size, with a clear VideoError for files that are not usable."""
     import av
 
-    _check_file(path, video_id)
+    check_file(path, video_id)
     try:
         with av.open(path) as container:
             if not container.streams.video:
@@ -169,42 +171,3 @@ def _check_complete(video_id: str, info: VideoInfo, covered: float, step: int) -
             f"truncated: decoded frames end at {covered:.2f} s of the {info.duration:.2f} s "
             "the video stream declares",
         )
-
-
-def read_frames_at(
-    path: str, video_id: str, times: list[float], size: tuple[int, int]
-) -> list[np.ndarray]:
-    """The frames shown at ``times`` (seconds from the stream's start), each resized to ``size``
-    (width, height). Seeks instead of decoding the whole video."""
-    import av
-
-    _check_file(path, video_id)
-    wanted = sorted(set(times))
-    found: dict[float, np.ndarray] = {}
-    try:
-        with av.open(path) as container:
-            stream = container.streams.video[0]
-            base = stream.start_time or 0
-            tb = float(stream.time_base or 0)
-            for target in wanted:
-                if target in found:
-                    continue
-                # Seeking goes by decode time: with B-frames the keyframe found can be shown after
-                # the target, so aim a second earlier and decode forward.
-                aim = max(0.0, target - SEEK_MARGIN)
-                container.seek(int(base + aim / tb), stream=stream, backward=True)
-                chosen = None
-                for frame in container.decode(stream):
-                    pts = (frame.pts - base) * tb if frame.pts is not None else target
-                    if chosen is None or pts <= target + 1e-6:
-                        chosen = frame
-                    if pts >= target - 1e-6:
-                        break
-                if chosen is None:
-                    raise VideoError(video_id, f"no frame at {target:.2f} s")
-                found[target] = chosen.to_ndarray(width=size[0], height=size[1], format="rgb24")
-    except VideoError:
-        raise
-    except Exception as exc:
-        raise VideoError(video_id, f"cannot read frames ({type(exc).__name__}: {exc})") from exc
-    return [found[t] for t in times]

@@ -37,7 +37,7 @@ from action100m.interop import OFFICIAL, import_file, read_records  # noqa: E402
 from action100m.llm import prompts  # noqa: E402
 from action100m.llm.messages import Usage  # noqa: E402
 from action100m.llm.prompts import PromptBuilder  # noqa: E402
-from action100m.stages.aggregate import run_aggregate  # noqa: E402
+from action100m.pipeline import run_aggregate  # noqa: E402
 from action100m.store import ArtifactStore  # noqa: E402
 from action100m.tree import Tree  # noqa: E402
 

@@ -98,8 +98,11 @@ def _task_instances(dag_id: str, run_id: str) -> list[Any]:
         return rows
 
 
-def provisional_report(dag_id: str, run_id: str) -> dict[str, Any]:
-    """Per video state from the task instances, while the run has not written its report."""
+def provisional_report(dag_id: str, run_id: str, store: Any) -> dict[str, Any]:
+    """While the run has not written its report: where each video's tasks are (task instances),
+    and for a published video what its status record says."""
+    from action100m.status import read_status
+
     videos: dict[str, dict[str, Any]] = {}
     for ti in _task_instances(dag_id, run_id):
         if not ti.task_id.startswith(f"{VIDEO_GROUP}.") or ti.map_index < 0:
@@ -112,6 +115,10 @@ def provisional_report(dag_id: str, run_id: str) -> dict[str, Any]:
             row.update(status="failed", stage=stage, reason=f"task {state}")
         elif stage == "publish" and state == "success" and row["status"] != "failed":
             row["status"] = "done"
+    for row in videos.values():  # published: the status record says what it holds
+        status = read_status(store, row["video_id"]) if row["status"] == "done" else None
+        if reason := ((status or {}).get("skipped") or {}).get("aggregate"):
+            row["aggregate_skipped"] = reason
     rows = list(videos.values())
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "failed", "running")}
     return {"run_id": run_id, "dag_id": dag_id, "videos": rows, "counts": counts, "usage": {}}
@@ -125,8 +132,8 @@ def index(request: Request) -> str:
     from action100m.viewer import render_index
 
     store, root = get_store(), request.scope.get("root_path", "")
-    runs = [u.rstrip("/").rsplit("/", 1)[-1] for u in store.list(store.join("runs"))]
-    videos = [u.rstrip("/").rsplit("/", 1)[-1] for u in store.list(store.join("videos"))]
+    runs = [u.rstrip("/").rsplit("/", 1)[-1] for u in store.list(store.runs_dir())]
+    videos = [u.rstrip("/").rsplit("/", 1)[-1] for u in store.list(store.videos_dir())]
     return render_index(
         [(r, f"{root}/runs/{quote(r, safe='')}") for r in sorted(runs)],
         [(v, _video_href(request, v)) for v in sorted(videos)],
@@ -165,15 +172,16 @@ def thumbnail(video_id: str, node_id: str) -> Response:
 
 @app.get("/runs/{run_id:path}", response_class=HTMLResponse)
 def run_report(request: Request, run_id: str, dag_id: str = DAG_ID) -> str:
-    from action100m.viewer import render_report, report_uri
+    from action100m.viewer import render_report
     from action100m.viewer.report import node_count
 
     store = get_store()
-    uri = report_uri(store, run_id)
+    uri = store.report_uri(run_id)
     if store.exists(uri):
         report, title = store.read_json(uri), f"run {run_id}"
     else:
-        report, title = provisional_report(dag_id, run_id), f"run {run_id} (in progress)"
+        report = provisional_report(dag_id, run_id, store)
+        title = f"run {run_id} (in progress)"
     nodes = {v["video_id"]: node_count(store, v["video_id"]) for v in report.get("videos", [])}
     return render_report(report, lambda v: _video_href(request, v), nodes, title)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from action100m.config import Settings, load_settings
+from action100m.stages.base import stage_key
 from action100m.store import ArtifactStore
 from action100m.tree import Node, Tree, make_node_id
 
@@ -45,7 +46,7 @@ def scene_tree(source: str, video_id: str = VIDEO_ID) -> Tree:
 
 
 def write_tree(settings: Settings, store: ArtifactStore, tree: Tree) -> str:
-    folder = store.stage_dir(tree.video_id, "segment", settings.stage_key("segment"))
+    folder = store.stage_dir(tree.video_id, "segment", stage_key(settings, "segment"))
     store.write_json(f"{folder}/tree.json", tree.to_json())
     store.mark_done(folder)
     return folder
@@ -66,6 +67,6 @@ def prepared(store: ArtifactStore, video: Path, **caption: Any) -> tuple[Setting
 
 
 def read_captions(settings: Settings, store: ArtifactStore) -> dict[str, Any]:
-    folder = store.stage_dir(VIDEO_ID, "caption", settings.stage_key("caption"))
+    folder = store.stage_dir(VIDEO_ID, "caption", stage_key(settings, "caption"))
     captions: dict[str, Any] = store.read_json(f"{folder}/captions.json")
     return captions

@@ -11,14 +11,19 @@ from collections.abc import Iterator
 
 import pytest
 from llm_server import LLMServer, Reply, Request
+from pydantic import SecretStr
 
 from action100m.config import Settings, load_settings
 from action100m.errors import PermanentError, ServiceError
 from action100m.llm import prompts
 from action100m.llm.clients import BASE_URL_ENV, DEFAULT_BASE_URL, KEY_ENV, make_client
 from action100m.llm.ratelimit import RateLimiter, RetryPolicy
+from action100m.pipeline import run_aggregate as run_stage_aggregate
+from action100m.pipeline import run_publish
+from action100m.services import Endpoint, Services
 from action100m.stages import aggregate
-from action100m.stages.aggregate import llm_unavailable_reason, run_aggregate
+from action100m.stages.aggregate import llm_unavailable_reason
+from action100m.stages.base import stage_key
 from action100m.store import ArtifactStore
 from action100m.tree import Node, Tree, make_node_id
 
@@ -33,6 +38,13 @@ SPANS = (
     ),
 )
 LONG = 7
+
+
+def run_aggregate(settings, store, video_id):
+    """As `action100m aggregate` does: asked for by name (no LLM is an error), then published."""
+    folder = run_stage_aggregate(settings, store, video_id, required=True)
+    run_publish(settings, store, video_id)
+    return folder
 
 
 def build_tree(video_id: str, spans: tuple = SPANS) -> Tree:
@@ -59,7 +71,7 @@ def write_inputs(
     """A finished segment and caption stage, and metadata, for ``video_id``; a transcript
     without times goes whole into the shared prefix (with times: piecewise, per node)."""
     tree = build_tree(video_id)
-    folder = store.stage_dir(video_id, "segment", settings.stage_key("segment"))
+    folder = store.stage_dir(video_id, "segment", stage_key(settings, "segment"))
     store.write_json(f"{folder}/tree.json", tree.to_json())
     store.mark_done(folder)
     captions = {
@@ -70,7 +82,7 @@ def write_inputs(
         }
         for n in tree.nodes
     }
-    folder = store.stage_dir(video_id, "caption", settings.stage_key("caption"))
+    folder = store.stage_dir(video_id, "caption", stage_key(settings, "caption"))
     store.write_json(f"{folder}/captions.json", {"model": "captioner", "nodes": captions})
     store.mark_done(folder)
     transcript: list = [
@@ -109,12 +121,12 @@ def settings(store: ArtifactStore, llm: LLMServer, monkeypatch: pytest.MonkeyPat
 
 
 def annotations(settings: Settings, store: ArtifactStore) -> dict:
-    folder = store.stage_dir(VIDEO, "aggregate", settings.stage_key("aggregate"))
+    folder = store.stage_dir(VIDEO, "aggregate", stage_key(settings, "aggregate"))
     return store.read_json(f"{folder}/annotations.json")["nodes"]
 
 
 def usage(settings: Settings, store: ArtifactStore) -> dict:
-    folder = store.stage_dir(VIDEO, "aggregate", settings.stage_key("aggregate"))
+    folder = store.stage_dir(VIDEO, "aggregate", stage_key(settings, "aggregate"))
     return store.read_json(f"{folder}/usage.json")
 
 
@@ -192,7 +204,7 @@ def test_service_errors_fail_the_task_and_the_retry_pays_only_the_rest(
     llm.responder = lambda req: Reply.status(500) if req.segment == root else None
     with pytest.raises(ServiceError, match="1 of 7 nodes"):
         run_aggregate(settings, store, VIDEO)
-    folder = store.stage_dir(VIDEO, "aggregate", settings.stage_key("aggregate"))
+    folder = store.stage_dir(VIDEO, "aggregate", stage_key(settings, "aggregate"))
     assert not store.is_done(folder)
     assert len(llm.requests) == 3 * (LONG - 1) + 4  # the root's draft tried 1 + 3 times
     llm.responder = None
@@ -246,7 +258,7 @@ def test_every_node_failing_fails_the_video(settings, store, llm) -> None:
     llm.responder = lambda req: Reply.text("I cannot do this.")
     with pytest.raises(PermanentError, match="every node failed"):
         run_aggregate(settings, store, VIDEO)
-    assert not store.is_done(store.stage_dir(VIDEO, "aggregate", settings.stage_key("aggregate")))
+    assert not store.is_done(store.stage_dir(VIDEO, "aggregate", stage_key(settings, "aggregate")))
 
 
 def test_invalid_key_fails_fast(settings, store, monkeypatch, caplog) -> None:
@@ -305,8 +317,12 @@ def test_llm_unavailable_reason(store, monkeypatch) -> None:
     settings.aggregate.base_url = "http://localhost:8000/v1"
     assert llm_unavailable_reason(settings) is None
     settings.aggregate.base_url = None
+    # A key handed over explicitly (as the Airflow plugin does from the openai_default
+    # connection): the library never reads Airflow's AIRFLOW_CONN_* variables itself.
     monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", '{"conn_type": "openai", "password": "k"}')
-    assert llm_unavailable_reason(settings) is None
+    assert llm_unavailable_reason(settings) is not None
+    services = Services().with_llm("openai", Endpoint(api_key=SecretStr("k")))
+    assert llm_unavailable_reason(settings, services) is None
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
@@ -331,7 +347,7 @@ def test_base_url_variables_empty_or_set(provider, settings, store, llm, monkeyp
 
 def test_imported_annotations_are_replaced(settings, store, llm) -> None:
     write_inputs(settings, store)
-    folder = store.stage_dir(VIDEO, "aggregate", settings.stage_key("aggregate"))
+    folder = store.stage_dir(VIDEO, "aggregate", stage_key(settings, "aggregate"))
     store.write_json(f"{folder}/annotations.json", {"model": "release", "nodes": {}})
     store.mark_done(folder, {"imported": "release.json"})
     run_aggregate(settings, store, VIDEO)
@@ -536,7 +552,7 @@ def test_a_429_storm_fails_the_task_and_keeps_every_answer_received(
     llm.responder = storm_after_ten
     with pytest.raises(ServiceError, match=rf"video {VIDEO}: \d of {LONG} nodes.*rate limited"):
         run_aggregate(settings, store, VIDEO)
-    assert not store.is_done(store.stage_dir(VIDEO, "aggregate", settings.stage_key("aggregate")))
+    assert not store.is_done(store.stage_dir(VIDEO, "aggregate", stage_key(settings, "aggregate")))
     refused = len(llm.requests) - 10
     assert refused > 0 and refused % 3 == 0  # every refused request was tried 1 + 2 times
     (limiter,) = limiters

@@ -16,12 +16,12 @@ from action100m.batch import (
     read_video_list,
     resolve_batch,
     shard,
-    shard_list_uri,
     write_video_list,
 )
 from action100m.config import Settings
 from action100m.errors import PermanentError
-from action100m.pipeline import STATUS_FILE, run_publish
+from action100m.pipeline import run_publish
+from action100m.stages.base import stage_key
 from action100m.store import ArtifactStore
 
 
@@ -60,7 +60,7 @@ def test_manifest_plain_list_and_howto100m_csv(tmp_path: Path) -> None:
 
 def _finished(store: ArtifactStore, video_id: str, complete: bool = True) -> None:
     store.write_json(store.document_uri(video_id), {"video_uid": video_id})
-    store.write_json(store.join("videos", video_id, STATUS_FILE), {"complete": complete})
+    store.write_json(store.status_uri(video_id), {"complete": complete})
 
 
 def test_shards_and_pending(store: ArtifactStore) -> None:
@@ -113,7 +113,7 @@ def test_plan_window_bounds_a_run_and_says_where_the_next_starts(store: Artifact
 
 
 def test_video_lists_round_trip(store: ArtifactStore) -> None:
-    uri = shard_list_uri(store, "manual__2026-01-01T00:00:00+00:00", 3)
+    uri = store.shard_list_uri("manual__2026-01-01T00:00:00+00:00", 3)
     assert uri.endswith("/backfill/manual__2026-01-01T00_00_00_00_00/shard0003.txt")
     write_video_list(store, uri, ["a", "s3://b/c.mp4"])
     assert read_video_list(store, uri) == ["a", "s3://b/c.mp4"]
@@ -130,7 +130,7 @@ def test_publish_without_an_llm_leaves_the_video_pending(
     tree = scene_tree("/missing/clip.mp4", "clip")
     write_tree(tiny_settings, store, tree)
     for stage, name in (("caption", "captions.json"), ("aggregate", "annotations.json")):
-        folder = store.stage_dir("clip", stage, tiny_settings.stage_key(stage))
+        folder = store.stage_dir("clip", stage, stage_key(tiny_settings, stage))
         store.write_json(f"{folder}/{name}", {"model": "tiny", "nodes": {}})
         if stage == "caption":
             store.mark_done(folder)
@@ -141,7 +141,7 @@ def test_publish_without_an_llm_leaves_the_video_pending(
     assert document["pipeline"]["stages"]["aggregate"] is False
     assert pending_videos(store, ["clip"]) == ["clip"]  # a later backfill annotates it
 
-    store.mark_done(store.stage_dir("clip", "aggregate", tiny_settings.stage_key("aggregate")))
+    store.mark_done(store.stage_dir("clip", "aggregate", stage_key(tiny_settings, "aggregate")))
     run_publish(tiny_settings, store, "clip")
     assert "skipped" not in store.read_json(store.document_uri("clip"))["pipeline"]
     assert pending_videos(store, ["clip"]) == []
@@ -177,7 +177,7 @@ def test_report_shows_a_skipped_aggregation() -> None:
             "video_id": "bare",
             "document": "d",
             "reused_all": True,
-            "aggregate_skipped": reason,
+            "status": {"complete": False, "skipped": {"aggregate": reason}},
             "notes": [f"aggregate skipped: {reason}"],
         }
     }

@@ -10,13 +10,13 @@ import pytest
 from caption_helpers import VIDEO_ID, prepared, read_captions, scene_tree
 
 from action100m.config import load_settings
-from action100m.document import build_document
 from action100m.errors import VideoError
 from action100m.models.captioner import CaptionJob, make_captioner
 from action100m.models.qwen3vl import TransformersCaptioner
+from action100m.pipeline import run_caption
 from action100m.stages import caption_requests
-from action100m.stages.caption import run_caption
 from action100m.stages.caption_requests import plan_requests, segment_times
+from action100m.stages.publish import build_document
 from action100m.store import ArtifactStore
 
 

@@ -13,10 +13,11 @@ from vlm_server import Recorded, Reply, free_port_url, scripted_server, thumbnai
 
 from action100m.config import CaptionConfig, load_settings
 from action100m.errors import ServiceError
+from action100m.frames import read_frames_at
 from action100m.models import vlm_server as backend
-from action100m.stages.caption import run_caption
+from action100m.pipeline import run_caption
+from action100m.stages.base import stage_key
 from action100m.store import ArtifactStore
-from action100m.video import read_frames_at
 
 ROOT = "12.0-second"  # in the root node's prompt only
 
@@ -81,7 +82,7 @@ def test_5xx_is_retried_then_fails_the_task_and_the_retry_asks_only_for_it(
             run_caption(settings, store, VIDEO_ID)
         assert sum(ROOT in r.prompt for r in server.requests) == 2  # first try + max_retries
         assert len(server.requests) == 2 + 2 * len(tree.leaves()) + 1
-        folder = store.stage_dir(VIDEO_ID, "caption", settings.stage_key("caption"))
+        folder = store.stage_dir(VIDEO_ID, "caption", stage_key(settings, "caption"))
         assert not store.is_done(folder)  # the root is not left uncaptioned for good
         server.script = always(Reply("fine"))
         server.requests.clear()
@@ -207,7 +208,7 @@ def test_a_dead_server_fails_the_task_clearly(
     settings, _ = server_settings(store, scene_video[0], free_port_url(), max_retries=0)
     with pytest.raises(ServiceError, match=f"video {VIDEO_ID}.*unreachable"):
         run_caption(settings, store, VIDEO_ID)
-    folder = store.stage_dir(VIDEO_ID, "caption", settings.stage_key("caption"))
+    folder = store.stage_dir(VIDEO_ID, "caption", stage_key(settings, "caption"))
     assert not store.is_done(folder)
 
 

@@ -75,10 +75,9 @@ def _run(conf: dict[str, Any]) -> tuple[str, dict[tuple[str, str], Any]]:
 
 
 def _report(s3: Any, run_id: str) -> dict[str, Any]:
-    from action100m.batch import report_uri
     from action100m.store import ArtifactStore
 
-    key = report_uri(ArtifactStore("file:///store"), run_id).removeprefix("file:///")
+    key = ArtifactStore("file:///store").report_uri(run_id).removeprefix("file:///")
     return dict(json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()))
 
 

@@ -11,7 +11,8 @@ import pytest
 from action100m.config import load_settings
 from action100m.errors import ConfigError
 from action100m.models.vjepa2 import VJEPA2Encoder
-from action100m.stages.embed import embed_frames, run_embed, window_starts
+from action100m.pipeline import run_embed
+from action100m.stages.embed import embed_frames, window_starts
 from action100m.store import ArtifactStore
 
 

@@ -12,7 +12,7 @@ from llm_server import LLMServer
 from action100m.config import load_settings
 from action100m.errors import PermanentError
 from action100m.interop import export, import_file, read_records
-from action100m.stages.aggregate import run_aggregate
+from action100m.pipeline import run_aggregate, run_publish
 from action100m.store import ArtifactStore
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "hySSAAw4t24.json"  # the official sample
@@ -90,6 +90,7 @@ def test_reaggregate_then_export_flat(store, original, tmp_path, monkeypatch) ->
         )
         import_file(settings, store, str(REFERENCE), annotations=False)
         run_aggregate(settings, store, VIDEO)
+        run_publish(settings, store, VIDEO)
         long_nodes = [r for r in original["nodes"] if r["end"] - r["start"] >= 4.0]
         assert len(llm.requests) == len(long_nodes)
     for suffix in ("jsonl", "parquet"):

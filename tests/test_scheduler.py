@@ -92,7 +92,7 @@ def _task_logs_tell_what_happened(
     assert "video sched_a: encoded" in embed and "windows" in embed
     assert "embed video sched_a: done in" in embed and "/videos/sched_a/embed/" in embed
     caption = _task_log(airflow, run_id, by_key[("video.caption", "sched_b")])
-    assert "video sched_b: captioned" in caption and "captions written to" in caption
+    assert "video sched_b: captioned" in caption and "caption done in" in caption
     aggregate = _task_log(airflow, run_id, by_key[("video.aggregate", "sched_a")])
     assert "video sched_a: annotated" in aggregate
     report = _task_log(airflow, run_id, by_key[("report", -1)])

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from action100m.config import Settings, load_settings
-from action100m.pipeline import run_embed, run_segment
+from action100m.pipeline import run_embed, run_publish, run_segment
+from action100m.stages.base import stage_key
 from action100m.stages.segment import build_tree, frame_boundaries, ward_merges
 from action100m.store import ArtifactStore
 from action100m.tree import Node, Tree, reaches
@@ -17,6 +18,7 @@ from action100m.tree import Node, Tree, reaches
 def _segment(settings: Settings, store: ArtifactStore, path: Path, video_id: str) -> Tree:
     run_embed(settings, store, video_id, str(path))
     folder = run_segment(settings, store, video_id)
+    run_publish(settings, store, video_id)  # the document: publish's job, not segment's
     return Tree.from_json(store.read_json(f"{folder}/tree.json"))
 
 
@@ -67,7 +69,7 @@ def test_rerun_skips_and_ids_are_stable(
 ) -> None:
     path, _ = scene_video
     first = _segment(tiny_settings, store, path, "again")
-    embed_dir = store.stage_dir("again", "embed", tiny_settings.stage_key("embed"))
+    embed_dir = store.stage_dir("again", "embed", stage_key(tiny_settings, "embed"))
     marker = store.read_bytes(f"{embed_dir}/_SUCCESS")
     second = _segment(tiny_settings, store, path, "again")
     assert store.read_bytes(f"{embed_dir}/_SUCCESS") == marker  # not recomputed

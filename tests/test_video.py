@@ -13,6 +13,7 @@ import pytest
 from action100m.cli import main
 from action100m.config import Settings
 from action100m.errors import VideoError
+from action100m.frames import read_frames_at
 from action100m.pipeline import run_embed
 from action100m.samples import make_video
 from action100m.store import ArtifactStore
@@ -21,7 +22,6 @@ from action100m.video import (
     _decord_frames,
     _pyav_frames,
     iter_sampled_frames,
-    read_frames_at,
     scaled_size,
 )
 

@@ -30,8 +30,7 @@ from viewer_helpers import (
 from action100m.cli import main as cli_main
 from action100m.samples import make_video
 from action100m.store import ArtifactStore
-from action100m.viewer import publish_viewer, read_thumbnail, render_html, viewer_uri
-from action100m.viewer.thumbnails import pack_uris
+from action100m.viewer import publish_viewer, read_thumbnail, render_html
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "hySSAAw4t24.json"  # the official sample
 
@@ -49,17 +48,17 @@ def clip_store(store: ArtifactStore, tmp_path: Path) -> tuple[ArtifactStore, dic
 def test_publish_writes_page_and_thumbnails(clip_store: tuple[ArtifactStore, dict]) -> None:
     store, document = clip_store
     uri = publish_viewer(None, store, "clip")
-    assert uri == viewer_uri(store, "clip") and store.exists(uri)
-    index = store.read_json(pack_uris(store, "clip")[1])
+    assert uri == store.viewer_uri("clip") and store.exists(uri)
+    index = store.read_json(store.thumbnail_uris("clip")[1])
     assert set(index["nodes"]) == {n["node_id"] for n in document["nodes"]}
     jpeg = read_thumbnail(store, "clip", document["nodes"][0]["node_id"])
     assert jpeg is not None and jpeg[:2] == b"\xff\xd8"
     page = store.read_bytes(uri).decode()
     assert '"mode":"embedded"' in page and "<script" in page
     # A second publish reuses the pack instead of decoding the video again.
-    before = store.fs.modified(store.fs._strip_protocol(pack_uris(store, "clip")[0]))
+    before = store.fs.modified(store.fs._strip_protocol(store.thumbnail_uris("clip")[0]))
     publish_viewer(None, store, "clip")
-    assert store.fs.modified(store.fs._strip_protocol(pack_uris(store, "clip")[0])) == before
+    assert store.fs.modified(store.fs._strip_protocol(store.thumbnail_uris("clip")[0])) == before
 
 
 def test_page_escapes_script_breaking_text() -> None:

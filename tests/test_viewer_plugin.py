@@ -24,7 +24,7 @@ from viewer_helpers import chromium_page, click_node, panel_fields, screenshot, 
 
 from action100m.samples import make_video
 from action100m.store import ArtifactStore
-from action100m.viewer import publish_viewer, report_uri
+from action100m.viewer import publish_viewer
 
 REPO = Path(__file__).resolve().parent.parent
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
@@ -87,7 +87,7 @@ def store_root(tmp_path_factory: pytest.TempPathFactory) -> ArtifactStore:
         "counts": {"done": 1, "failed": 1, "skipped": 0},
         "usage": usage,
     }  # fmt: skip
-    store.write_json(report_uri(store, RUN_ID), report)
+    store.write_json(store.report_uri(RUN_ID), report)
     return store
 
 

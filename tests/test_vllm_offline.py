@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 from caption_helpers import VIDEO_ID, read_captions, scene_tree, write_tree
 
+from action100m import models
 from action100m.config import load_settings
-from action100m.models import captioner as captioner_module
-from action100m.stages.caption import run_caption
+from action100m.pipeline import run_caption
+from action100m.stages.base import stage_key
 from action100m.store import ArtifactStore
 
 ROOT = "12.0-second"  # in the root node's prompt only
@@ -110,7 +111,7 @@ class StandInVLLM:
 def vllm(monkeypatch: pytest.MonkeyPatch) -> StandInVLLM:
     stand_in = StandInVLLM()
     monkeypatch.setitem(sys.modules, "vllm", stand_in.module())
-    monkeypatch.setattr(captioner_module, "_LOADED", {})  # no engine kept from another test
+    monkeypatch.setattr(models, "_LOADED", {})  # no engine kept from another test
     return stand_in
 
 
@@ -204,7 +205,7 @@ def test_a_failing_engine_call_is_retried_one_request_at_a_time(
     assert all(captions[n.node_id]["caption"] for n in tree.nodes[1:])
     # The next run (the stage folder reopened) asks again for the failed request only.
     vllm.calls.clear()
-    folder = store.stage_dir(VIDEO_ID, "caption", settings.stage_key("caption"))
+    folder = store.stage_dir(VIDEO_ID, "caption", stage_key(settings, "caption"))
     store.fs.rm(store.fs._strip_protocol(f"{folder}/_SUCCESS"))
     vllm.fails = None
     run_caption(settings, store, VIDEO_ID)

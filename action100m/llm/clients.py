@@ -1,10 +1,9 @@
 """Adapters over the official ``openai`` and ``anthropic`` clients, and where keys come from.
 
-Keys and endpoints come from the environment (``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``,
-``OPENAI_BASE_URL``, ``ANTHROPIC_BASE_URL``; an empty variable counts as unset), from an
-Airflow connection exported the usual way (``AIRFLOW_CONN_OPENAI_DEFAULT``,
-``AIRFLOW_CONN_ANTHROPIC_DEFAULT``, JSON or URI), or for endpoints from ``aggregate.base_url``;
-never from code, and never written to a log. The SDKs' own retries are off: :mod:`ratelimit`
+Keys and endpoints come from a :class:`~action100m.services.Services` (by default the providers'
+usual variables, ``OPENAI_API_KEY``, ``OPENAI_BASE_URL``, ...; under Airflow the plugin builds it
+from the connections), the endpoint also from ``aggregate.base_url``, which wins; never from code,
+and never written to a log. The SDKs' own retries are off: :mod:`ratelimit`
 retries, so 429s pause every thread and retries count against the budgets. The SDKs do not validate
 bodies, so a 200 may lack any field: no choice or no text is an empty answer, missing usage is 0.
 """
@@ -12,10 +11,8 @@ bodies, so a 200 may lack any field: no choice or no text is an empty answer, mi
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
 
 import anthropic
 import openai
@@ -30,9 +27,10 @@ from action100m.llm.ratelimit import (
     TransientError,
     parse_retry_after,
 )
+from action100m.services import BASE_URL_ENV, KEY_ENV, Services
 
-KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
-BASE_URL_ENV = {"openai": "OPENAI_BASE_URL", "anthropic": "ANTHROPIC_BASE_URL"}
+__all__ = ["BASE_URL_ENV", "KEY_ENV", "ChatClient", "credentials", "make_client"]
+
 # Passed explicitly when nothing names an endpoint: the SDKs would otherwise read their
 # *_BASE_URL variable themselves and take an empty one (as compose passes it) for an address.
 DEFAULT_BASE_URL = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
@@ -47,41 +45,13 @@ class ChatClient(Protocol):
     def complete(self, request: ChatRequest) -> Completion: ...
 
 
-def _connection(conn_id: str, environ: dict[str, str]) -> dict[str, Any]:
-    raw = environ.get(f"AIRFLOW_CONN_{conn_id.upper()}", "").strip()
-    if not raw:
-        return {}
-    if raw.startswith("{"):
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError:
-            return {}
-        return data if isinstance(data, dict) else {}
-    parts = urlsplit(raw)
-    return {"password": unquote(parts.password or ""), "host": parts.hostname or ""}
-
-
 def credentials(
-    cfg: AggregateConfig, environ: dict[str, str] | None = None
+    cfg: AggregateConfig, services: Services | None = None
 ) -> tuple[str | None, str | None]:
     """``(api_key, base_url)`` for the configured provider; either may be None."""
-    env = dict(os.environ if environ is None else environ)
-    conn = _connection(CONNECTION[cfg.provider], env)
-    key = env.get(KEY_ENV[cfg.provider]) or conn.get("password") or None
-    extra = conn.get("extra") or {}
-    if isinstance(extra, str):
-        try:
-            extra = json.loads(extra)
-        except json.JSONDecodeError:
-            extra = {}
-    host = str(conn.get("host") or "")
-    base_url = (
-        cfg.base_url
-        or env.get(BASE_URL_ENV[cfg.provider], "").strip()
-        or extra.get("base_url")
-        or (host if "://" in host else None)
-    )
-    return key, base_url or None
+    services = Services.from_environment() if services is None else services
+    endpoint = services.llm_endpoint(cfg.provider)
+    return endpoint.key(), cfg.base_url or endpoint.base_url
 
 
 def _status_error(provider: str, model: str, status: int, exc: Exception) -> Exception:
@@ -243,8 +213,8 @@ class AnthropicChat(_Adapter):
         return self._guard(call)
 
 
-def make_client(cfg: AggregateConfig, environ: dict[str, str] | None = None) -> ChatClient:
-    api_key, base_url = credentials(cfg, environ)
+def make_client(cfg: AggregateConfig, services: Services | None = None) -> ChatClient:
+    api_key, base_url = credentials(cfg, services)
     if api_key is None and base_url is None:
         raise PermanentError(
             f"no {cfg.provider} API key: set {KEY_ENV[cfg.provider]} (or the "

@@ -41,8 +41,7 @@ class Session:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def cache_uri(self, request: ChatRequest) -> str:
-        key = request.cache_key(self.client.provider, self.client.model)
-        return self.store.join("cache", "llm", key[:2], f"{key}.json")
+        return self.store.llm_cache_uri(request.cache_key(self.client.provider, self.client.model))
 
     def ask(self, request: ChatRequest, what: str) -> tuple[Completion, bool]:
         """The answer to ``request`` from the cache, or from the endpoint (see :meth:`remember`)."""

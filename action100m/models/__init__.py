@@ -1,4 +1,5 @@
-"""One wrapper per model, each loaded once per task through ``from_pretrained``.
+"""One wrapper per model, each loaded once per process through :func:`load_once` and
+``from_pretrained``.
 
 A model name is a hub repo id, a local folder, or ``tiny-random/NAME``: a tiny random-initialised
 model built offline from a small config into the local cache and then loaded by the same code as
@@ -8,13 +9,47 @@ the real one (the way transformers tests itself).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Hashable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from action100m.config import TINY_PREFIX
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+# Loading a model is the expensive part (imports, weights, moving to the GPU): every model of a
+# process is loaded here once per identity and kept. LOADS counts the loads by kind.
+_LOADED: dict[tuple[str, Hashable], Any] = {}
+_LOCK = threading.Lock()
+LOADS: Counter[str] = Counter()
+
+
+def load_once(kind: str, identity: Hashable, factory: Callable[[], T]) -> T:
+    """The model ``kind`` with ``identity`` (name, device, dtype, ...), built by ``factory`` the
+    first time this process asks for it and the same object every later time."""
+    key = (kind, identity)
+    with _LOCK:
+        if key not in _LOADED:
+            started = time.monotonic()
+            _LOADED[key] = factory()
+            LOADS[kind] += 1
+            log.info("%s loaded in %.1f s (kept for this process)", kind,
+                     time.monotonic() - started)  # fmt: skip
+        value: T = _LOADED[key]
+        return value
+
+
+def unload_all() -> None:
+    """Forget every loaded model (tests; a process that switches models for good)."""
+    with _LOCK:
+        _LOADED.clear()
 
 
 def cache_dir() -> Path:

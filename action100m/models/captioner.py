@@ -1,107 +1,46 @@
-"""One interface over the three captioning backends (``vllm-server``, ``vllm``, ``transformers``).
+"""The captioning backend ``caption.backend`` names, loaded once per process (:func:`load_once`).
 
-A backend takes a stream of ``CaptionJob`` (a prompt and its frames, already at the final size) and
-yields each job back with its ``CaptionOutcome``, in whatever order it finishes them; how it
-parallelises (concurrent HTTP requests, engine batches, padded batches) is its own business. A
-node-level failure is an outcome with ``error`` set (``transient`` when a later retry may succeed:
-5xx, 429, timeouts); a backend that cannot work at all (server down) raises ``ServiceError`` once
-the jobs already running are done, and the stage keeps everything finished so far.
+The types every backend speaks live in :mod:`action100m.models.caption_base`; they are re-exported
+here for callers that only want a captioner.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any, Protocol
-
-import numpy as np
-
 from action100m.config import CaptionConfig
+from action100m.models import load_once
+from action100m.models.caption_base import (
+    Captioner,
+    CaptionJob,
+    CaptionOutcome,
+    batched_by_frame_count,
+    chat_messages,
+    clean_caption,
+)
 
-log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CaptionJob:
-    key: str  # the request hash; outcomes are matched back to nodes by it
-    prompt: str
-    frames: list[np.ndarray]  # H x W x 3 uint8, already resized to the captioning size
-    max_new_tokens: int
-
-
-@dataclass(frozen=True)
-class CaptionOutcome:
-    caption: str | None
-    tokens_in: int = 0
-    tokens_out: int = 0
-    error: str | None = None
-    # The service, not the request, failed (5xx, 429, timeout): the node is not done, and the
-    # stage fails the task after the others so that Airflow's retry asks again.
-    transient: bool = False
-
-    @classmethod
-    def failed(cls, error: str, *, transient: bool = False) -> CaptionOutcome:
-        return cls(caption=None, error=error, transient=transient)
+__all__ = [
+    "CaptionJob",
+    "CaptionOutcome",
+    "Captioner",
+    "batched_by_frame_count",
+    "chat_messages",
+    "clean_caption",
+    "make_captioner",
+]
 
 
-class Captioner(Protocol):
-    model: str
-
-    def run(self, jobs: Iterable[CaptionJob]) -> Iterator[tuple[CaptionJob, CaptionOutcome]]: ...
-
-
-def chat_messages(prompt: str, images: list[Any]) -> list[dict[str, Any]]:
-    """One user turn: the images in order, then the prompt (Qwen's chat templates take the
-    ``{"type": "image"}`` parts and emit one vision placeholder each)."""
-    content: list[dict[str, Any]] = [{"type": "image", "image": image} for image in images]
-    content.append({"type": "text", "text": prompt})
-    return [{"role": "user", "content": content}]
-
-
-def clean_caption(text: str | None) -> str | None:
-    """The caption with surrounding whitespace removed; None when the model said nothing."""
-    text = (text or "").strip()
-    return text or None
-
-
-def batched_by_frame_count(
-    jobs: Iterable[CaptionJob], batch_size: int
-) -> Iterator[list[CaptionJob]]:
-    """Groups of up to ``batch_size`` jobs with the same number of frames (leaves with leaves,
-    segments with segments), so padded batches stay tight; partial groups come out at the end."""
-    pending: dict[int, list[CaptionJob]] = {}
-    for job in jobs:
-        group = pending.setdefault(len(job.frames), [])
-        group.append(job)
-        if len(group) >= batch_size:
-            yield pending.pop(len(job.frames))
-    yield from pending.values()
-
-
-# Loading a model is the expensive part: one captioner per process and configuration.
-_LOADED: dict[tuple[Any, ...], Captioner] = {}
-
-
-def make_captioner(config: CaptionConfig) -> Captioner:
-    """The backend ``config.backend`` names, loaded once per process and reused."""
-    identity = (config.backend, config.model, config.device, config.base_url, config.size)
-    if identity in _LOADED:
-        return _LOADED[identity]
-    captioner: Captioner
+def make_captioner(config: CaptionConfig, api_key: str | None = None) -> Captioner:
+    """The backend ``config.backend`` names. Models (``vllm``, ``transformers``) are loaded once
+    per process and reused; a ``vllm-server`` client is cheap and holds per-run settings
+    (timeouts, the key), so it is made each time."""
     if config.backend == "vllm-server":
         from action100m.models.vlm_server import ServerCaptioner
 
-        captioner = ServerCaptioner(config)
-    elif config.backend == "vllm":
+        return ServerCaptioner(config, api_key)
+    identity = (config.backend, config.model, config.device, config.size)
+    if config.backend == "vllm":
         from action100m.models.vllm_offline import VLLMCaptioner
 
-        captioner = VLLMCaptioner(config)
-    else:
-        from action100m.models.qwen3vl import TransformersCaptioner
+        return load_once("vllm", identity, lambda: VLLMCaptioner(config))
+    from action100m.models.qwen3vl import TransformersCaptioner
 
-        captioner = TransformersCaptioner(config)
-    # A server client is cheap and holds per-run settings (timeouts); only cache loaded models.
-    if config.backend != "vllm-server":
-        _LOADED[identity] = captioner
-    return captioner
+    return load_once("qwen3vl", identity, lambda: TransformersCaptioner(config))

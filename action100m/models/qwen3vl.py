@@ -17,7 +17,7 @@ from typing import Any
 
 from action100m.config import CaptionConfig
 from action100m.models import pick_device, resolve_model
-from action100m.models.captioner import (
+from action100m.models.caption_base import (
     CaptionJob,
     CaptionOutcome,
     batched_by_frame_count,

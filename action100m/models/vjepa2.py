@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from action100m.models import pick_device, resolve_model
+from action100m.models import load_once, pick_device, resolve_model
 
 if TYPE_CHECKING:
     import torch
+
+    from action100m.config import EmbedConfig
 
 log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -98,3 +100,9 @@ class VJEPA2Encoder:
         pooled = tokens.float().reshape(batch, tubelets, -1, tokens.shape[-1]).mean(dim=2)
         per_frame = pooled.repeat_interleave(self.tubelet_size, dim=1)
         return per_frame.cpu().numpy()
+
+
+def load_encoder(cfg: EmbedConfig) -> VJEPA2Encoder:
+    """The encoder ``cfg`` names, loaded once per process."""
+    identity = (cfg.model, cfg.device, cfg.dtype)
+    return load_once("vjepa2", identity, lambda: VJEPA2Encoder(cfg.model, cfg.device, cfg.dtype))

@@ -13,7 +13,7 @@ from itertools import islice
 from typing import Any
 
 from action100m.config import CaptionConfig
-from action100m.models.captioner import CaptionJob, CaptionOutcome, chat_messages, clean_caption
+from action100m.models.caption_base import CaptionJob, CaptionOutcome, chat_messages, clean_caption
 
 log = logging.getLogger(__name__)
 # Requests per engine call: enough to keep the scheduler full, few enough that the decoded frames

@@ -19,7 +19,6 @@ import base64
 import io
 import json
 import logging
-import os
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -29,7 +28,7 @@ import numpy as np
 
 from action100m.config import CaptionConfig
 from action100m.errors import ServiceError
-from action100m.models.captioner import CaptionJob, CaptionOutcome, clean_caption
+from action100m.models.caption_base import CaptionJob, CaptionOutcome, clean_caption
 
 log = logging.getLogger(__name__)
 JPEG_QUALITY = 95
@@ -47,7 +46,7 @@ def image_part(frame: np.ndarray) -> dict[str, Any]:
 
 
 class ServerCaptioner:
-    def __init__(self, config: CaptionConfig) -> None:
+    def __init__(self, config: CaptionConfig, api_key: str | None = None) -> None:
         from openai import OpenAI
 
         self.model = config.model
@@ -57,7 +56,7 @@ class ServerCaptioner:
         self.timeout = config.timeout
         self.client = OpenAI(
             base_url=config.base_url,
-            api_key=os.environ.get(config.api_key_env) or "EMPTY",
+            api_key=api_key or "EMPTY",
             timeout=config.timeout,
             max_retries=config.max_retries,
         )

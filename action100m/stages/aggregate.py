@@ -20,22 +20,25 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from typing import Any
 
 from action100m.config import Settings
-from action100m.document import load_metadata, load_tree, stage_artifact, write_document
-from action100m.errors import MissingArtifactError, PermanentError, ServiceError, StoreError
-from action100m.llm.clients import CONNECTION, KEY_ENV, credentials, make_client
+from action100m.errors import PermanentError, ServiceError, StoreError
+from action100m.llm.clients import CONNECTION, credentials, make_client
 from action100m.llm.prompts import PromptBuilder
 from action100m.llm.ratelimit import RateLimiter, RetryPolicy
 from action100m.llm.refine import Session, annotate_node
+from action100m.services import KEY_ENV, Services
+from action100m.sources import load_metadata
+from action100m.stages.base import Runtime, Stage, StageContext, StageOutput
 from action100m.store import ArtifactStore
 from action100m.tree import Node
 
 log = logging.getLogger(__name__)
 
 
-def llm_unavailable_reason(settings: Settings) -> str | None:
-    """None when an LLM is configured, else one sentence saying why aggregation is skipped."""
+def llm_unavailable_reason(settings: Settings, services: Services | None = None) -> str | None:
+    """None when an LLM is configured, else one sentence saying why aggregation is skipped.
+    ``services`` defaults to the providers' usual variables."""
     cfg = settings.aggregate
-    api_key, base_url = credentials(cfg)
+    api_key, base_url = credentials(cfg, services)
     if api_key or base_url:
         return None
     return (
@@ -45,7 +48,7 @@ def llm_unavailable_reason(settings: Settings) -> str | None:
     )
 
 
-def _session(settings: Settings, store: ArtifactStore) -> Session:
+def _session(settings: Settings, store: ArtifactStore, services: Services | None = None) -> Session:
     cfg = settings.aggregate
     limiter = RateLimiter(
         cfg.requests_per_minute / cfg.rate_share,
@@ -53,7 +56,7 @@ def _session(settings: Settings, store: ArtifactStore) -> Session:
         cfg.concurrency,
         RetryPolicy(max_retries=cfg.max_retries),
     )
-    return Session(make_client(cfg), limiter, store, cfg)
+    return Session(make_client(cfg, services), limiter, store, cfg)
 
 
 def _usage_summary(session: Session, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -82,51 +85,24 @@ def _annotate(session: Session, builder: PromptBuilder, node: Node, what: str) -
         raise
 
 
-def run_aggregate(settings: Settings, store: ArtifactStore, video_id: str) -> str:
-    """Annotate ``video_id``'s long-enough nodes; returns the stage folder URI (skips if done)."""
-    cfg = settings.aggregate
-    folder = store.stage_dir(video_id, "aggregate", settings.stage_key("aggregate"))
-    if store.is_done(folder):
-        if not store.done_info(folder).get("imported"):
-            log.info("video %s: aggregate already done in %s", video_id, folder)
-            return folder
-        log.info("video %s: replacing the annotations imported from the release", video_id)
-    reason = llm_unavailable_reason(settings)
-    if reason:
-        raise PermanentError(f"video {video_id}: {reason}")
-    tree = load_tree(settings, store, video_id)
-    captions_uri = stage_artifact(settings, store, video_id, "caption", "captions.json")
-    if captions_uri is None:
-        raise MissingArtifactError(f"video {video_id}: no finished captions; run `caption` first")
-    captions = store.read_json(captions_uri).get("nodes", {})
-    builder = PromptBuilder(tree, captions, load_metadata(store, video_id), cfg.max_prompt_tokens)
-    targets = [node for node in tree.nodes if node.lasts(cfg.min_duration)]
-    session = _session(settings, store)
-    started = time.monotonic()
-    log.info(
-        "video %s: annotating %d of %d nodes (>= %.1f s) with %s %s, %d rounds",
-        video_id,
-        len(targets),
-        len(tree),
-        cfg.min_duration,
-        cfg.provider,
-        cfg.model,
-        cfg.rounds,
-    )
+def _failed(error: str | None) -> dict[str, Any]:
+    return {"annotation": None, "error": error, "rounds": []}
 
+
+def _annotate_all(
+    session: Session, builder: PromptBuilder, targets: list[Node], video_id: str
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Every target node in a bounded pool: ``(results by node id, errors worth a retry)``."""
     results: dict[str, dict[str, Any]] = {}
-    transient: list[str] = []  # the errors worth a retry of the task
-    with ThreadPoolExecutor(cfg.concurrency, thread_name_prefix="aggregate") as pool:
-        futures: dict[Future[dict[str, Any]], Any] = {
+    transient: list[str] = []
+    with ThreadPoolExecutor(session.cfg.concurrency, thread_name_prefix="aggregate") as pool:
+        futures: dict[Future[dict[str, Any]], Node] = {
             pool.submit(
-                _annotate,
-                session,
-                builder,
-                node,
+                _annotate, session, builder, node,
                 f"video {video_id} node [{node.start:.1f}-{node.end:.1f}s]",
             ): node
             for node in targets
-        }
+        }  # fmt: skip
         try:
             for future in as_completed(futures):
                 node = futures[future]
@@ -134,62 +110,79 @@ def run_aggregate(settings: Settings, store: ArtifactStore, video_id: str) -> st
                     results[node.node_id] = future.result()
                 except (ServiceError, StoreError) as exc:
                     transient.append(str(exc))
-                    results[node.node_id] = {"annotation": None, "error": str(exc), "rounds": []}
+                    results[node.node_id] = _failed(str(exc))
                 except PermanentError:
                     raise  # a bad key or model: every node would fail the same way
                 except Exception as exc:  # a bug or an answer nobody planned for: this node only
                     log.exception("video %s: node %s failed unexpectedly", video_id, node.node_id)
-                    error = f"unexpected {type(exc).__name__}: {exc}"
-                    results[node.node_id] = {"annotation": None, "error": error, "rounds": []}
-                if results[node.node_id]["error"]:
-                    log.warning(
-                        "video %s: node %s failed: %s",
-                        video_id,
-                        node.node_id,
-                        results[node.node_id]["error"],
-                    )
+                    results[node.node_id] = _failed(f"unexpected {type(exc).__name__}: {exc}")
+                if error := results[node.node_id]["error"]:
+                    log.warning("video %s: node %s failed: %s", video_id, node.node_id, error)
                 log.info("video %s: annotated %d/%d nodes", video_id, len(results), len(targets))
         except BaseException:
             session.abort.set()
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+    return results, transient
 
-    failed = sum(1 for r in results.values() if r["error"])
-    usage = _usage_summary(session, results)
+
+def _log_usage(video_id: str, usage: dict[str, Any], failed: int, seconds: float) -> None:
     log.info(
         "video %s: %d annotated, %d failed in %.1f s; %d requests (%d from cache), "
         "%d tokens in (%d cached), %d out, about $%.4f",
-        video_id,
-        len(targets) - failed,
-        failed,
-        time.monotonic() - started,
-        usage["requests"],
-        session.cache_hits,
-        usage["input_tokens"],
-        usage["cached_input_tokens"],
-        usage["output_tokens"],
-        usage["cost_usd"],
-    )
-    if transient:
-        raise ServiceError(
-            f"video {video_id}: {len(transient)} of {len(targets)} nodes hit service errors after "
-            f"every retry, e.g. {transient[0]}; a retry asks only for those (answers so far are "
-            "cached)"
-        )
-    if targets and failed == len(targets):
-        raise PermanentError(
-            f"video {video_id}: every node failed aggregation, e.g. "
-            f"{next(iter(results.values()))['error']}"
+        video_id, usage["nodes_annotated"], failed, seconds, usage["requests"],
+        usage["cache_hits"], usage["input_tokens"], usage["cached_input_tokens"],
+        usage["output_tokens"], usage["cost_usd"],
+    )  # fmt: skip
+
+
+class AggregateStage(Stage):
+    name = "aggregate"
+    help = "stage 3: structured annotations of the long nodes with the LLM"
+    needs = ("caption", "segment")
+
+    def unavailable(self, runtime: Runtime) -> str | None:
+        return llm_unavailable_reason(runtime.settings, runtime.services)
+
+    def reusable(self, done_info: dict[str, Any]) -> bool:
+        # The release's own annotations fill the slot until aggregate runs for real.
+        return not done_info.get("imported")
+
+    def process(self, ctx: StageContext) -> StageOutput:
+        cfg, video_id = ctx.settings.aggregate, ctx.video_id
+        tree = ctx.tree()
+        captions = ctx.read_input("caption", "captions.json").get("nodes", {})
+        metadata = load_metadata(ctx.store, video_id)
+        builder = PromptBuilder(tree, captions, metadata, cfg.max_prompt_tokens)
+        targets = [node for node in tree.nodes if node.lasts(cfg.min_duration)]
+        session = _session(ctx.settings, ctx.store, ctx.runtime.services)
+        started = time.monotonic()
+        log.info(
+            "video %s: annotating %d of %d nodes (>= %.1f s) with %s %s, %d rounds",
+            video_id, len(targets), len(tree), cfg.min_duration, cfg.provider, cfg.model,
+            cfg.rounds,
+        )  # fmt: skip
+        results, transient = _annotate_all(session, builder, targets, video_id)
+        failed = sum(1 for r in results.values() if r["error"])
+        usage = _usage_summary(session, results)
+        _log_usage(video_id, usage, failed, time.monotonic() - started)
+        if transient:
+            raise ServiceError(
+                f"video {video_id}: {len(transient)} of {len(targets)} nodes hit service errors "
+                f"after every retry, e.g. {transient[0]}; a retry asks only for those (answers "
+                "so far are cached)"
+            )
+        if targets and failed == len(targets):
+            raise PermanentError(
+                f"video {video_id}: every node failed aggregation, e.g. "
+                f"{next(iter(results.values()))['error']}"
+            )
+        nodes = {node.node_id: results.get(node.node_id, _failed(None)) for node in tree.nodes}
+        annotations = {"model": cfg.model, "provider": cfg.provider, "nodes": nodes}
+        return StageOutput(
+            {"annotations.json": annotations, "usage.json": usage},
+            {"annotated": len(targets) - failed, "failed": failed},
         )
 
-    nodes = {
-        node.node_id: results.get(node.node_id, {"annotation": None, "error": None, "rounds": []})
-        for node in tree.nodes
-    }
-    store.write_json(
-        f"{folder}/annotations.json", {"model": cfg.model, "provider": cfg.provider, "nodes": nodes}
-    )
-    store.write_json(f"{folder}/usage.json", usage)
-    store.mark_done(folder, {"annotated": len(targets) - failed, "failed": failed})
-    write_document(settings, store, video_id)
-    return folder
+
+STAGE = AggregateStage()

@@ -15,20 +15,19 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
-from action100m.config import Settings
-from action100m.document import load_tree
+from action100m.config import CaptionConfig
 from action100m.errors import ServiceError, VideoError
-from action100m.models.captioner import make_captioner
+from action100m.models.captioner import Captioner, CaptionJob, CaptionOutcome, make_captioner
+from action100m.stages.base import Runtime, Stage, StageContext, StageOutput
 from action100m.stages.caption_requests import (
     NodeRequest,
     RequestCache,
     assemble_jobs,
-    cache_uri,
     plan_requests,
 )
-from action100m.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 ARTIFACT = "captions.json"
@@ -66,72 +65,83 @@ class Progress:
         self.logged_at, self.logged = time.monotonic(), self.done
 
 
-def run_caption(settings: Settings, store: ArtifactStore, video_id: str) -> str:
-    """Caption every node of the video's tree; returns the caption stage folder's URI."""
-    config = settings.caption
-    folder = store.stage_dir(video_id, "caption", settings.stage_key("caption"))
-    if store.is_done(folder):
-        log.info("video %s: captions already done in %s", video_id, folder)
-        return folder
-    tree = load_tree(settings, store, video_id)
-    plans = plan_requests(tree, config)
-    cache = RequestCache(store, cache_uri(store, video_id, config))
-    progress = Progress(video_id, len(plans))
-    results: dict[str, dict[str, Any]] = {}
-    unfinished: dict[str, str] = {}  # request key -> last service failure, worth a retry
-    for plan in plans:
-        if plan.key in cache:
-            results[plan.key] = {**cache.get(plan.key), "cached": True}
-            progress.add(cached=True)
-    todo = [plan for plan in plans if plan.key not in results]
-    log.info(
-        "video %s: %d nodes, %d caption requests (%d cached) with %s on %s",
-        video_id,
-        len(tree),
-        len(plans),
-        len(plans) - len(todo),
-        config.model,
-        config.backend,
-    )
-    if todo:
-        by_key: dict[str, list[NodeRequest]] = {}
-        for plan in todo:
-            by_key.setdefault(plan.key, []).append(plan)
+class CaptionStage(Stage):
+    name = "caption"
+    help = "stage 2: a caption for every node of the tree"
+    needs = ("segment",)
 
-        def frame_failed(plan: NodeRequest, problem: str) -> None:
-            results[plan.key] = {"caption": None, "error": problem, "frame_error": True}
-            progress.add(error=True)
+    def setup(self, runtime: Runtime) -> None:
+        self.captioner(runtime)
 
+    @staticmethod
+    def captioner(runtime: Runtime) -> Captioner:
         try:
-            captioner = make_captioner(config)
-            with store.local_copy(tree.source) as path:
-                jobs = assemble_jobs(path, video_id, todo, config, frame_failed)
-                for job, outcome in captioner.run(jobs):
-                    result = {
-                        "caption": outcome.caption,
-                        "error": outcome.error,
-                        "tokens_in": outcome.tokens_in,
-                        "tokens_out": outcome.tokens_out,
-                    }
-                    results[job.key] = result
-                    if outcome.error is None:
-                        cache.put(job.key, result)
-                    elif outcome.transient:
-                        unfinished[job.key] = outcome.error
-                    progress.add(error=outcome.error is not None)
+            return make_captioner(runtime.settings.caption, runtime.services.vlm.key())
         except ServiceError as exc:
-            raise ServiceError(f"video {video_id}: captioning stopped: {exc}") from exc
-        finally:
-            cache.flush()  # whatever happened, finished captions survive for the retry
-    if progress.logged != progress.done:
-        progress.log()
-    _check_some_succeeded(video_id, results)
-    _check_none_unfinished(video_id, plans, unfinished)
-    document = _captions_document(config.model, tree.nodes, plans, results)
-    store.write_json(f"{folder}/{ARTIFACT}", document)
-    store.mark_done(folder, document["summary"])
-    log.info("video %s: captions written to %s/%s", video_id, folder, ARTIFACT)
-    return folder
+            raise ServiceError(f"captioning cannot start: {exc}") from exc
+
+    def process(self, ctx: StageContext) -> StageOutput:
+        config, video_id = ctx.settings.caption, ctx.video_id
+        tree = ctx.tree()
+        plans = plan_requests(tree, config)
+        cache = RequestCache(ctx.store, ctx.store.caption_cache_uri(video_id, config.model))
+        progress = Progress(video_id, len(plans))
+        results = {p.key: {**cache.get(p.key), "cached": True} for p in plans if p.key in cache}
+        for _ in results:
+            progress.add(cached=True)
+        todo = [plan for plan in plans if plan.key not in results]
+        log.info(
+            "video %s: %d nodes, %d caption requests (%d cached) with %s on %s",
+            video_id, len(tree), len(plans), len(plans) - len(todo), config.model, config.backend,
+        )  # fmt: skip
+        unfinished: dict[str, str] = {}  # request key -> last service failure, worth a retry
+        if todo:
+            try:
+                with ctx.store.local_copy(tree.source) as path:
+                    jobs = _jobs(path, video_id, todo, config, results, progress)
+                    for job, outcome in self.captioner(ctx.runtime).run(jobs):
+                        results[job.key] = _result(outcome)
+                        if outcome.error is None:
+                            cache.put(job.key, results[job.key])
+                        elif outcome.transient:
+                            unfinished[job.key] = outcome.error
+                        progress.add(error=outcome.error is not None)
+            except ServiceError as exc:
+                raise ServiceError(f"video {video_id}: captioning stopped: {exc}") from exc
+            finally:
+                cache.flush()  # whatever happened, finished captions survive for the retry
+        if progress.logged != progress.done:
+            progress.log()
+        _check_some_succeeded(video_id, results)
+        _check_none_unfinished(video_id, plans, unfinished)
+        document = _captions_document(config.model, tree.nodes, plans, results)
+        return StageOutput({ARTIFACT: document}, document["summary"])
+
+
+def _jobs(
+    path: str,
+    video_id: str,
+    todo: list[NodeRequest],
+    config: CaptionConfig,
+    results: dict[str, dict[str, Any]],
+    progress: Progress,
+) -> Iterator[CaptionJob]:
+    """The requests with their frames; a frame that cannot be read fails its node only."""
+
+    def frame_failed(plan: NodeRequest, problem: str) -> None:
+        results[plan.key] = {"caption": None, "error": problem, "frame_error": True}
+        progress.add(error=True)
+
+    return assemble_jobs(path, video_id, todo, config, frame_failed)
+
+
+def _result(outcome: CaptionOutcome) -> dict[str, Any]:
+    return {
+        "caption": outcome.caption,
+        "error": outcome.error,
+        "tokens_in": outcome.tokens_in,
+        "tokens_out": outcome.tokens_out,
+    }
 
 
 def _check_some_succeeded(video_id: str, results: dict[str, dict[str, Any]]) -> None:
@@ -190,3 +200,6 @@ def _captions_document(
         "tokens_out": sum(e["tokens_out"] for e in ordered.values()),
     }
     return {"model": model, "nodes": ordered, "summary": summary}
+
+
+STAGE = CaptionStage()

@@ -154,8 +154,3 @@ class RequestCache:
             log.debug("caption cache: %d results saved to %s", len(self.entries), self.uri)
         self.unsaved = 0
         self.saved_at = time.monotonic()
-
-
-def cache_uri(store: ArtifactStore, video_id: str, config: CaptionConfig) -> str:
-    model = hashlib.sha256(config.model.encode()).hexdigest()[:12]
-    return f"{store.video_dir(video_id)}/caption/cache/{model}.json"

@@ -10,15 +10,16 @@ the windows in flight are held, so memory stays flat however long the video is.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from action100m.config import Settings
+from action100m.config import EmbedConfig
 from action100m.errors import ConfigError, VideoError
-from action100m.store import ArtifactStore
-from action100m.video import iter_sampled_frames, probe
+from action100m.models.vjepa2 import VJEPA2Encoder, load_encoder
+from action100m.sources import save_metadata
+from action100m.stages.base import Runtime, Stage, StageContext, StageOutput
+from action100m.video import VideoInfo, iter_sampled_frames, probe
 
 log = logging.getLogger(__name__)
 
@@ -118,67 +119,78 @@ def _require_length(video_id: str, seconds: float, minimum: float) -> None:
         raise VideoError(video_id, f"too short: {seconds:.2f} s, needs at least {minimum} s")
 
 
-def run_embed(settings: Settings, store: ArtifactStore, video_id: str, source: str) -> str:
-    """Embed ``source`` into ``videos/{video_id}/embed/{key}``; skipped when already done."""
-    from action100m.models.vjepa2 import VJEPA2Encoder
+class EmbedStage(Stage):
+    name = "embed"
+    help = "stage 1a: V-JEPA 2 vectors for 1 in every frame_step frames"
 
-    cfg = settings.embed
-    folder = store.stage_dir(video_id, "embed", settings.stage_key("embed"))
-    if store.is_done(folder):
-        log.info("video %s: embed already done at %s, skipping", video_id, folder)
-        return folder
-    started = time.monotonic()
-    with store.local_copy(source, video_id) as path:
-        info = probe(path, video_id)
-        if info.duration is not None:  # fail before loading the model when the file says so
-            _require_length(video_id, info.duration, settings.segment.min_duration)
-        encoder = VJEPA2Encoder(cfg.model, cfg.device, cfg.dtype)
-        if cfg.window % encoder.tubelet_size:
-            raise ConfigError(
-                f"embed.window ({cfg.window}) must be a multiple of the encoder's tubelet size "
-                f"({encoder.tubelet_size})"
-            )
-        times: list[float] = []
-        expected = max(1, int(info.num_frames / cfg.frame_step))
-        n_windows = len(window_starts(expected, cfg.window, cfg.stride))
-        done = [0]
+    def setup(self, runtime: Runtime) -> None:
+        load_encoder(runtime.settings.embed)
 
-        def progress(count: int) -> None:
-            done[0] += count
-            log.info("video %s: encoded %d/~%d windows", video_id, done[0], n_windows)
+    def before(self, ctx: StageContext) -> None:
+        # A rerun may name metadata the first run lacked: copied whether or not embed is done.
+        save_metadata(ctx.store, ctx.video_id, ctx.video.metadata)
 
-        def frames() -> Iterator[np.ndarray]:
-            for pts, frame in iter_sampled_frames(
-                path, video_id, cfg.frame_step, encoder.resize_size, cfg.decoder, info
-            ):
-                times.append(pts)
-                yield frame
-
-        features = embed_frames(
-            frames(),
-            encoder.encode,
-            window=cfg.window,
-            stride=cfg.stride,
-            batch_size=cfg.batch_size,
-            on_batch=progress,
-        )
-    # The last sampled frame stands for the frames skipped after it.
-    decoded = times[-1] + cfg.frame_step / info.fps
-    _require_length(video_id, decoded, settings.segment.min_duration)
-    duration = max(info.duration or decoded, times[-1])
-    store.write_npy(f"{folder}/embeddings.npy", features.astype(np.float16))
-    store.write_json(
-        f"{folder}/frames.json",
-        {
+    def process(self, ctx: StageContext) -> StageOutput:
+        cfg, video_id = ctx.settings.embed, ctx.video_id
+        if ctx.video.uri is None:
+            raise VideoError(video_id, "embed needs the video's source (a path or a URI)")
+        with ctx.store.local_copy(ctx.video.uri, video_id) as path:
+            info = probe(path, video_id)
+            if info.duration is not None:  # fail before any decoding when the file says so
+                _require_length(video_id, info.duration, ctx.settings.segment.min_duration)
+            encoder = load_encoder(cfg)
+            times, features = _embed_file(path, video_id, cfg, info, encoder)
+        # The last sampled frame stands for the frames skipped after it.
+        decoded = times[-1] + cfg.frame_step / info.fps
+        _require_length(video_id, decoded, ctx.settings.segment.min_duration)
+        frames = {
             "video_id": video_id,
-            "source": source,
-            "duration": duration,
+            "source": ctx.video.uri,
+            "duration": max(info.duration or decoded, times[-1]),
             "fps": info.fps,
             "frame_step": cfg.frame_step,
             "times": times,
-        },
+        }
+        return StageOutput(
+            {"embeddings.npy": features.astype(np.float16), "frames.json": frames},
+            {"frames": len(times)},
+        )
+
+
+def _embed_file(
+    path: str, video_id: str, cfg: EmbedConfig, info: VideoInfo, encoder: VJEPA2Encoder
+) -> tuple[list[float], np.ndarray]:
+    """(sampled frame times, per-frame vectors) of the local file ``path``."""
+    if cfg.window % encoder.tubelet_size:
+        raise ConfigError(
+            f"embed.window ({cfg.window}) must be a multiple of the encoder's tubelet size "
+            f"({encoder.tubelet_size})"
+        )
+    times: list[float] = []
+    expected = max(1, int(info.num_frames / cfg.frame_step))
+    n_windows = len(window_starts(expected, cfg.window, cfg.stride))
+    done = [0]
+
+    def progress(count: int) -> None:
+        done[0] += count
+        log.info("video %s: encoded %d/~%d windows", video_id, done[0], n_windows)
+
+    def frames() -> Iterator[np.ndarray]:
+        for pts, frame in iter_sampled_frames(
+            path, video_id, cfg.frame_step, encoder.resize_size, cfg.decoder, info
+        ):
+            times.append(pts)
+            yield frame
+
+    features = embed_frames(
+        frames(),
+        encoder.encode,
+        window=cfg.window,
+        stride=cfg.stride,
+        batch_size=cfg.batch_size,
+        on_batch=progress,
     )
-    seconds = time.monotonic() - started
-    store.mark_done(folder, {"frames": len(times), "seconds": round(seconds, 3)})
-    log.info("video %s: %d frames embedded in %.1f s -> %s", video_id, len(times), seconds, folder)
-    return folder
+    return times, features
+
+
+STAGE = EmbedStage()

@@ -9,18 +9,12 @@ node is shorter than ``min_duration``, the node becomes a leaf, so the tree stay
 from __future__ import annotations
 
 import heapq
-import logging
-import time
 
 import numpy as np
 
-from action100m.config import Settings
-from action100m.document import write_document
-from action100m.errors import MissingArtifactError, VideoError
-from action100m.store import ArtifactStore
+from action100m.errors import VideoError
+from action100m.stages.base import Stage, StageContext, StageOutput
 from action100m.tree import Node, Tree, make_node_id, reaches
-
-log = logging.getLogger(__name__)
 
 
 def ward_merges(features: np.ndarray) -> np.ndarray:
@@ -134,42 +128,29 @@ def build_tree(
     return Tree(video_id, float(edges[-1]), fps, source, nodes)
 
 
-def run_segment(settings: Settings, store: ArtifactStore, video_id: str) -> str:
-    """Cluster the embeddings of ``video_id`` into ``segment/{key}/tree.json``; skip when done."""
-    folder = store.stage_dir(video_id, "segment", settings.stage_key("segment"))
-    if store.is_done(folder):
-        log.info("video %s: segment already done at %s, skipping", video_id, folder)
-        if not store.exists(store.document_uri(video_id)):  # lost after _SUCCESS last time
-            write_document(settings, store, video_id)
-        return folder
-    embed_dir = store.stage_dir(video_id, "embed", settings.stage_key("embed"))
-    if not store.is_done(embed_dir):
-        raise MissingArtifactError(f"video {video_id}: no finished embeddings at {embed_dir}")
-    started = time.monotonic()
-    features = store.read_npy(f"{embed_dir}/embeddings.npy")
-    frames = store.read_json(f"{embed_dir}/frames.json")
-    min_duration = settings.segment.min_duration
-    if frames["duration"] < min_duration:
-        raise VideoError(video_id, f"too short: {frames['duration']:.2f} s < {min_duration} s")
-    edges = frame_boundaries(frames["times"], frames["duration"])
-    tree = build_tree(
-        video_id,
-        ward_merges(features),
-        edges,
-        min_duration=min_duration,
-        fps=frames["fps"],
-        source=frames["source"],
-    )
-    store.write_json(f"{folder}/tree.json", tree.to_json())
-    store.mark_done(folder, {"nodes": len(tree), "leaves": len(tree.leaves())})
-    log.info(
-        "video %s: %d frames -> %d nodes (%d leaves) in %.2f s -> %s",
-        video_id,
-        len(features),
-        len(tree),
-        len(tree.leaves()),
-        time.monotonic() - started,
-        folder,
-    )
-    write_document(settings, store, video_id)
-    return folder
+class SegmentStage(Stage):
+    name = "segment"
+    help = "stage 1b: Ward clustering of the vectors into a pruned binary tree"
+    needs = ("embed",)
+
+    def process(self, ctx: StageContext) -> StageOutput:
+        features = ctx.read_input("embed", "embeddings.npy")
+        frames = ctx.read_input("embed", "frames.json")
+        min_duration = ctx.settings.segment.min_duration
+        if frames["duration"] < min_duration:
+            raise VideoError(
+                ctx.video_id, f"too short: {frames['duration']:.2f} s < {min_duration} s"
+            )
+        tree = build_tree(
+            ctx.video_id,
+            ward_merges(features),
+            frame_boundaries(frames["times"], frames["duration"]),
+            min_duration=min_duration,
+            fps=frames["fps"],
+            source=frames["source"],
+        )
+        stats = {"frames": len(features), "nodes": len(tree), "leaves": len(tree.leaves())}
+        return StageOutput({"tree.json": tree.to_json()}, stats)
+
+
+STAGE = SegmentStage()

@@ -1,8 +1,9 @@
 """Tree-of-captions viewer: one self-contained HTML page per video, thumbnails, run reports.
 
-- :func:`write_html` (``action100m show VIDEO_ID --html OUT``) and :func:`publish_viewer` (the
-  ``publish`` stage: ``{root}/videos/{id}/viewer.html``) write the page;
-- :func:`render_html` renders it (the Airflow plugin serves it with thumbnails by URL);
+- :func:`render_page` renders a document's page with its thumbnails (the publish stage writes it
+  to ``viewer.html``), :func:`write_html` (``action100m show VIDEO_ID --html OUT``) and
+  :func:`publish_viewer` write it;
+- :func:`render_html` renders the page (the Airflow plugin serves it with thumbnails by URL);
 - :func:`render_report` / :func:`render_index` are the run report and the store's index page.
 """
 
@@ -12,7 +13,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from action100m.batch import report_uri
 from action100m.store import ArtifactStore
 from action100m.viewer.render import EMBED_BUDGET, page_data, render_html
 from action100m.viewer.report import render_index, render_report
@@ -27,9 +27,8 @@ __all__ = [
     "read_thumbnails",
     "render_html",
     "render_index",
+    "render_page",
     "render_report",
-    "report_uri",
-    "viewer_uri",
     "write_html",
 ]
 
@@ -37,11 +36,10 @@ log = logging.getLogger(__name__)
 MAX_THUMBNAILS = 20_000  # decoded per video at most (the widest spans first)
 
 
-def viewer_uri(store: ArtifactStore, video_id: str) -> str:
-    return store.join("videos", video_id, "viewer.html")
-
-
-def _page(document: dict[str, Any], store: ArtifactStore | None, budget: int) -> str:
+def render_page(
+    document: dict[str, Any], store: ArtifactStore | None, budget: int = EMBED_BUDGET
+) -> str:
+    """The self-contained page; with ``store``, thumbnails from (and added to) the video's pack."""
     thumbs = ensure_thumbnails(store, document, MAX_THUMBNAILS) if store is not None else {}
     return render_html(document, thumbs, budget=budget)
 
@@ -57,18 +55,18 @@ def write_html(
     With ``store``, thumbnails come from (and are added to) the video's thumbnail pack."""
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(_page(document, store, budget), encoding="utf-8")
+    path.write_text(render_page(document, store, budget), encoding="utf-8")
     return str(path)
 
 
 def publish_viewer(
     settings: Any, store: ArtifactStore, video_id: str, document: dict[str, Any] | None = None
 ) -> str:
-    """The ``publish`` stage's viewer: thumbnails pack + ``{root}/videos/{id}/viewer.html``;
-    returns the page's URI. ``settings`` is accepted for symmetry with the other stages."""
+    """(Re)write a published video's page: thumbnails pack + ``viewer.html``, as the publish stage
+    does; returns the page's URI. ``settings`` is accepted for symmetry with the stages."""
     if document is None:
         document = store.read_json(store.document_uri(video_id))
-    uri = viewer_uri(store, video_id)
-    store.write_bytes(uri, _page(document, store, EMBED_BUDGET).encode("utf-8"))
+    uri = store.viewer_uri(video_id)
+    store.write_bytes(uri, render_page(document, store).encode("utf-8"))
     log.info("video %s: viewer written to %s", video_id, uri)
     return uri

@@ -1,6 +1,6 @@
 """Node thumbnails: the middle frame of each node, small JPEGs, stored as one pack per video.
 
-The pack is ``{root}/videos/{id}/thumbnails/pack.bin`` (JPEGs back to back) with ``index.json``
+The pack (``store.thumbnail_uris``: ``videos/{id}/thumbnails/pack.bin``, JPEGs back to back) has ``index.json``
 (``{"height": int, "nodes": {node_id: [offset, length]}}``), so a server reads one thumbnail with a
 ranged read and a re-publish reuses every thumbnail whose node (same span, same id) it has.
 A video that cannot be read (an imported release without its file) simply has no thumbnails.
@@ -16,19 +16,16 @@ from typing import Any
 import numpy as np
 
 from action100m.errors import Action100MError
+from action100m.frames import read_frames_at
 from action100m.store import ArtifactStore
-from action100m.video import probe, read_frames_at
+from action100m.video import probe
 
 log = logging.getLogger(__name__)
 
 THUMB_HEIGHT = 72
 JPEG_QUALITY = 70
 SEEK_LIMIT = 48  # up to this many frames: seek to each; more: one decoding pass
-
-
-def pack_uris(store: ArtifactStore, video_id: str) -> tuple[str, str]:
-    folder = store.join("videos", video_id, "thumbnails")
-    return f"{folder}/pack.bin", f"{folder}/index.json"
+SCAN_SEEK_GAP = 10.0  # seconds: in a decoding pass, seek over gaps longer than this
 
 
 def encode_jpeg(frame: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
@@ -37,36 +34,6 @@ def encode_jpeg(frame: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(frame).save(buffer, format="JPEG", quality=quality, optimize=True)
     return buffer.getvalue()
-
-
-def _scan_frames(path: str, times: Sequence[float], size: tuple[int, int]) -> list[np.ndarray]:
-    """The frame shown at each time, in one decoding pass (for many times)."""
-    import av
-
-    wanted = sorted(set(times))
-    found: dict[float, np.ndarray] = {}
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        base = stream.start_time or 0
-        tb = float(stream.time_base or 0)
-        index, previous = 0, None
-        for frame in container.decode(stream):
-            pts = (frame.pts - base) * tb if frame.pts is not None else 0.0
-            while index < len(wanted) and pts >= wanted[index] - 1e-6:
-                shown = frame if previous is None or pts <= wanted[index] + 1e-6 else previous
-                found[wanted[index]] = shown.to_ndarray(
-                    width=size[0], height=size[1], format="rgb24"
-                )
-                index += 1
-            if index == len(wanted):
-                break
-            previous = frame
-        for target in wanted[index:]:  # past the last frame: the last frame
-            if previous is None:
-                break
-            found[target] = previous.to_ndarray(width=size[0], height=size[1], format="rgb24")
-    return [found[t] for t in times if t in found]
 
 
 def middle_frame_jpegs(
@@ -79,17 +46,14 @@ def middle_frame_jpegs(
     width = max(2, round(info.width * height / max(1, info.height)) // 2 * 2)
     last = max(0.0, info.duration - 1e-3) if info.duration is not None else float("inf")
     times = [min(max(0.0, (s + e) / 2), last) for s, e in spans]
-    if len(times) <= SEEK_LIMIT:
-        frames = read_frames_at(path, video_id, times, (width, height))
-    else:
-        frames = _scan_frames(path, times, (width, height))
-    if len(frames) != len(times):
-        raise Action100MError(f"video {video_id}: {len(times) - len(frames)} frames not found")
+    # A few frames: seek to each; more: one decoding pass (skipping only long gaps).
+    seek_gap = 0.0 if len(times) <= SEEK_LIMIT else SCAN_SEEK_GAP
+    frames = read_frames_at(path, video_id, times, (width, height), seek_gap)
     return [encode_jpeg(frame) for frame in frames]
 
 
 def read_index(store: ArtifactStore, video_id: str) -> dict[str, Any] | None:
-    _, index_uri = pack_uris(store, video_id)
+    _, index_uri = store.thumbnail_uris(video_id)
     if not store.exists(index_uri):
         return None
     index: dict[str, Any] = store.read_json(index_uri)
@@ -102,7 +66,7 @@ def read_thumbnail(store: ArtifactStore, video_id: str, node_id: str) -> bytes |
     entry = (index or {}).get("nodes", {}).get(node_id)
     if entry is None:
         return None
-    pack_uri, _ = pack_uris(store, video_id)
+    pack_uri, _ = store.thumbnail_uris(video_id)
     offset, length = entry
     data: bytes = store.fs.cat_file(pack_uri, start=offset, end=offset + length)
     return data
@@ -113,12 +77,12 @@ def read_thumbnails(store: ArtifactStore, video_id: str) -> dict[str, bytes]:
     index = read_index(store, video_id)
     if not index:
         return {}
-    pack = store.read_bytes(pack_uris(store, video_id)[0])
+    pack = store.read_bytes(store.thumbnail_uris(video_id)[0])
     return {nid: pack[o : o + n] for nid, (o, n) in index["nodes"].items()}
 
 
 def write_pack(store: ArtifactStore, video_id: str, thumbs: dict[str, bytes]) -> None:
-    pack_uri, index_uri = pack_uris(store, video_id)
+    pack_uri, index_uri = store.thumbnail_uris(video_id)
     entries: dict[str, list[int]] = {}
     chunks, offset = [], 0
     for node_id, data in thumbs.items():

@@ -10,10 +10,12 @@ import os
 from datetime import timedelta
 from typing import Any
 
+from action100m.stages import PIPELINE, STAGE_NAMES
+
 DAG_ID = "action100m"
 BACKFILL_DAG_ID = "action100m_backfill"
 VIDEO_GROUP = "video"
-STAGES = ("embed", "segment", "caption", "aggregate", "publish")
+STAGES = STAGE_NAMES  # the library's list, in order: one task per stage in each video's group
 GPU_POOL = "gpu"
 LLM_POOL = "llm"
 # Slots of the `llm` pool where the deployment sets them (compose's .env, scripts/airflow_env.sh);
@@ -24,13 +26,21 @@ STORE_CONN_ID = "action100m_store"
 LLM_CONN_IDS = {"openai": "openai_default", "anthropic": "anthropic_default"}
 VLLM_CONN_ID = "vllm_default"
 
-# Where each stage runs, and how long one try may take (the paper profile on a real GPU).
+# Where each kind of stage runs: a model on the GPU needs a GPU host (queue) and a GPU slot
+# (pool); a GPU server's client needs only the slot; the LLM's client a slot of the llm pool.
+RESOURCE_OPTIONS: dict[str, dict[str, Any]] = {
+    "gpu": {"pool": GPU_POOL, "queue": GPU_QUEUE},
+    "gpu_service": {"pool": GPU_POOL},
+    "llm": {"pool": LLM_POOL},
+    "cpu": {},
+}
+# Each stage's task options, from the library's stage list: pool, queue and a timeout per try.
 STAGE_OPTIONS: dict[str, dict[str, Any]] = {
-    "embed": {"pool": GPU_POOL, "queue": GPU_QUEUE, "execution_timeout": timedelta(hours=2)},
-    "segment": {"execution_timeout": timedelta(minutes=30)},
-    "caption": {"pool": GPU_POOL, "execution_timeout": timedelta(hours=4)},
-    "aggregate": {"pool": LLM_POOL, "execution_timeout": timedelta(hours=4)},
-    "publish": {"execution_timeout": timedelta(minutes=15)},
+    spec.name: {
+        **RESOURCE_OPTIONS[spec.resource],
+        "execution_timeout": timedelta(minutes=spec.timeout_minutes),
+    }
+    for spec in PIPELINE
 }
 
 

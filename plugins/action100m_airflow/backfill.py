@@ -50,13 +50,7 @@ def plan_shards() -> list[dict[str, Any]]:
     """One ``{trigger_run_id, conf}`` per shard of the next bounded slice of the manifest; the
     shard's IDs go to the store and only their URI into the conf. The plan's figures (and where
     a continuation starts) are pushed as the XCom ``plan``."""
-    from action100m.batch import (
-        max_videos_per_run,
-        plan_window,
-        read_manifest,
-        shard_list_uri,
-        write_video_list,
-    )
+    from action100m.batch import max_videos_per_run, plan_window, read_manifest, write_video_list
 
     context = get_current_context()
     params, run_id, ti = context["params"], context["run_id"], context["ti"]
@@ -73,7 +67,7 @@ def plan_shards() -> list[dict[str, Any]]:
         ids = read_manifest(manifest, store.options_for(manifest))
         skip_done = bool(params.get("skip_done", True))
         shards, next_offset, scanned = plan_window(store, ids, offset, size, max_shards, skip_done)
-        uris = [shard_list_uri(store, run_id, index + 1) for index in range(len(shards))]
+        uris = [store.shard_list_uri(run_id, index + 1) for index in range(len(shards))]
         for uri, videos in zip(uris, shards, strict=True):
             write_video_list(store, uri, videos)
     planned = sum(len(videos) for videos in shards)

@@ -1,4 +1,8 @@
-"""Airflow connections -> the library's store and settings. No secret is ever logged.
+"""Airflow connections -> the library's store, settings and service keys, as explicit arguments.
+
+Nothing here writes ``os.environ``: the store gets its credentials as storage options, the model
+services' keys travel as a :class:`~action100m.services.Services` (``SecretStr``), endpoints and
+models as a settings layer. No secret is ever logged.
 
 - ``action100m_store`` (type ``aws``): login/password = access key/secret, extra ``endpoint_url``
   (MinIO, any S3-compatible server) and ``root`` (e.g. ``s3://action100m``). Without the
@@ -21,8 +25,6 @@ from airflow.sdk.exceptions import AirflowNotFoundException
 from action100m_airflow import LLM_CONN_IDS, STORE_CONN_ID, VLLM_CONN_ID
 
 log = logging.getLogger(__name__)
-
-API_KEY_VARIABLES = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 
 
 def optional_connection(conn_id: str) -> Connection | None:
@@ -65,47 +67,22 @@ class ArtifactStoreHook(BaseHook):
         self.store_conn_id = store_conn_id
 
     def root_and_options(self) -> tuple[str | None, dict[str, Any] | None]:
-        """The root URI (None: the library default) and fsspec storage options (None: from env)."""
+        """The root URI (None: the library default) and fsspec storage options (None: the
+        library's defaults for the root's kind of storage)."""
+        from action100m.store import s3_options
+
         env_root = os.environ.get("ACTION100M_STORE")
         conn = optional_connection(self.store_conn_id)
         if conn is None:
             return env_root, None
         extra = conn.extra_dejson
         root = extra.get("root") or env_root
+        if not (root or "").startswith(("s3://", "s3a://")):
+            return root, None
         endpoint = extra.get("endpoint_url") or (
             extra.get("service_config", {}).get("s3", {}).get("endpoint_url")
         )
-        if conn.conn_type == "aws":
-            self._export_to_environment(conn.login, conn.password, endpoint)
-        if not (root or "").startswith(("s3://", "s3a://")):
-            return root, None
-        options: dict[str, Any] = {
-            "config_kwargs": {
-                "connect_timeout": 5,
-                "read_timeout": 60,
-                "retries": {"max_attempts": 3},
-            }
-        }
-        if conn.login:
-            options.update(key=conn.login, secret=conn.password)
-        client_kwargs: dict[str, Any] = {}
-        if endpoint:
-            client_kwargs["endpoint_url"] = endpoint
-        if extra.get("region_name"):
-            client_kwargs["region_name"] = extra["region_name"]
-        if client_kwargs:
-            options["client_kwargs"] = client_kwargs
-        return root, options
-
-    @staticmethod
-    def _export_to_environment(key: str | None, secret: str | None, endpoint: str | None) -> None:
-        """Make the connection the task process's AWS identity, so every S3 read in the library
-        (sources, metadata, manifests) reaches the same server with the same keys."""
-        if key:
-            os.environ["AWS_ACCESS_KEY_ID"] = key
-            os.environ["AWS_SECRET_ACCESS_KEY"] = secret or ""
-        if endpoint:
-            os.environ["AWS_ENDPOINT_URL"] = endpoint
+        return root, s3_options(conn.login, conn.password, endpoint, extra.get("region_name"))
 
     def get_store(self, root: str | None = None) -> Any:
         from action100m.store import ArtifactStore
@@ -119,40 +96,45 @@ class ArtifactStoreHook(BaseHook):
         return ArtifactStore(root, options)
 
 
-def model_service_settings(requested_provider: str | None) -> dict[str, str]:
-    """Settings (``{"aggregate.base_url": ..., ...}``) from the LLM and vLLM connections; API keys
-    are exported to the variables the clients read, never returned or logged."""
-    found: dict[str, str] = {}
+def model_services(requested_provider: str | None) -> tuple[dict[str, Any], Any]:
+    """``(settings, services)`` from the LLM and vLLM connections: endpoints and models as a
+    settings layer (``{"aggregate": {"base_url": ...}}``), keys in a ``Services`` built on the
+    usual variables of this process. Nothing is exported; keys are never returned as text."""
+    from pydantic import SecretStr
+
+    from action100m.services import Endpoint, Services
+
+    settings: dict[str, Any] = {}
+    services = Services.from_environment()
     providers = [requested_provider] if requested_provider else list(LLM_CONN_IDS)
     for provider in providers:
         conn = optional_connection(LLM_CONN_IDS[provider])
         if conn is None:
             continue
-        found["aggregate.provider"] = provider
-        found.update(_endpoint_settings("aggregate", conn))
-        if conn.password:
-            os.environ[API_KEY_VARIABLES[provider]] = conn.password
+        settings["aggregate"] = {"provider": provider, **_endpoint_settings(conn)}
+        key = SecretStr(conn.password) if conn.password else None
+        services = services.with_llm(provider, Endpoint(api_key=key))
         log.info(
             "LLM from connection %s: provider %s, model %s, endpoint %s, key %s",
-            LLM_CONN_IDS[provider], provider, found.get("aggregate.model", "(default)"),
-            _safe(found.get("aggregate.base_url")) or "(provider default)",
+            LLM_CONN_IDS[provider], provider, settings["aggregate"].get("model", "(default)"),
+            _safe(settings["aggregate"].get("base_url")) or "(provider default)",
             "set" if conn.password else "not set",
         )  # fmt: skip
         break
     vllm = optional_connection(VLLM_CONN_ID)
     if vllm is not None:
-        found.update(_endpoint_settings("caption", vllm))
+        settings["caption"] = _endpoint_settings(vllm)
         if vllm.password:
-            os.environ["VLLM_API_KEY"] = vllm.password
+            services = services.with_vlm(Endpoint(api_key=SecretStr(vllm.password)))
         log.info("captioning server from connection %s: %s", VLLM_CONN_ID,
-                 _safe(found.get("caption.base_url")))  # fmt: skip
-    return found
+                 _safe(settings["caption"].get("base_url")))  # fmt: skip
+    return settings, services
 
 
-def _endpoint_settings(section: str, conn: Connection) -> dict[str, str]:
+def _endpoint_settings(conn: Connection) -> dict[str, str]:
     found = {}
     if url := _base_url(conn):
-        found[f"{section}.base_url"] = url
+        found["base_url"] = url
     if model := conn.extra_dejson.get("model"):
-        found[f"{section}.model"] = str(model)
+        found["model"] = str(model)
     return found

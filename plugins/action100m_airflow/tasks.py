@@ -1,6 +1,8 @@
 """Task bodies of the ``action100m`` DAG: resolve the videos, run one stage for one video, report.
 
-Only URIs and small summaries go through XCom. A ``PermanentError`` (corrupt video, bad key) or
+Only URIs and small records go through XCom: the video (ID, source URI, metadata URI), each stage's
+record (its output's URI, reused or not, seconds, why skipped) and, from publish, the video's status
+record. A ``PermanentError`` (corrupt video, bad key) or
 invalid settings fail the task at once (``AirflowFailException``, no retry); anything else is
 retried by Airflow with exponential backoff. Each failure is also pushed as an XCom ``failure``
 (stage and reason) for the run report.
@@ -10,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,33 +19,36 @@ from airflow.sdk import get_current_context
 from airflow.sdk.exceptions import AirflowFailException
 
 from action100m_airflow import DAG_ID, LLM_POOL_SLOTS_ENV, STAGES, VIDEO_GROUP
-from action100m_airflow.connections import ArtifactStoreHook, model_service_settings
+from action100m_airflow.connections import ArtifactStoreHook, model_services
 
 log = logging.getLogger("action100m.airflow")
 
 FAILURE_KEY = "failure"
 
 
-def build_runtime(params: dict[str, Any]) -> tuple[Any, Any]:
-    """``(settings, store)`` for this run: store from its connection, models from the params,
-    LLM and vLLM endpoints from their connections. The connections enter as the library's
-    ``ACTION100M_SECTION__KEY`` variables, so explicit ``overrides`` win, as they do over env."""
+def build_runtime(params: dict[str, Any]) -> Any:
+    """The library's ``Runtime`` for this run: the store from its connection, models from the
+    params, endpoints and models of the LLM and vLLM connections as a settings layer under the
+    params' explicit ``overrides``, and their keys as the runtime's services."""
     import os
 
-    from action100m.config import ENV_PREFIX, load_settings, parse_assignments
+    from action100m.config import load_settings, parse_assignments
+    from action100m.stages.base import Runtime
 
     raw = params.get("overrides") or {}
     user = raw if isinstance(raw, dict) else parse_assignments([str(item) for item in raw])
     store = ArtifactStoreHook().get_store()
-    services = model_service_settings(user.get("aggregate", {}).get("provider"))
-    environ = dict(os.environ)
-    for dotted, value in services.items():
-        environ[ENV_PREFIX + dotted.upper().replace(".", "__")] = value
+    deployment, services = model_services(user.get("aggregate", {}).get("provider"))
+    environ = dict(os.environ)  # a copy: the share below is for these settings only
     share_llm_limits(environ)
     settings = load_settings(
-        profile=params.get("profile") or None, overrides=user, store=store.root, environ=environ
+        profile=params.get("profile") or None,
+        overrides=user,
+        store=store.root,
+        environ=environ,
+        deployment=deployment,
     )
-    return settings, store
+    return Runtime(settings, store, services)
 
 
 def share_llm_limits(environ: dict[str, str]) -> None:
@@ -101,80 +105,32 @@ def resolve_videos() -> list[dict[str, Any]]:
     return videos
 
 
-def _already_done(settings: Any, store: Any, stage: str, video_id: str) -> bool:
-    """Whether the stage finished before (its ``_SUCCESS`` exists). The per-video document is
-    always rewritten from the finished stages, so ``publish`` never counts as done before."""
-    if stage == "publish":
-        return False
-    return bool(store.is_done(store.stage_dir(video_id, stage, settings.stage_key(stage))))
-
-
-def _call_stage(settings: Any, store: Any, stage: str, video: dict[str, Any]) -> str | None:
-    from action100m import pipeline
-
-    video_id = video["video_id"]
-    if stage == "embed":
-        pipeline.save_metadata(store, video_id, video.get("metadata"))
-        return pipeline.run_embed(settings, store, video_id, video["uri"])
-    runner = {
-        "segment": pipeline.run_segment,
-        "caption": pipeline.run_caption,
-        "aggregate": pipeline.run_aggregate,
-        "publish": pipeline.run_publish,
-    }[stage]
-    return runner(settings, store, video_id)
-
-
 def run_stage(stage: str, video: dict[str, Any]) -> dict[str, Any]:
-    """Run ``stage`` for one video; return the video's summary extended with this stage."""
+    """Run ``stage`` for one video; return the video with this stage's record added (and, from
+    publish, the video's status record)."""
+    from action100m.stages import get_stage
+    from action100m.stages.base import Video
+    from action100m.stages.base import run_stage as run
+    from action100m.status import read_status
+
     context = get_current_context()
     video_id = video["video_id"]
     context["video_id"] = video_id  # type: ignore[typeddict-unknown-key]  # map_index_template
     with failures_reported(stage, video_id):
-        settings, store = build_runtime(context["params"])
-        reused = _already_done(settings, store, stage, video_id)
-        log.info(
-            "%s video %s: %s (store %s)",
-            stage,
-            video_id,
-            "finished before, reusing" if reused else "starting",
-            store.root,
-        )
-        started = time.monotonic()
-        uri = _call_stage(settings, store, stage, video)
-        seconds = round(time.monotonic() - started, 3)
-    record = {"uri": uri, "reused": reused or uri is None, "seconds": seconds}
-    summary = {**video, "stages": {**video.get("stages", {}), stage: record}}
-    notes = list(video.get("notes", []))
-    if stage == "aggregate":
-        if uri is None:
-            reason = _llm_unavailable_reason(settings)
-            notes.append(f"aggregate skipped: {reason}")
-            summary["aggregate_skipped"] = reason
-        elif not reused:  # tokens and cost of this run only
-            summary["usage"] = _usage(store, uri)
-    if stage == "publish":
-        summary["document"] = uri
-        earlier = [r["reused"] for name, r in summary["stages"].items() if name != "publish"]
-        summary["reused_all"] = all(earlier)
-    summary["notes"] = notes
-    log.info("%s video %s: done in %.1f s -> %s", stage, video_id, seconds, uri or "(skipped)")
+        runtime = build_runtime(context["params"])
+        log.info("%s video %s: starting (store %s)", stage, video_id, runtime.store.root)
+        target = Video(video_id, video.get("uri"), video.get("metadata"))
+        record = run(get_stage(stage), runtime, target)
+        status = read_status(runtime.store, video_id) if stage == STAGES[-1] else None
+    summary = {**video, "stages": {**video.get("stages", {}), stage: record.to_json()}}
+    if status is not None:
+        summary["status"] = status
+    outcome = (
+        "reused" if record.reused else f"skipped ({record.skipped})" if record.skipped else "done"
+    )
+    log.info("%s video %s: %s in %.1f s -> %s", stage, video_id, outcome, record.seconds,
+             record.uri or "(nothing)")  # fmt: skip
     return summary
-
-
-def _llm_unavailable_reason(settings: Any) -> str:
-    try:
-        from action100m.stages.aggregate import llm_unavailable_reason
-    except ImportError:
-        return "no LLM configured"
-    return llm_unavailable_reason(settings) or "no LLM configured"
-
-
-def _usage(store: Any, aggregate_uri: str) -> dict[str, float]:
-    """Token counts and cost of the aggregate stage (numbers only, from its ``usage.json``)."""
-    from action100m.batch import usage_totals
-
-    return usage_totals(store, aggregate_uri)
 
 
 def _pull_all(ti: Any, task_id: str, key: str = "return_value") -> list[dict[str, Any]]:
@@ -201,22 +157,25 @@ def _states_by_video(ti: Any, run_id: str, videos: list[dict[str, Any]]) -> dict
 def write_report() -> dict[str, Any]:
     """Per video done / failed (with the reason) / skipped, tokens and cost; logged, written to
     ``{store}/runs/{run_id}/report.json``. Fails the task (and so the run) if any video failed."""
-    from action100m.batch import build_report, format_report, report_uri
+    from action100m.batch import build_report, format_report, published_result
 
     context = get_current_context()
     ti, run_id = context["ti"], context["run_id"]
     videos = ti.xcom_pull(task_ids="resolve_videos")
     if not videos:
         raise AirflowFailException("no videos were resolved; see the resolve_videos task's log")
-    results = {r["video_id"]: r for r in _pull_all(ti, f"{VIDEO_GROUP}.publish")}
+    store = ArtifactStoreHook().get_store()
+    results = {
+        r["video_id"]: published_result(store, r.get("stages", {}), r.get("status"))
+        for r in _pull_all(ti, f"{VIDEO_GROUP}.{STAGES[-1]}")
+    }
     failures: dict[str, dict[str, str]] = {}
     for stage in STAGES:
         for failure in _pull_all(ti, f"{VIDEO_GROUP}.{stage}", FAILURE_KEY):
             failures.setdefault(failure["video_id"], failure)
     report = build_report(videos, _states_by_video(ti, run_id, videos), results, failures)
     report.update(dag_id=DAG_ID, run_id=run_id)
-    store = ArtifactStoreHook().get_store()
-    uri = report_uri(store, run_id)
+    uri = store.report_uri(run_id)
     store.write_json(uri, report)
     log.info("%s\nreport written to %s", format_report(report), uri)
     failed = report["counts"]["failed"]

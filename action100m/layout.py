@@ -1,0 +1,89 @@
+"""Where everything lives in the artifact store: the one module that builds store paths.
+
+Every other module asks an :class:`~action100m.store.ArtifactStore` (which inherits these methods)
+for a URI instead of joining path parts itself. The layout under ``{root}``::
+
+    videos/{video_id}/
+        {stage}/{key}/...          a stage's output; ``_SUCCESS`` written last
+        caption/cache/{model}.json the caption request cache (survives a failed try)
+        metadata.json              title, description, transcript as the user gave them
+        annotations.json           the per-video document (written by publish)
+        status.json                the video's status record (written by publish, after it)
+        viewer.html                the self-contained tree viewer (written by publish)
+        thumbnails/pack.bin, index.json
+    cache/llm/{ab}/{key}.json      validated LLM answers, by request hash
+    runs/{run_id}/report.json      a DAG run's report
+    backfill/{run_id}/shardNNNN.txt  a backfill shard's video list
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+SUCCESS = "_SUCCESS"
+DOCUMENT_FILE = "annotations.json"
+STATUS_FILE = "status.json"
+METADATA_FILE = "metadata.json"
+VIEWER_FILE = "viewer.html"
+
+
+def path_safe(name: str) -> str:
+    """A run ID (``manual__2026-01-01T00:00:00+00:00``) as one safe path segment."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+class StoreLayout:
+    """Path arithmetic over ``root``; no I/O."""
+
+    root: str
+
+    def join(self, *parts: str) -> str:
+        return "/".join([self.root, *(p.strip("/") for p in parts if p)])
+
+    # -- per video ----------------------------------------------------------------------------
+    def videos_dir(self) -> str:
+        return self.join("videos")
+
+    def video_dir(self, video_id: str) -> str:
+        return self.join("videos", video_id)
+
+    def stage_dir(self, video_id: str, stage: str, key: str) -> str:
+        return self.join("videos", video_id, stage, key)
+
+    def success_uri(self, folder: str) -> str:
+        return f"{folder}/{SUCCESS}"
+
+    def document_uri(self, video_id: str) -> str:
+        return self.join("videos", video_id, DOCUMENT_FILE)
+
+    def status_uri(self, video_id: str) -> str:
+        return self.join("videos", video_id, STATUS_FILE)
+
+    def metadata_uri(self, video_id: str) -> str:
+        return self.join("videos", video_id, METADATA_FILE)
+
+    def viewer_uri(self, video_id: str) -> str:
+        return self.join("videos", video_id, VIEWER_FILE)
+
+    def thumbnail_uris(self, video_id: str) -> tuple[str, str]:
+        """``(pack, index)``: JPEGs back to back, and where each node's lies in the pack."""
+        folder = self.join("videos", video_id, "thumbnails")
+        return f"{folder}/pack.bin", f"{folder}/index.json"
+
+    def caption_cache_uri(self, video_id: str, model: str) -> str:
+        digest = hashlib.sha256(model.encode()).hexdigest()[:12]
+        return self.join("videos", video_id, "caption", "cache", f"{digest}.json")
+
+    # -- shared by videos and runs ------------------------------------------------------------
+    def llm_cache_uri(self, request_key: str) -> str:
+        return self.join("cache", "llm", request_key[:2], f"{request_key}.json")
+
+    def runs_dir(self) -> str:
+        return self.join("runs")
+
+    def report_uri(self, run_id: str) -> str:
+        return self.join("runs", path_safe(run_id), "report.json")
+
+    def shard_list_uri(self, run_id: str, index: int) -> str:
+        return self.join("backfill", path_safe(run_id), f"shard{index:04d}.txt")

@@ -1,0 +1,81 @@
+"""Keys of the model services, passed as an explicit argument, never through ``os.environ``.
+
+Settings say *which* endpoint and model (``aggregate.base_url``, ``caption.base_url``); a
+:class:`Services` holds the secrets that go with them, as :class:`~pydantic.SecretStr` so that a
+log line, an error message or a ``repr`` never shows one. Outside Airflow they come from the
+providers' usual variables (:meth:`Services.from_environment`); under Airflow the plugin builds
+them from the connections. Nothing here writes the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+Provider = Literal["openai", "anthropic"]
+KEY_ENV: dict[str, str] = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+BASE_URL_ENV: dict[str, str] = {"openai": "OPENAI_BASE_URL", "anthropic": "ANTHROPIC_BASE_URL"}
+VLM_KEY_ENV = "VLLM_API_KEY"
+
+
+class Endpoint(BaseModel):
+    """One service's address and key; either may be missing."""
+
+    model_config = ConfigDict(frozen=True)
+
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+
+    def key(self) -> str | None:
+        return self.api_key.get_secret_value() if self.api_key else None
+
+
+class Services(BaseModel):
+    """Where the LLM (per provider) and the captioning server are, with their keys."""
+
+    model_config = ConfigDict(frozen=True)
+
+    llm: dict[str, Endpoint] = {}
+    vlm: Endpoint = Endpoint()
+
+    def llm_endpoint(self, provider: str) -> Endpoint:
+        return self.llm.get(provider) or Endpoint()
+
+    def with_llm(self, provider: str, endpoint: Endpoint) -> Services:
+        """A copy where ``endpoint``'s given parts replace this one's for ``provider``."""
+        current = self.llm_endpoint(provider)
+        merged = Endpoint(
+            base_url=endpoint.base_url or current.base_url,
+            api_key=endpoint.api_key or current.api_key,
+        )
+        return self.model_copy(update={"llm": {**self.llm, provider: merged}})
+
+    def with_vlm(self, endpoint: Endpoint) -> Services:
+        merged = Endpoint(
+            base_url=endpoint.base_url or self.vlm.base_url,
+            api_key=endpoint.api_key or self.vlm.api_key,
+        )
+        return self.model_copy(update={"vlm": merged})
+
+    @classmethod
+    def from_environment(
+        cls, environ: dict[str, str] | None = None, vlm_key_env: str = VLM_KEY_ENV
+    ) -> Services:
+        """The providers' usual variables; an empty variable counts as unset (compose passes
+        ``OPENAI_BASE_URL=`` when none is configured)."""
+        env = os.environ if environ is None else environ
+
+        def value(name: str) -> str | None:
+            return (env.get(name) or "").strip() or None
+
+        def secret(name: str) -> SecretStr | None:
+            found = value(name)
+            return SecretStr(found) if found else None
+
+        llm = {
+            provider: Endpoint(base_url=value(BASE_URL_ENV[provider]), api_key=secret(key))
+            for provider, key in KEY_ENV.items()
+        }
+        return cls(llm=llm, vlm=Endpoint(api_key=secret(vlm_key_env)))

@@ -1,0 +1,244 @@
+"""The stage contract and the one runner that owns completion.
+
+A stage is one module with one :class:`Stage` object: its name, the stages whose output it reads
+(``needs``), the settings section that shapes its output, what it runs on, ``setup`` (models,
+once per process) and ``process(ctx)``, which computes and returns its artifacts and stats. The
+runner (:func:`run_stage`) does the rest the same way for every stage: the key and the folder,
+skip-if-done, input checks, atomic writes of the artifacts, ``_SUCCESS`` last, timing and the log
+lines. A stage's key hashes its settings with the key of its first need, so changing a caption
+model re-runs caption and what follows, nothing before it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from action100m.config import Settings
+from action100m.errors import MissingArtifactError, PermanentError
+from action100m.services import Services
+from action100m.stages import get_stage
+from action100m.store import ArtifactStore
+from action100m.tree import Tree
+
+log = logging.getLogger("action100m.stages")
+
+
+@dataclass(frozen=True)
+class Video:
+    """One video of a run: its ID, its source (what embed reads), its metadata's URI."""
+
+    video_id: str
+    uri: str | None = None
+    metadata: str | None = None
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What every stage of a process shares: settings, the store and the services' keys."""
+
+    settings: Settings
+    store: ArtifactStore
+    services: Services = field(default_factory=Services)
+
+    @classmethod
+    def from_environment(
+        cls, settings: Settings, store: ArtifactStore, environ: dict[str, str] | None = None
+    ) -> Runtime:
+        services = Services.from_environment(environ, settings.caption.api_key_env)
+        return cls(settings, store, services)
+
+
+@dataclass
+class StageOutput:
+    """What ``process`` hands the runner: files to write (a name -> a JSON value, an array
+    (``.npy``) or bytes), and small stats for ``_SUCCESS`` and the log."""
+
+    artifacts: dict[str, Any]
+    stats: dict[str, Any] = field(default_factory=dict)
+    uri: str | None = None  # what stands for the output where not the folder (publish: document)
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """What one stage did for one video: a small record, fit for XCom."""
+
+    stage: str
+    uri: str | None
+    reused: bool
+    seconds: float
+    skipped: str | None = None  # why the stage did not run (no LLM configured)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"uri": self.uri, "reused": self.reused, "seconds": self.seconds,
+                "skipped": self.skipped}  # fmt: skip
+
+
+@dataclass
+class StageContext:
+    """One stage on one video: where to read its inputs, where its output goes."""
+
+    runtime: Runtime
+    video: Video
+    folder: str
+
+    @property
+    def settings(self) -> Settings:
+        return self.runtime.settings
+
+    @property
+    def store(self) -> ArtifactStore:
+        return self.runtime.store
+
+    @property
+    def video_id(self) -> str:
+        return self.video.video_id
+
+    def input_dir(self, stage: str) -> str:
+        """The finished folder of ``stage`` for this video (its key under these settings)."""
+        return self.store.stage_dir(self.video_id, stage, stage_key(self.settings, stage))
+
+    def read_input(self, stage: str, name: str) -> Any:
+        uri = f"{self.input_dir(stage)}/{name}"
+        return self.store.read_npy(uri) if name.endswith(".npy") else self.store.read_json(uri)
+
+    def tree(self) -> Tree:
+        """The video's segment tree (every stage after segment reads it)."""
+        return Tree.from_json(self.read_input("segment", "tree.json"))
+
+
+class Stage:
+    """Base of every stage; subclasses set the class attributes and implement :meth:`process`."""
+
+    name: ClassVar[str]
+    help: ClassVar[str]
+    needs: ClassVar[tuple[str, ...]] = ()
+    # False: the stage never counts as done before and writes where it wants (publish).
+    keyed: ClassVar[bool] = True
+
+    def unavailable(self, runtime: Runtime) -> str | None:
+        """Why the stage cannot run in this deployment (None: it can); the runner skips it."""
+        return None
+
+    def setup(self, runtime: Runtime) -> None:
+        """Load what the stage needs once per process (models); called before each process."""
+
+    def before(self, ctx: StageContext) -> None:
+        """Work done even when the output is reused (embed copies the video's metadata)."""
+
+    def reusable(self, done_info: dict[str, Any]) -> bool:
+        """Whether a finished output may stand (an imported one may not, for aggregate)."""
+        return True
+
+    def process(self, ctx: StageContext) -> StageOutput:
+        raise NotImplementedError
+
+    def key(self, settings: Settings) -> str:
+        return stage_key(settings, self.name)
+
+    def __repr__(self) -> str:
+        return f"<stage {self.name}>"
+
+
+def stage_key(settings: Settings, name: str) -> str:
+    """Short hash of the stage's settings chained with the key of the stage it reads first."""
+    stage = get_stage(name)
+    if not stage.keyed:
+        raise ValueError(f"stage {name!r} has no key: it never counts as done before")
+    payload = {
+        "stage": name,
+        "settings": settings.section(name).identity(),
+        "input": stage_key(settings, stage.needs[0]) if stage.needs else None,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def finished_artifact(
+    settings: Settings, store: ArtifactStore, video_id: str, stage: str, name: str
+) -> str | None:
+    """URI of a finished stage's artifact, or None where that stage has not finished."""
+    folder = store.stage_dir(video_id, stage, stage_key(settings, stage))
+    return f"{folder}/{name}" if store.is_done(folder) else None
+
+
+def load_tree(settings: Settings, store: ArtifactStore, video_id: str) -> Tree:
+    uri = finished_artifact(settings, store, video_id, "segment", "tree.json")
+    if uri is None:
+        raise MissingArtifactError(
+            f"video {video_id}: no finished segment tree in {store.root}; run `segment` first"
+        )
+    return Tree.from_json(store.read_json(uri))
+
+
+def _write(store: ArtifactStore, uri: str, value: Any) -> None:
+    if isinstance(value, np.ndarray):
+        store.write_npy(uri, value)
+    elif isinstance(value, bytes):
+        store.write_bytes(uri, value)
+    else:
+        store.write_json(uri, value)
+
+
+def run_stage(
+    stage: Stage, runtime: Runtime, video: Video, *, required: bool = False
+) -> StageRecord:
+    """Run ``stage`` for ``video`` unless its output is there; return what happened.
+
+    A stage this deployment cannot run (``unavailable``) is skipped with the reason, or, when
+    ``required`` (asked for by name), fails with it as a :class:`PermanentError`."""
+    store, video_id, started = runtime.store, video.video_id, time.monotonic()
+    folder = (
+        store.stage_dir(video_id, stage.name, stage.key(runtime.settings))
+        if stage.keyed
+        else store.video_dir(video_id)
+    )
+    ctx = StageContext(runtime, video, folder)
+    stage.before(ctx)
+    if stage.keyed and store.is_done(folder) and stage.reusable(store.done_info(folder)):
+        log.info("video %s: %s already done in %s, reusing", video_id, stage.name, folder)
+        return StageRecord(stage.name, folder, True, 0.0)
+    if reason := stage.unavailable(runtime):
+        if required:
+            raise PermanentError(f"video {video_id}: {reason}")
+        logging.getLogger("action100m").warning(
+            "video %s: %s skipped: %s", video_id, stage.name, reason
+        )
+        return StageRecord(stage.name, None, False, 0.0, skipped=reason)
+    for need in stage.needs:
+        if not store.is_done(ctx.input_dir(need)):
+            raise MissingArtifactError(
+                f"video {video_id}: {stage.name} needs a finished {need} in {store.root}; "
+                f"run `{need}` first"
+            )
+    stage.setup(runtime)
+    output = stage.process(ctx)
+    seconds = round(time.monotonic() - started, 3)
+    store_output(runtime, stage, video_id, output, seconds=seconds)
+    facts = ", ".join(f"{k} {v}" for k, v in output.stats.items() if not isinstance(v, dict))
+    log.info("video %s: %s done in %.1f s (%s) -> %s", video_id, stage.name, seconds, facts, folder)
+    return StageRecord(stage.name, output.uri or folder, False, seconds)
+
+
+def store_output(
+    runtime: Runtime, stage: Stage, video_id: str, output: StageOutput, **info: Any
+) -> str:
+    """Write ``output`` into the stage's folder (names with a scheme where they say), then, for a
+    keyed stage, ``_SUCCESS`` with the stats: the folder counts as finished only now. Also how
+    ``import`` files a release's trees and captions as finished stages."""
+    store = runtime.store
+    folder = (
+        store.stage_dir(video_id, stage.name, stage.key(runtime.settings))
+        if stage.keyed
+        else store.video_dir(video_id)
+    )
+    for name, value in output.artifacts.items():
+        _write(store, name if "://" in name else f"{folder}/{name}", value)
+    if stage.keyed:
+        store.mark_done(folder, {**output.stats, **info})
+    return folder

@@ -1,0 +1,118 @@
+"""Publish: the per-video document, the video's status record and the viewer page.
+
+The only stage that writes outside its own folder, and the only one that never counts as done
+before: it always rebuilds the three from whatever stages have finished. The document goes first
+and the status after it, so the status never runs ahead of the document. A video published
+without a stage's output (aggregation skipped for want of an LLM) says so in both, and is not
+complete, so a later backfill (with an LLM configured) picks it up again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from action100m.document import assemble_document
+from action100m.errors import Action100MError
+from action100m.sources import load_metadata
+from action100m.stages import stages
+from action100m.stages.base import (
+    Runtime,
+    Stage,
+    StageContext,
+    StageOutput,
+    finished_artifact,
+    load_tree,
+)
+from action100m.status import VideoStatus
+
+log = logging.getLogger(__name__)
+
+
+def video_status(runtime: Runtime, video_id: str) -> VideoStatus:
+    """Which stages have finished for the video under these settings, and why the others have
+    not. A stage whose output a finished later stage consumed counts as finished (an imported
+    release has trees and captions but no embeddings)."""
+    settings, store = runtime.settings, runtime.store
+    keyed = [stage for stage in stages() if stage.keyed]
+    done = {
+        s.name: store.is_done(store.stage_dir(video_id, s.name, s.key(settings))) for s in keyed
+    }
+    for stage in reversed(keyed):
+        if done[stage.name]:
+            for need in stage.needs:
+                done[need] = True
+    skipped = {
+        stage.name: stage.unavailable(runtime) or f"{stage.name} has not finished"
+        for stage in keyed
+        if not done[stage.name]
+    }
+    return VideoStatus(video_id, done, skipped, store.document_uri(video_id), time.time())
+
+
+def build_document(
+    settings: Any, store: Any, video_id: str, status: VideoStatus | None = None
+) -> dict[str, Any]:
+    """The per-video document from every finished stage (``settings, store`` or a runtime)."""
+    runtime = (
+        settings if isinstance(settings, Runtime) else Runtime.from_environment(settings, store)
+    )
+    settings, store = runtime.settings, runtime.store
+    status = status or video_status(runtime, video_id)
+
+    def output(stage: str, name: str) -> dict[str, Any] | None:
+        uri = finished_artifact(settings, store, video_id, stage, name)
+        return store.read_json(uri) if uri else None
+
+    return assemble_document(
+        load_tree(settings, store, video_id),
+        captions=output("caption", "captions.json"),
+        annotations=output("aggregate", "annotations.json"),
+        metadata=load_metadata(store, video_id),
+        models={
+            "encoder": settings.embed.model,
+            "captioner": settings.caption.model,
+            "llm": settings.aggregate.model,
+        },  # fmt: skip
+        config=settings.summary(),
+        stages=status.stages,
+        skipped=status.skipped,
+    )
+
+
+def _viewer_page(ctx: StageContext, document: dict[str, Any]) -> bytes | None:
+    """The viewer is a convenience; the document is what was asked for."""
+    from action100m.viewer import render_page
+
+    try:
+        return render_page(document, ctx.store).encode("utf-8")
+    except (Action100MError, OSError, ValueError) as exc:
+        log.warning("video %s: viewer not written: %s", ctx.video_id, exc)
+        return None
+
+
+class PublishStage(Stage):
+    name = "publish"
+    help = "write the per-video document, its status and its viewer page"
+    needs = ("segment",)
+    keyed = False
+
+    def process(self, ctx: StageContext) -> StageOutput:
+        store, video_id = ctx.store, ctx.video_id
+        status = video_status(ctx.runtime, video_id)
+        document = build_document(ctx.runtime, store, video_id, status)
+        artifacts: dict[str, Any] = {
+            store.document_uri(video_id): document,  # first: the status never runs ahead of it
+            store.status_uri(video_id): status.to_json(),
+        }
+        if page := _viewer_page(ctx, document):
+            artifacts[store.viewer_uri(video_id)] = page
+        notes = "; ".join(f"{stage} skipped: {why}" for stage, why in status.skipped.items())
+        log.info("video %s: document written to %s%s", video_id, store.document_uri(video_id),
+                 f" ({notes})" if notes else "")  # fmt: skip
+        stats = {"nodes": len(document["nodes"]), "complete": status.complete}
+        return StageOutput(artifacts, stats, uri=store.document_uri(video_id))
+
+
+STAGE = PublishStage()
