@@ -28,6 +28,7 @@ lint: install
 	$(BIN)/ruff check action100m dags plugins scripts tests benchmarks
 	$(BIN)/ruff format --check action100m dags plugins scripts tests benchmarks
 	$(BIN)/mypy
+	PYTHONPATH=plugins $(BIN)/lint-imports
 
 test: lint system-deps
 	$(BIN)/pytest -q -p no:cacheprovider tests

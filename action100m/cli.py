@@ -12,11 +12,11 @@ import os
 import sys
 from typing import Any
 
+from action100m import stages as pipeline_stages
 from action100m.config import load_settings
 from action100m.errors import Action100MError
 from action100m.pipeline import run_until, run_video
 from action100m.sources import looks_like_location, resolve_video
-from action100m.stages import STAGE_NAMES, stages
 from action100m.stages.base import Runtime, Video
 from action100m.store import ArtifactStore
 
@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--source", help="URI template for IDs, e.g. s3://bucket/{video_id}.mp4")
     run.add_argument("--metadata", help="URI template of per-video metadata JSON")
 
-    for stage in stages():
+    for stage in pipeline_stages.stages():
         command = commands.add_parser(stage.name, help=f"{stage.help} (after what it needs)")
         command.add_argument(
             "video", help="a video ID (finished earlier, or with --source), a path or a URI"
@@ -138,7 +138,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     command = args.command
     if command == "run":
         return _run(runtime, args)
-    if command in STAGE_NAMES:
+    if command in [spec.name for spec in pipeline_stages.PIPELINE]:
         # Asked for by name, a stage that cannot run (aggregate without an LLM) is an error, not
         # a skip (`run` skips it with the reason).
         records = run_until(command, runtime, _video(args))

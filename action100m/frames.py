@@ -34,12 +34,14 @@ def iter_frames_at(
     times: list[float],
     size: tuple[int, int],
     seek_gap: float = 3.0,
+    retry_broken: bool = True,
 ) -> Iterator[tuple[float, np.ndarray | None, str | None]]:
     """``(time, frame, None)`` for each distinct time in ascending order, frames ``size``
     (width, height) RGB; ``(time, None, reason)`` for a time whose frame could not be decoded.
 
     A file that cannot be opened at all raises ``VideoError``. When decoding breaks part way
-    (a corrupt packet), the remaining times are tried one by one with a fresh seek.
+    (a corrupt packet), the remaining times are tried one by one with a fresh seek, or, without
+    ``retry_broken``, given back unread with the reason (thumbnails: not worth a seek each).
     """
     wanted = sorted(set(times))
     if not wanted:
@@ -62,6 +64,9 @@ def iter_frames_at(
     finally:
         container.close()
     for target in wanted[done:]:
+        if not retry_broken:
+            yield target, None, "decoding stopped before this time"
+            continue
         try:
             yield target, _frame_at(path, video_id, target, size), None
         except VideoError as exc:
@@ -69,13 +74,19 @@ def iter_frames_at(
 
 
 def read_frames_at(
-    path: str, video_id: str, times: list[float], size: tuple[int, int], seek_gap: float = 0.0
+    path: str,
+    video_id: str,
+    times: list[float],
+    size: tuple[int, int],
+    seek_gap: float = 0.0,
+    retry_broken: bool = True,
 ) -> list[np.ndarray]:
     """The frames shown at ``times``, in their order, each resized to ``size`` (width, height);
     a time whose frame cannot be decoded is a VideoError naming it."""
     check_file(path, video_id)
     found: dict[float, np.ndarray] = {}
-    for moment, frame, problem in iter_frames_at(path, video_id, times, size, seek_gap):
+    frames = iter_frames_at(path, video_id, times, size, seek_gap, retry_broken)
+    for moment, frame, problem in frames:
         if frame is None:
             raise VideoError(video_id, f"no frame at {moment:.2f} s ({problem})")
         found[moment] = frame

@@ -15,7 +15,7 @@ from action100m.config import Settings
 from action100m.services import Services
 from action100m.sources import resolve_video, save_metadata
 from action100m.stages import get_stage, stages
-from action100m.stages.base import Runtime, StageRecord, Video, run_stage
+from action100m.stages.base import Runtime, StageRecord, Video, finished_stages, run_stage
 from action100m.status import read_status
 from action100m.store import ArtifactStore
 
@@ -82,26 +82,26 @@ def run_publish(settings: Settings, store: ArtifactStore, video_id: str) -> str:
 def run_until(
     last: str, runtime: Runtime, video: Video, *, required: bool = True
 ) -> dict[str, StageRecord]:
-    """Every stage up to ``last`` (``required``: fail where ``last`` cannot run), then the later
-    stages that only write what the finished ones hold (publish), where their inputs are there;
-    the records by stage."""
-    records: dict[str, StageRecord] = {}
-    reached = False
+    """The stage ``last`` and whatever it needs that has not finished (``required``: fail where
+    ``last`` cannot run), then the stages that only write what the finished ones hold (publish)
+    where their inputs are there; the records by stage. An imported release (trees and captions,
+    no embeddings) runs aggregate without asking for its video."""
+    done = finished_stages(runtime, video.video_id)
+    wanted = {last}
+    for stage in reversed(stages()):
+        if stage.name in wanted:
+            wanted.update(need for need in stage.needs if not done.get(need))
+    records = {
+        stage.name: run_stage(stage, runtime, video, required=required and stage.name == last)
+        for stage in stages()
+        if stage.name in wanted
+    }
+    if not get_stage(last).keyed:
+        return records
+    done = finished_stages(runtime, video.video_id)
     for stage in stages():
-        if reached:
-            store = runtime.store
-            ready = all(
-                store.is_done(
-                    store.stage_dir(video.video_id, need, get_stage(need).key(runtime.settings))
-                )
-                for need in stage.needs
-            )
-            if stage.keyed or not ready:
-                continue
-        records[stage.name] = run_stage(
-            stage, runtime, video, required=required and stage.name == last
-        )
-        reached = reached or stage.name == last
+        if not stage.keyed and all(done.get(need) for need in stage.needs):
+            records[stage.name] = run_stage(stage, runtime, video)
     return records
 
 

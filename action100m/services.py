@@ -59,6 +59,13 @@ class Services(BaseModel):
         )
         return self.model_copy(update={"vlm": merged})
 
+    def overlay(self, other: Services) -> Services:
+        """A copy where ``other``'s given endpoints and keys replace this one's."""
+        merged = self.with_vlm(other.vlm)
+        for provider, endpoint in other.llm.items():
+            merged = merged.with_llm(provider, endpoint)
+        return merged
+
     @classmethod
     def from_environment(
         cls, environ: dict[str, str] | None = None, vlm_key_env: str = VLM_KEY_ENV

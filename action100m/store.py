@@ -26,6 +26,7 @@ from action100m.errors import StoreError, VideoError
 from action100m.layout import SUCCESS, StoreLayout
 
 __all__ = ["SUCCESS", "ArtifactStore", "normalise_uri", "s3_options", "s3_options_from_env"]
+S3_PROTOCOLS = ("s3", "s3a")
 
 
 def normalise_uri(uri: str) -> str:
@@ -71,12 +72,23 @@ def s3_options_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]
 class ArtifactStore(StoreLayout):
     """Reads and writes the pipeline's artifacts under one root URI (paths: :class:`StoreLayout`)."""
 
-    def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        root: str,
+        storage_options: dict[str, Any] | None = None,
+        *,
+        s3: dict[str, Any] | None = None,
+    ) -> None:
+        """``storage_options``: for the root's filesystem (None: the defaults for its kind);
+        ``s3``: for any other ``s3://`` URI the store reads (sources, metadata, manifests),
+        by default the root's own where the root is on S3, else the usual AWS variables."""
         self.root = normalise_uri(root)
         protocol = self.root.split("://", 1)[0]
+        on_s3 = protocol in S3_PROTOCOLS
         if storage_options is None:
-            storage_options = s3_options_from_env() if protocol in ("s3", "s3a") else {}
+            storage_options = (s3 or s3_options_from_env()) if on_s3 else {}
         self.storage_options = storage_options
+        self.s3_options = s3 if s3 is not None else (storage_options if on_s3 else None)
         self.fs, _ = fsspec.core.url_to_fs(self.root, **storage_options)
         self.is_local = protocol == "file"
 
@@ -174,9 +186,11 @@ class ArtifactStore(StoreLayout):
         target.flush()
 
     def options_for(self, uri: str) -> dict[str, Any]:
-        """Storage options for ``uri``: this store's own on the same kind of storage, else the
-        defaults for that URI (the usual AWS variables for ``s3://``)."""
-        same_protocol = uri.split("://", 1)[0] == self.root.split("://", 1)[0]
-        if same_protocol:
+        """Storage options for ``uri``: this store's own on the same kind of storage; for S3, the
+        store's S3 credentials (see ``__init__``); else the defaults for that kind of URI."""
+        protocol = uri.split("://", 1)[0]
+        if protocol == self.root.split("://", 1)[0]:
             return self.storage_options
-        return s3_options_from_env() if uri.startswith("s3") else {}
+        if protocol in S3_PROTOCOLS:
+            return self.s3_options if self.s3_options is not None else s3_options_from_env()
+        return {}

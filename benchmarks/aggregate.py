@@ -32,7 +32,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from llm_server import LLMServer, Reply, Request  # noqa: E402
 
 from action100m.config import Settings, load_settings  # noqa: E402
-from action100m.document import load_metadata, load_tree, stage_artifact  # noqa: E402
+from action100m.sources import load_metadata  # noqa: E402
+from action100m.stages.base import finished_artifact, load_tree  # noqa: E402
 from action100m.interop import OFFICIAL, import_file, read_records  # noqa: E402
 from action100m.llm import prompts  # noqa: E402
 from action100m.llm.messages import Usage  # noqa: E402
@@ -52,7 +53,7 @@ BATCH = 0.5
 def _inputs(settings: Settings, store: ArtifactStore, video_id: str) -> tuple[Tree, dict, dict]:
     """The tree, captions and metadata Stage 3 reads from the store (what both prompts are from)."""
     tree = load_tree(settings, store, video_id)
-    uri = stage_artifact(settings, store, video_id, "caption", "captions.json")
+    uri = finished_artifact(settings, store, video_id, "caption", "captions.json")
     assert uri is not None
     return tree, store.read_json(uri)["nodes"], load_metadata(store, video_id)
 

@@ -18,6 +18,8 @@ from typing import Any
 from airflow.listeners import hookimpl
 from airflow.plugins_manager import AirflowPlugin
 
+from action100m.stages import PIPELINE
+
 log = logging.getLogger(__name__)
 
 PRELOAD_MODULES = (
@@ -27,6 +29,7 @@ PRELOAD_MODULES = (
     "transformers.models.qwen3_vl.modeling_qwen3_vl",
     "av",
     "action100m.pipeline",
+    *(f"action100m.stages.{spec.name}" for spec in PIPELINE),
 )
 
 

@@ -31,7 +31,7 @@ REPORT="$(grep -o 'report written to [^ ]*' "$LOG" | tail -n 1 | cut -d' ' -f4)"
 python - "$REPORT" <<'PY'
 import sys
 
-from action100m.batch import format_report
+from action100m.report import format_report
 from action100m.store import ArtifactStore
 
 uri = sys.argv[1]

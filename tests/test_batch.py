@@ -7,8 +7,6 @@ from pathlib import Path
 import pytest
 
 from action100m.batch import (
-    build_report,
-    format_report,
     parse_manifest,
     pending_videos,
     plan_window,
@@ -21,6 +19,7 @@ from action100m.batch import (
 from action100m.config import Settings
 from action100m.errors import PermanentError
 from action100m.pipeline import run_publish
+from action100m.report import build_report, format_report
 from action100m.stages.base import stage_key
 from action100m.store import ArtifactStore
 

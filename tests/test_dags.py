@@ -1,5 +1,5 @@
 """DAG integrity: both DAGs parse fast, without errors or warnings and without heavy libraries;
-pools, queues, retries, timeouts, params and mapping are as DESIGN.md says."""
+pools, queues, retries, timeouts, params and mapping are as docs/architecture.md says."""
 
 from __future__ import annotations
 
@@ -207,3 +207,57 @@ def test_dags_serialize_for_the_scheduler(dags: dict[str, Any]) -> None:
     for dag in dags.values():
         restored = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
         assert set(restored.task_ids) == set(dag.task_ids)
+
+
+def test_the_video_group_is_the_library_stage_list(dags: dict[str, Any]) -> None:
+    """One list of stages: the DAG's task group is built from it, in its order, with each
+    stage's resource mapped to a pool and queue and its timeout kept."""
+    from action100m.stages import PIPELINE
+
+    dag = dags["action100m"]
+    names = [spec.name for spec in PIPELINE]
+    group = sorted(t.task_id for t in dag.tasks if t.task_id.startswith("video."))
+    assert group == sorted(f"video.{name}" for name in names)
+    for before, after in zip(names, names[1:], strict=False):
+        assert dag.get_task(f"video.{after}").upstream_task_ids == {f"video.{before}"}
+    for spec in PIPELINE:
+        task = dag.get_task(f"video.{spec.name}")
+        assert task.execution_timeout == timedelta(minutes=spec.timeout_minutes)
+        assert (task.pool == "gpu") == spec.resource.startswith("gpu"), spec
+        assert (task.queue == "gpu") == (spec.resource == "gpu"), spec
+
+
+@pytest.mark.usefixtures("plugins_on_path")
+def test_connections_reach_the_library_as_arguments_not_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Store keys become storage options, LLM keys a SecretStr in the runtime's services,
+    endpoints and models a settings layer under the params' overrides; os.environ is untouched."""
+    llm = {"conn_type": "generic", "password": "sk-conn",
+           "extra": {"base_url": "http://127.0.0.1:9/v1", "model": "from-connection"}}  # fmt: skip
+    store = {"conn_type": "aws", "login": "AKIA-conn", "password": "secret-conn",
+             "extra": {"endpoint_url": "http://127.0.0.1:9", "root": "s3://bucket/store"}}  # fmt: skip
+    monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", json.dumps(llm))
+    monkeypatch.setenv("AIRFLOW_CONN_ACTION100M_STORE", json.dumps(store))
+    for name in (
+        "OPENAI_API_KEY",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_ENDPOINT_URL",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    before = dict(os.environ)
+    from action100m_airflow.tasks import build_runtime
+
+    runtime = build_runtime({"profile": "tiny", "overrides": ["aggregate.rounds=2"]})
+    assert dict(os.environ) == before
+    assert runtime.settings.aggregate.base_url == "http://127.0.0.1:9/v1"
+    assert runtime.settings.aggregate.model == "from-connection"
+    assert runtime.settings.aggregate.rounds == 2
+    assert runtime.services.llm_endpoint("openai").key() == "sk-conn"
+    assert runtime.store.root == "s3://bucket/store"
+    assert runtime.store.storage_options["key"] == "AKIA-conn"
+    assert runtime.store.storage_options["client_kwargs"]["endpoint_url"] == "http://127.0.0.1:9"
+    assert "sk-conn" not in repr(runtime.services)
+    explicit = build_runtime({"profile": "tiny", "overrides": ["aggregate.model=explicit"]})
+    assert explicit.settings.aggregate.model == "explicit"  # the params win over the connection

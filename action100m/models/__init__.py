@@ -27,7 +27,8 @@ T = TypeVar("T")
 # Loading a model is the expensive part (imports, weights, moving to the GPU): every model of a
 # process is loaded here once per identity and kept. LOADS counts the loads by kind.
 _LOADED: dict[tuple[str, Hashable], Any] = {}
-_LOCK = threading.Lock()
+_LOCKS: dict[tuple[str, Hashable], threading.Lock] = {}
+_LOCKS_LOCK = threading.Lock()
 LOADS: Counter[str] = Counter()
 
 
@@ -35,7 +36,9 @@ def load_once(kind: str, identity: Hashable, factory: Callable[[], T]) -> T:
     """The model ``kind`` with ``identity`` (name, device, dtype, ...), built by ``factory`` the
     first time this process asks for it and the same object every later time."""
     key = (kind, identity)
-    with _LOCK:
+    with _LOCKS_LOCK:  # one lock per model: two different models load side by side
+        lock = _LOCKS.setdefault(key, threading.Lock())
+    with lock:
         if key not in _LOADED:
             started = time.monotonic()
             _LOADED[key] = factory()
@@ -48,7 +51,7 @@ def load_once(kind: str, identity: Hashable, factory: Callable[[], T]) -> T:
 
 def unload_all() -> None:
     """Forget every loaded model (tests; a process that switches models for good)."""
-    with _LOCK:
+    with _LOCKS_LOCK:
         _LOADED.clear()
 
 

@@ -40,15 +40,16 @@ STAGE_NAMES: tuple[str, ...] = tuple(spec.name for spec in PIPELINE)
 
 def get_stage(name: str) -> Stage:
     """The stage object of ``name`` (its module imported on first use)."""
-    if name not in STAGE_NAMES:
-        raise ValueError(f"unknown stage {name!r}; the stages are {', '.join(STAGE_NAMES)}")
+    names = [spec.name for spec in PIPELINE]
+    if name not in names:
+        raise ValueError(f"unknown stage {name!r}; the stages are {', '.join(names)}")
     stage: Stage = importlib.import_module(f"action100m.stages.{name}").STAGE
     return stage
 
 
 def stages() -> list[Stage]:
     """Every stage, in order."""
-    return [get_stage(name) for name in STAGE_NAMES]
+    return [get_stage(spec.name) for spec in PIPELINE]
 
 
 __all__ = ["PIPELINE", "STAGE_NAMES", "StageSpec", "get_stage", "stages"]

@@ -138,6 +138,7 @@ def _log_usage(video_id: str, usage: dict[str, Any], failed: int, seconds: float
 
 class AggregateStage(Stage):
     name = "aggregate"
+    settings_section = "aggregate"
     help = "stage 3: structured annotations of the long nodes with the LLM"
     needs = ("caption", "segment")
 

@@ -1,7 +1,7 @@
 """The stage contract and the one runner that owns completion.
 
 A stage is one module with one :class:`Stage` object: its name, the stages whose output it reads
-(``needs``), the settings section that shapes its output, what it runs on, ``setup`` (models,
+(``needs``), the settings section that shapes its output, ``setup`` (models,
 once per process) and ``process(ctx)``, which computes and returns its artifacts and stats. The
 runner (:func:`run_stage`) does the rest the same way for every stage: the key and the folder,
 skip-if-done, input checks, atomic writes of the artifacts, ``_SUCCESS`` last, timing and the log
@@ -23,7 +23,7 @@ import numpy as np
 from action100m.config import Settings
 from action100m.errors import MissingArtifactError, PermanentError
 from action100m.services import Services
-from action100m.stages import get_stage
+from action100m.stages import get_stage, stages
 from action100m.store import ArtifactStore
 from action100m.tree import Tree
 
@@ -119,6 +119,8 @@ class Stage:
     name: ClassVar[str]
     help: ClassVar[str]
     needs: ClassVar[tuple[str, ...]] = ()
+    # The settings section that shapes the output (its identity goes into the key); None: none.
+    settings_section: ClassVar[str | None] = None
     # False: the stage never counts as done before and writes where it wants (publish).
     keyed: ClassVar[bool] = True
 
@@ -127,7 +129,9 @@ class Stage:
         return None
 
     def setup(self, runtime: Runtime) -> None:
-        """Load what the stage needs once per process (models); called before each process."""
+        """Load the stage's models ahead of work (a long-lived worker's warm-up). Optional:
+        ``process`` gets them through the same :func:`action100m.models.load_once`, lazily, so a
+        bad video or a fully cached one never pays for a model load."""
 
     def before(self, ctx: StageContext) -> None:
         """Work done even when the output is reused (embed copies the video's metadata)."""
@@ -139,24 +143,29 @@ class Stage:
     def process(self, ctx: StageContext) -> StageOutput:
         raise NotImplementedError
 
+    def after(self, ctx: StageContext, output: StageOutput) -> None:
+        """Work once the output is written whose failure must not undo it (publish: the viewer)."""
+
     def key(self, settings: Settings) -> str:
-        return stage_key(settings, self.name)
+        """Short hash of this stage's settings chained with the key of the stage it reads
+        first: a changed caption model changes caption's key and aggregate's, not segment's."""
+        if not self.keyed:
+            raise ValueError(f"stage {self.name!r} has no key: it never counts as done before")
+        section = self.settings_section
+        payload = {
+            "stage": self.name,
+            "settings": settings.section(section).identity() if section else {},
+            "input": stage_key(settings, self.needs[0]) if self.needs else None,
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
     def __repr__(self) -> str:
         return f"<stage {self.name}>"
 
 
 def stage_key(settings: Settings, name: str) -> str:
-    """Short hash of the stage's settings chained with the key of the stage it reads first."""
-    stage = get_stage(name)
-    if not stage.keyed:
-        raise ValueError(f"stage {name!r} has no key: it never counts as done before")
-    payload = {
-        "stage": name,
-        "settings": settings.section(name).identity(),
-        "input": stage_key(settings, stage.needs[0]) if stage.needs else None,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+    """The key of the stage ``name`` under ``settings`` (see :meth:`Stage.key`)."""
+    return get_stage(name).key(settings)
 
 
 def finished_artifact(
@@ -185,6 +194,26 @@ def _write(store: ArtifactStore, uri: str, value: Any) -> None:
         store.write_json(uri, value)
 
 
+def finished_stages(runtime: Runtime, video_id: str) -> dict[str, bool]:
+    """Per stage that leaves output, whether it has finished for the video under these settings.
+    A stage whose output a finished later stage consumed counts as finished (an imported release
+    has trees and captions but no embeddings)."""
+    keyed = [stage for stage in stages() if stage.keyed]
+    done = {s.name: runtime.store.is_done(output_dir(runtime, s, video_id)) for s in keyed}
+    for stage in reversed(keyed):
+        if done[stage.name]:
+            done.update(dict.fromkeys(stage.needs, True))
+    return done
+
+
+def output_dir(runtime: Runtime, stage: Stage, video_id: str) -> str:
+    """Where the stage's output goes: its keyed folder, or the video's own (publish)."""
+    store = runtime.store
+    if stage.keyed:
+        return store.stage_dir(video_id, stage.name, stage.key(runtime.settings))
+    return store.video_dir(video_id)
+
+
 def run_stage(
     stage: Stage, runtime: Runtime, video: Video, *, required: bool = False
 ) -> StageRecord:
@@ -193,11 +222,7 @@ def run_stage(
     A stage this deployment cannot run (``unavailable``) is skipped with the reason, or, when
     ``required`` (asked for by name), fails with it as a :class:`PermanentError`."""
     store, video_id, started = runtime.store, video.video_id, time.monotonic()
-    folder = (
-        store.stage_dir(video_id, stage.name, stage.key(runtime.settings))
-        if stage.keyed
-        else store.video_dir(video_id)
-    )
+    folder = output_dir(runtime, stage, video_id)
     ctx = StageContext(runtime, video, folder)
     stage.before(ctx)
     if stage.keyed and store.is_done(folder) and stage.reusable(store.done_info(folder)):
@@ -216,10 +241,10 @@ def run_stage(
                 f"video {video_id}: {stage.name} needs a finished {need} in {store.root}; "
                 f"run `{need}` first"
             )
-    stage.setup(runtime)
     output = stage.process(ctx)
     seconds = round(time.monotonic() - started, 3)
     store_output(runtime, stage, video_id, output, seconds=seconds)
+    stage.after(ctx, output)
     facts = ", ".join(f"{k} {v}" for k, v in output.stats.items() if not isinstance(v, dict))
     log.info("video %s: %s done in %.1f s (%s) -> %s", video_id, stage.name, seconds, facts, folder)
     return StageRecord(stage.name, output.uri or folder, False, seconds)
@@ -231,12 +256,7 @@ def store_output(
     """Write ``output`` into the stage's folder (names with a scheme where they say), then, for a
     keyed stage, ``_SUCCESS`` with the stats: the folder counts as finished only now. Also how
     ``import`` files a release's trees and captions as finished stages."""
-    store = runtime.store
-    folder = (
-        store.stage_dir(video_id, stage.name, stage.key(runtime.settings))
-        if stage.keyed
-        else store.video_dir(video_id)
-    )
+    store, folder = runtime.store, output_dir(runtime, stage, video_id)
     for name, value in output.artifacts.items():
         _write(store, name if "://" in name else f"{folder}/{name}", value)
     if stage.keyed:

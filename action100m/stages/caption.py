@@ -1,4 +1,4 @@
-"""Stage 2: a caption for every node of the segment tree (DESIGN.md, issue 3).
+"""Stage 2: a caption for every node of the segment tree (docs/architecture.md).
 
 Leaves get their middle frame with an image prompt, other nodes ``caption.frames`` evenly spaced
 frames with a video prompt, all ``caption.size`` square. Frames are read from the source video in
@@ -67,18 +67,16 @@ class Progress:
 
 class CaptionStage(Stage):
     name = "caption"
+    settings_section = "caption"
     help = "stage 2: a caption for every node of the tree"
     needs = ("segment",)
 
     def setup(self, runtime: Runtime) -> None:
-        self.captioner(runtime)
+        self.captioner(runtime)  # process makes it lazily, only when some node needs a caption
 
     @staticmethod
     def captioner(runtime: Runtime) -> Captioner:
-        try:
-            return make_captioner(runtime.settings.caption, runtime.services.vlm.key())
-        except ServiceError as exc:
-            raise ServiceError(f"captioning cannot start: {exc}") from exc
+        return make_captioner(runtime.settings.caption, runtime.services.vlm.key())
 
     def process(self, ctx: StageContext) -> StageOutput:
         config, video_id = ctx.settings.caption, ctx.video_id
@@ -97,9 +95,10 @@ class CaptionStage(Stage):
         unfinished: dict[str, str] = {}  # request key -> last service failure, worth a retry
         if todo:
             try:
+                captioner = self.captioner(ctx.runtime)
                 with ctx.store.local_copy(tree.source) as path:
                     jobs = _jobs(path, video_id, todo, config, results, progress)
-                    for job, outcome in self.captioner(ctx.runtime).run(jobs):
+                    for job, outcome in captioner.run(jobs):
                         results[job.key] = _result(outcome)
                         if outcome.error is None:
                             cache.put(job.key, results[job.key])

@@ -121,10 +121,11 @@ def _require_length(video_id: str, seconds: float, minimum: float) -> None:
 
 class EmbedStage(Stage):
     name = "embed"
+    settings_section = "embed"
     help = "stage 1a: V-JEPA 2 vectors for 1 in every frame_step frames"
 
     def setup(self, runtime: Runtime) -> None:
-        load_encoder(runtime.settings.embed)
+        load_encoder(runtime.settings.embed)  # process loads it lazily, after probing the video
 
     def before(self, ctx: StageContext) -> None:
         # A rerun may name metadata the first run lacked: copied whether or not embed is done.

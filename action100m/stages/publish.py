@@ -14,15 +14,15 @@ import time
 from typing import Any
 
 from action100m.document import assemble_document
-from action100m.errors import Action100MError
 from action100m.sources import load_metadata
-from action100m.stages import stages
+from action100m.stages import get_stage
 from action100m.stages.base import (
     Runtime,
     Stage,
     StageContext,
     StageOutput,
     finished_artifact,
+    finished_stages,
     load_tree,
 )
 from action100m.status import VideoStatus
@@ -32,22 +32,14 @@ log = logging.getLogger(__name__)
 
 def video_status(runtime: Runtime, video_id: str) -> VideoStatus:
     """Which stages have finished for the video under these settings, and why the others have
-    not. A stage whose output a finished later stage consumed counts as finished (an imported
-    release has trees and captions but no embeddings)."""
-    settings, store = runtime.settings, runtime.store
-    keyed = [stage for stage in stages() if stage.keyed]
-    done = {
-        s.name: store.is_done(store.stage_dir(video_id, s.name, s.key(settings))) for s in keyed
-    }
-    for stage in reversed(keyed):
-        if done[stage.name]:
-            for need in stage.needs:
-                done[need] = True
+    not (the stage's own ``unavailable`` reason where it has one)."""
+    done = finished_stages(runtime, video_id)
     skipped = {
-        stage.name: stage.unavailable(runtime) or f"{stage.name} has not finished"
-        for stage in keyed
-        if not done[stage.name]
+        name: get_stage(name).unavailable(runtime) or f"{name} has not finished"
+        for name, finished in done.items()
+        if not finished
     }
+    store = runtime.store
     return VideoStatus(video_id, done, skipped, store.document_uri(video_id), time.time())
 
 
@@ -81,17 +73,6 @@ def build_document(
     )
 
 
-def _viewer_page(ctx: StageContext, document: dict[str, Any]) -> bytes | None:
-    """The viewer is a convenience; the document is what was asked for."""
-    from action100m.viewer import render_page
-
-    try:
-        return render_page(document, ctx.store).encode("utf-8")
-    except (Action100MError, OSError, ValueError) as exc:
-        log.warning("video %s: viewer not written: %s", ctx.video_id, exc)
-        return None
-
-
 class PublishStage(Stage):
     name = "publish"
     help = "write the per-video document, its status and its viewer page"
@@ -106,13 +87,22 @@ class PublishStage(Stage):
             store.document_uri(video_id): document,  # first: the status never runs ahead of it
             store.status_uri(video_id): status.to_json(),
         }
-        if page := _viewer_page(ctx, document):
-            artifacts[store.viewer_uri(video_id)] = page
         notes = "; ".join(f"{stage} skipped: {why}" for stage, why in status.skipped.items())
-        log.info("video %s: document written to %s%s", video_id, store.document_uri(video_id),
+        log.info("video %s: document for %s%s", video_id, store.document_uri(video_id),
                  f" ({notes})" if notes else "")  # fmt: skip
         stats = {"nodes": len(document["nodes"]), "complete": status.complete}
         return StageOutput(artifacts, stats, uri=store.document_uri(video_id))
+
+    def after(self, ctx: StageContext, output: StageOutput) -> None:
+        """The viewer page and its thumbnails: a convenience; the document is what was asked for,
+        so whatever goes wrong here is logged and the document stands."""
+        from action100m.viewer import publish_viewer
+
+        document = output.artifacts[ctx.store.document_uri(ctx.video_id)]
+        try:
+            publish_viewer(ctx.settings, ctx.store, ctx.video_id, document)
+        except Exception as exc:
+            log.warning("video %s: viewer not written: %s", ctx.video_id, exc)
 
 
 STAGE = PublishStage()

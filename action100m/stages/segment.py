@@ -130,6 +130,7 @@ def build_tree(
 
 class SegmentStage(Stage):
     name = "segment"
+    settings_section = "segment"
     help = "stage 1b: Ward clustering of the vectors into a pruned binary tree"
     needs = ("embed",)
 

@@ -48,7 +48,7 @@ def middle_frame_jpegs(
     times = [min(max(0.0, (s + e) / 2), last) for s, e in spans]
     # A few frames: seek to each; more: one decoding pass (skipping only long gaps).
     seek_gap = 0.0 if len(times) <= SEEK_LIMIT else SCAN_SEEK_GAP
-    frames = read_frames_at(path, video_id, times, (width, height), seek_gap)
+    frames = read_frames_at(path, video_id, times, (width, height), seek_gap, retry_broken=False)
     return [encode_jpeg(frame) for frame in frames]
 
 

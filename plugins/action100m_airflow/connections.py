@@ -66,9 +66,10 @@ class ArtifactStoreHook(BaseHook):
         super().__init__()
         self.store_conn_id = store_conn_id
 
-    def root_and_options(self) -> tuple[str | None, dict[str, Any] | None]:
-        """The root URI (None: the library default) and fsspec storage options (None: the
-        library's defaults for the root's kind of storage)."""
+    def root_and_s3_options(self) -> tuple[str | None, dict[str, Any] | None]:
+        """The root URI (None: the library default) and the connection's S3 options (None: no
+        ``aws`` connection): the store's own where the root is on S3, and those of every other
+        ``s3://`` URI the tasks read (sources, metadata, manifests) wherever the root is."""
         from action100m.store import s3_options
 
         env_root = os.environ.get("ACTION100M_STORE")
@@ -77,7 +78,7 @@ class ArtifactStoreHook(BaseHook):
             return env_root, None
         extra = conn.extra_dejson
         root = extra.get("root") or env_root
-        if not (root or "").startswith(("s3://", "s3a://")):
+        if conn.conn_type != "aws":
             return root, None
         endpoint = extra.get("endpoint_url") or (
             extra.get("service_config", {}).get("s3", {}).get("endpoint_url")
@@ -87,25 +88,26 @@ class ArtifactStoreHook(BaseHook):
     def get_store(self, root: str | None = None) -> Any:
         from action100m.store import ArtifactStore
 
-        conn_root, options = self.root_and_options()
+        conn_root, s3 = self.root_and_s3_options()
         root = root or conn_root
         if root is None:
             from action100m.config import Settings
 
             root = Settings().store
-        return ArtifactStore(root, options)
+        return ArtifactStore(root, s3=s3)
 
 
 def model_services(requested_provider: str | None) -> tuple[dict[str, Any], Any]:
-    """``(settings, services)`` from the LLM and vLLM connections: endpoints and models as a
-    settings layer (``{"aggregate": {"base_url": ...}}``), keys in a ``Services`` built on the
-    usual variables of this process. Nothing is exported; keys are never returned as text."""
+    """``(settings, keys)`` from the LLM and vLLM connections: endpoints and models as a
+    settings layer (``{"aggregate": {"base_url": ...}}``), the connections' keys as a
+    ``Services`` to lay over the process's own (``Services.overlay``). Nothing is exported;
+    keys are never returned as text."""
     from pydantic import SecretStr
 
     from action100m.services import Endpoint, Services
 
     settings: dict[str, Any] = {}
-    services = Services.from_environment()
+    services = Services()
     providers = [requested_provider] if requested_provider else list(LLM_CONN_IDS)
     for provider in providers:
         conn = optional_connection(LLM_CONN_IDS[provider])

@@ -33,12 +33,13 @@ def build_runtime(params: dict[str, Any]) -> Any:
     import os
 
     from action100m.config import load_settings, parse_assignments
+    from action100m.services import Services
     from action100m.stages.base import Runtime
 
     raw = params.get("overrides") or {}
     user = raw if isinstance(raw, dict) else parse_assignments([str(item) for item in raw])
     store = ArtifactStoreHook().get_store()
-    deployment, services = model_services(user.get("aggregate", {}).get("provider"))
+    deployment, connection_keys = model_services(user.get("aggregate", {}).get("provider"))
     environ = dict(os.environ)  # a copy: the share below is for these settings only
     share_llm_limits(environ)
     settings = load_settings(
@@ -48,7 +49,8 @@ def build_runtime(params: dict[str, Any]) -> Any:
         environ=environ,
         deployment=deployment,
     )
-    return Runtime(settings, store, services)
+    own = Services.from_environment(vlm_key_env=settings.caption.api_key_env)
+    return Runtime(settings, store, own.overlay(connection_keys))
 
 
 def share_llm_limits(environ: dict[str, str]) -> None:
@@ -157,7 +159,7 @@ def _states_by_video(ti: Any, run_id: str, videos: list[dict[str, Any]]) -> dict
 def write_report() -> dict[str, Any]:
     """Per video done / failed (with the reason) / skipped, tokens and cost; logged, written to
     ``{store}/runs/{run_id}/report.json``. Fails the task (and so the run) if any video failed."""
-    from action100m.batch import build_report, format_report, published_result
+    from action100m.report import build_report, format_report, published_result
 
     context = get_current_context()
     ti, run_id = context["ti"], context["run_id"]
