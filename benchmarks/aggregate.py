@@ -32,13 +32,13 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from llm_server import LLMServer, Reply, Request  # noqa: E402
 
 from action100m.config import Settings, load_settings  # noqa: E402
-from action100m.sources import load_metadata  # noqa: E402
-from action100m.stages.base import finished_artifact, load_tree  # noqa: E402
 from action100m.interop import OFFICIAL, import_file, read_records  # noqa: E402
 from action100m.llm import prompts  # noqa: E402
 from action100m.llm.messages import Usage  # noqa: E402
 from action100m.llm.prompts import PromptBuilder  # noqa: E402
 from action100m.pipeline import run_aggregate  # noqa: E402
+from action100m.sources import load_metadata  # noqa: E402
+from action100m.stages.base import finished_artifact, load_tree  # noqa: E402
 from action100m.store import ArtifactStore  # noqa: E402
 from action100m.tree import Tree  # noqa: E402
 
