@@ -24,8 +24,9 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from action100m.errors import PermanentError
-from action100m.sources import resolve_video
+from action100m.errors import PermanentError, VideoError
+from action100m.layout import check_video_id
+from action100m.sources import fill_template, looks_like_location, resolve_video
 from action100m.status import is_complete
 from action100m.store import ArtifactStore, normalise_uri
 
@@ -70,9 +71,16 @@ def resolve_batch(
     for entry in entries:
         video_id, uri = resolve_video(entry, source_template or None)
         if video_id in batch:
-            log.info("video %s listed twice; keeping %s", video_id, batch[video_id]["uri"])
+            if batch[video_id]["uri"] != uri:  # two files with one stem would share one folder
+                raise PermanentError(
+                    f"video {video_id}: two videos have this ID ({batch[video_id]['uri']} and "
+                    f"{uri}); rename one, or run them apart with --video-id"
+                )
+            log.info("video %s listed twice; keeping it once", video_id)
             continue
-        metadata = metadata_template.format(video_id=video_id) if metadata_template else None
+        metadata = (
+            fill_template(metadata_template, video_id, "metadata") if metadata_template else None
+        )
         batch[video_id] = {"video_id": video_id, "uri": uri, "metadata": metadata}
     if len(batch) > limit:
         raise PermanentError(
@@ -107,6 +115,15 @@ def read_manifest(
     ids = parse_manifest(reader.read_bytes(uri).decode("utf-8-sig"))
     if not ids:
         raise PermanentError(f"{what} {uri} lists no video IDs")
+    bad = []
+    for entry in ids:  # paths and URIs get their ID (the file stem) checked when resolved
+        if not looks_like_location(entry):
+            try:
+                check_video_id(entry)
+            except VideoError as exc:
+                bad.append(str(exc))
+    if bad:
+        raise PermanentError(f"{what} {uri}: {len(bad)} unusable entry(ies), first: {bad[0]}")
     return ids
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from action100m import stages as pipeline_stages
 from action100m.config import load_settings
-from action100m.errors import Action100MError
+from action100m.errors import Action100MError, redact_logs
 from action100m.pipeline import run_until, run_video
 from action100m.sources import looks_like_location, resolve_video
 from action100m.stages.base import Runtime, Video
@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    redact_logs()
     if args.quiet:  # model loading progress bars too
         _quiet_model_loading()
     try:

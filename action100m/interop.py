@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from action100m.config import Settings
 from action100m.errors import PermanentError
+from action100m.layout import check_video_id
 from action100m.llm.schema import FIELDS
 from action100m.stages import get_stage, stages
 from action100m.stages.base import Runtime, StageOutput, Video, run_stage, store_output
@@ -59,20 +60,29 @@ def read_records(path: str) -> list[dict[str, Any]]:
     return [value]
 
 
+TILING_TOLERANCE = 0.011  # seconds: the release's times are on a 0.01 s grid, stored as float32
+
+
 def release_tree(video_id: str, metadata: dict[str, Any], rows: list[dict[str, Any]]) -> Tree:
-    """The release's nodes as a :class:`Tree` in depth-first pre-order, ids and levels kept."""
+    """The release's nodes as a :class:`Tree` in depth-first pre-order, ids and levels kept.
+    Anything but one binary tree whose children tile their parent is refused with one line."""
+    by_id: dict[str, dict[str, Any]] = {}
     children: dict[str | None, list[dict[str, Any]]] = {}
     for row in rows:
+        node_id = str(row.get("node_id"))
+        if node_id in by_id:
+            raise PermanentError(f"video {video_id}: node {node_id} is listed twice")
+        by_id[node_id] = row
         children.setdefault(row.get("parent_id"), []).append(row)
     roots = children.get(None, [])
-    known = {row["node_id"] for row in rows}
-    if len(roots) != 1 or any(p is not None and p not in known for p in children):
+    if len(roots) != 1 or any(p is not None and p not in by_id for p in children):
         raise PermanentError(f"video {video_id}: the nodes do not form one tree")
     nodes: list[Node] = []
     stack = [roots[0]]
     while stack:
         row = stack.pop()
         kids = sorted(children.get(row["node_id"], []), key=lambda r: float(r["start"]))
+        _check_tiling(video_id, row, kids)
         nodes.append(
             Node(
                 row["node_id"],
@@ -84,10 +94,38 @@ def release_tree(video_id: str, metadata: dict[str, Any], rows: list[dict[str, A
             )
         )
         stack.extend(reversed(kids))
+        if len(nodes) > len(rows):  # only a loop can visit more nodes than there are
+            break
+    if len(nodes) != len(rows):
+        raise PermanentError(
+            f"video {video_id}: the nodes do not form one tree ({len(rows)} nodes, "
+            f"{len(nodes)} reached from the root: a loop or a detached node)"
+        )
     root = nodes[0]
     return Tree(
         video_id, root.end, float(metadata.get("fps") or 0.0), f"{RELEASE}:{video_id}", nodes
     )
+
+
+def _check_tiling(video_id: str, row: dict[str, Any], kids: list[dict[str, Any]]) -> None:
+    """An inner node has two children that cover it exactly, end to start."""
+    if not kids:
+        return
+    spans = [(float(k["start"]), float(k["end"])) for k in kids]
+    start, end = float(row["start"]), float(row["end"])
+
+    def close(a: float, b: float) -> bool:
+        return abs(a - b) <= TILING_TOLERANCE
+
+    if not (
+        len(spans) == 2
+        and close(spans[0][0], start)
+        and close(spans[0][1], spans[1][0])
+        and close(spans[1][1], end)
+    ):
+        raise PermanentError(
+            f"video {video_id}: node {row['node_id']} is not split into two children that tile it"
+        )
 
 
 def _caption(row: dict[str, Any], leaf: bool) -> dict[str, Any]:
@@ -115,7 +153,7 @@ def release_outputs(
 ) -> tuple[str, dict[str, StageOutput]]:
     """``(video_id, {stage: output})``: one release record as the finished outputs of our stages
     (the tree as segment, the captions as caption, the annotations as aggregate)."""
-    video_id = str(record["video_uid"])
+    video_id = check_video_id(str(record.get("video_uid") or ""))
     metadata = dict(record.get("metadata") or {})
     rows = list(record.get("nodes") or [])
     tree = release_tree(video_id, metadata, rows)

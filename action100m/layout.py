@@ -20,12 +20,42 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
+
+from action100m.errors import VideoError
 
 SUCCESS = "_SUCCESS"
+# A video ID names a folder: one path segment, short enough for any filesystem (255 bytes a name)
+# with room for the temporary names writes go through.
+MAX_VIDEO_ID_BYTES = 200
 DOCUMENT_FILE = "annotations.json"
 STATUS_FILE = "status.json"
 METADATA_FILE = "metadata.json"
 VIEWER_FILE = "viewer.html"
+
+
+def check_video_id(video_id: str) -> str:
+    """``video_id`` if it is a safe single path segment (YouTube IDs, file stems with spaces or
+    any script), else a :class:`VideoError` naming it: the one rule for every entry point."""
+    problem = None
+    if not isinstance(video_id, str) or not video_id.strip():
+        problem = "a video ID must not be empty"
+    elif video_id in (".", "..") or video_id != video_id.strip():
+        problem = "not a usable video ID (dots only, or spaces at either end)"
+    elif "/" in video_id or "\\" in video_id:
+        problem = "a video ID must not contain / or \\ (it names one folder)"
+    elif any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in video_id):
+        problem = "a video ID must not contain control characters"
+    elif len(video_id.encode("utf-8")) > MAX_VIDEO_ID_BYTES:
+        problem = f"a video ID must be at most {MAX_VIDEO_ID_BYTES} bytes (UTF-8)"
+    if problem:
+        shown = repr(
+            video_id
+            if not isinstance(video_id, str) or len(video_id) <= 80
+            else video_id[:77] + "..."
+        )
+        raise VideoError(shown, problem)
+    return video_id
 
 
 def path_safe(name: str) -> str:
@@ -46,34 +76,34 @@ class StoreLayout:
         return self.join("videos")
 
     def video_dir(self, video_id: str) -> str:
-        return self.join("videos", video_id)
+        return self.join("videos", check_video_id(video_id))
 
     def stage_dir(self, video_id: str, stage: str, key: str) -> str:
-        return self.join("videos", video_id, stage, key)
+        return f"{self.video_dir(video_id)}/{stage}/{key}"
 
     def success_uri(self, folder: str) -> str:
         return f"{folder}/{SUCCESS}"
 
     def document_uri(self, video_id: str) -> str:
-        return self.join("videos", video_id, DOCUMENT_FILE)
+        return f"{self.video_dir(video_id)}/{DOCUMENT_FILE}"
 
     def status_uri(self, video_id: str) -> str:
-        return self.join("videos", video_id, STATUS_FILE)
+        return f"{self.video_dir(video_id)}/{STATUS_FILE}"
 
     def metadata_uri(self, video_id: str) -> str:
-        return self.join("videos", video_id, METADATA_FILE)
+        return f"{self.video_dir(video_id)}/{METADATA_FILE}"
 
     def viewer_uri(self, video_id: str) -> str:
-        return self.join("videos", video_id, VIEWER_FILE)
+        return f"{self.video_dir(video_id)}/{VIEWER_FILE}"
 
     def thumbnail_uris(self, video_id: str) -> tuple[str, str]:
         """``(pack, index)``: JPEGs back to back, and where each node's lies in the pack."""
-        folder = self.join("videos", video_id, "thumbnails")
+        folder = f"{self.video_dir(video_id)}/thumbnails"
         return f"{folder}/pack.bin", f"{folder}/index.json"
 
     def caption_cache_uri(self, video_id: str, model: str) -> str:
         digest = hashlib.sha256(model.encode()).hexdigest()[:12]
-        return self.join("videos", video_id, "caption", "cache", f"{digest}.json")
+        return f"{self.video_dir(video_id)}/caption/cache/{digest}.json"
 
     # -- shared by videos and runs ------------------------------------------------------------
     def llm_cache_uri(self, request_key: str) -> str:

@@ -4,10 +4,14 @@ read it; nothing else decides whether a video is finished."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from action100m.errors import VideoError
 from action100m.store import ArtifactStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -41,9 +45,14 @@ class VideoStatus:
 
 def read_status(store: ArtifactStore, video_id: str) -> dict[str, Any] | None:
     """The video's ``status.json`` as written (None: never published)."""
+    uri = store.status_uri(video_id)
     try:
-        value = store.read_json(store.status_uri(video_id))
+        value = store.read_json(uri)
     except FileNotFoundError:
+        return None
+    except ValueError as exc:  # not JSON: as if never published, so it is published again
+        log.warning("video %s: unreadable status record %s (%s); treated as unpublished",
+                    video_id, uri, exc)  # fmt: skip
         return None
     return value if isinstance(value, dict) else None
 
@@ -54,7 +63,10 @@ def is_complete(store: ArtifactStore, video_id: str) -> bool:
     ``status.json`` says so in one small read. A store written before status records existed
     (no status, or one an ``aggregate``/``import`` of that time outdated) is decided by the
     document's ``pipeline.stages``; no document: not finished."""
-    status = read_status(store, video_id)
+    try:
+        status = read_status(store, video_id)
+    except VideoError:  # a path or URI listed where IDs belong: the run resolves (or refuses) it
+        return False
     if status is not None and status.get("complete"):
         return True
     uri = store.document_uri(video_id)

@@ -26,6 +26,8 @@ from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from action100m.errors import VideoError
+
 log = logging.getLogger(__name__)
 PREFIX = "/action100m"
 DAG_ID = "action100m"
@@ -73,8 +75,8 @@ def get_store() -> Any:
 
 
 def _document(store: Any, video_id: str) -> dict[str, Any]:
-    uri = store.document_uri(video_id)
-    if "/" in video_id or not store.exists(uri):
+    uri = store.document_uri(video_id)  # an unsafe ID raises VideoError: a 404
+    if not store.exists(uri):
         raise HTTPException(404, f"no document for video {video_id!r} in {store.root}")
     document: dict[str, Any] = store.read_json(uri)
     return document
@@ -124,7 +126,20 @@ def provisional_report(dag_id: str, run_id: str, store: Any) -> dict[str, Any]:
     return {"run_id": run_id, "dag_id": dag_id, "videos": rows, "counts": counts, "usage": {}}
 
 
-app = FastAPI(title="action100m viewer", dependencies=[Depends(require_login)])
+# No /docs, /redoc or /openapi.json: they would answer without the login every route requires.
+app = FastAPI(
+    title="action100m viewer",
+    dependencies=[Depends(require_login)],
+    docs_url=None,
+    redoc_url=None,
+    openapi_url=None,
+)
+
+
+@app.exception_handler(VideoError)
+def _unsafe_video_id(request: Request, exc: VideoError) -> Response:
+    """An ID that is not a safe path segment names no video (never a path outside its folder)."""
+    return JSONResponse({"detail": str(exc)}, status_code=404)
 
 
 @app.get("/", response_class=HTMLResponse)

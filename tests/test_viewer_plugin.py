@@ -161,6 +161,17 @@ def test_plugin_is_registered(server: Server) -> None:
 def test_pages_need_a_login(server: Server) -> None:
     assert server.get("/action100m/videos/clip", auth=False)[0] == 401
     assert server.get("/action100m/videos/clip/document.json", auth=False)[0] == 401
+    # The app's generated API docs are not served at all (they answered without a login).
+    for path in ("/action100m/docs", "/action100m/redoc", "/action100m/openapi.json"):
+        for auth in (False, True):
+            assert server.get(path, auth=auth)[0] in (401, 404), (path, auth)
+
+
+def test_an_unsafe_video_id_names_no_video(server: Server) -> None:
+    for unsafe in ("..", "%2E%2E", "..%2F..%2Fetc", "a%5Cb"):
+        for suffix in ("", "/document.json", "/thumbs/n.jpg"):
+            status, _, body = server.get(f"/action100m/videos/{unsafe}{suffix}")
+            assert status == 404, (unsafe, suffix, body[:200])
 
 
 def test_tree_page_and_thumbnails(server: Server, store_root: ArtifactStore) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from action100m.config import CaptionConfig
-from action100m.errors import ServiceError
+from action100m.errors import ServiceError, redact
 from action100m.models.caption_base import CaptionJob, CaptionOutcome, clean_caption
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class ServerCaptioner:
         from openai import OpenAI
 
         self.model = config.model
-        self.base_url = config.base_url
+        self.base_url = redact(config.base_url)  # for messages; the client gets the real one
         self.concurrency = config.concurrency
         self.max_retries = config.max_retries
         self.timeout = config.timeout

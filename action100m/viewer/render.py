@@ -120,10 +120,17 @@ def page_data(
     return data
 
 
+# Characters that could end or change a <script> element, written as JSON escapes: the text stays
+# valid JSON (and JavaScript) whatever a title, caption or answer contains.
+_SCRIPT_UNSAFE = str.maketrans(
+    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
+
+
 def _script_json(value: Any) -> str:
     """JSON safe inside a <script> element."""
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return text.replace("</", "<\\/").replace("<!--", "<\\!--")
+    return text.translate(_SCRIPT_UNSAFE)
 
 
 def render_html(

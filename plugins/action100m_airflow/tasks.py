@@ -33,9 +33,11 @@ def build_runtime(params: dict[str, Any]) -> Any:
     import os
 
     from action100m.config import load_settings, parse_assignments
+    from action100m.errors import redact_logs
     from action100m.services import Services
     from action100m.stages.base import Runtime
 
+    redact_logs()  # whatever a library logs in this task, keys in URLs are masked
     raw = params.get("overrides") or {}
     user = raw if isinstance(raw, dict) else parse_assignments([str(item) for item in raw])
     store = ArtifactStoreHook().get_store()
@@ -65,7 +67,9 @@ def share_llm_limits(environ: dict[str, str]) -> None:
 
 
 def _one_line(exc: BaseException, limit: int = 400) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    from action100m.errors import redact
+
+    text = redact(" ".join(str(exc).split())) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
