@@ -26,7 +26,7 @@ from typing import Any
 
 from action100m.errors import PermanentError, VideoError
 from action100m.layout import check_video_id
-from action100m.sources import fill_template, looks_like_location, resolve_video
+from action100m.sources import check_allowed, fill_template, looks_like_location, resolve_video
 from action100m.status import is_complete
 from action100m.store import ArtifactStore, normalise_uri
 
@@ -61,8 +61,11 @@ def resolve_batch(
     source_template: str | None = None,
     metadata_template: str | None = None,
     limit: int | None = None,
+    allowed: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """``[{video_id, uri, metadata}]`` for one run. A video ID seen twice is kept once."""
+    """``[{video_id, uri, metadata}]`` for one run. A video ID seen twice is kept once. With
+    ``allowed`` (a DAG run's parameters), every source and metadata location must lie under one
+    of those prefixes (:func:`~action100m.sources.check_allowed`)."""
     entries = parse_video_list(videos)
     if not entries:
         raise PermanentError("no videos given: set the 'videos' parameter (IDs, paths or URIs)")
@@ -81,6 +84,10 @@ def resolve_batch(
         metadata = (
             fill_template(metadata_template, video_id, "metadata") if metadata_template else None
         )
+        if allowed is not None:
+            uri = check_allowed(uri, allowed, f"video {video_id}: source")
+            if metadata:
+                metadata = check_allowed(metadata, allowed, f"video {video_id}: metadata")
         batch[video_id] = {"video_id": video_id, "uri": uri, "metadata": metadata}
     if len(batch) > limit:
         raise PermanentError(
@@ -104,10 +111,14 @@ def parse_manifest(text: str) -> list[str]:
 
 
 def read_manifest(
-    uri: str, storage_options: dict[str, Any] | None = None, what: str = "manifest"
+    uri: str,
+    storage_options: dict[str, Any] | None = None,
+    what: str = "manifest",
+    allowed: Sequence[str] | None = None,
 ) -> list[str]:
-    """The manifest's video IDs, duplicates dropped; ``uri`` is a path or any fsspec URI."""
-    uri = normalise_uri(uri)
+    """The manifest's video IDs, duplicates dropped; ``uri`` is a path or any fsspec URI (with
+    ``allowed``: one under those prefixes)."""
+    uri = normalise_uri(uri) if allowed is None else check_allowed(uri, allowed, what)
     parent, _, _ = uri.rpartition("/")
     reader = ArtifactStore(parent, storage_options)
     if not reader.exists(uri):
@@ -127,9 +138,11 @@ def read_manifest(
     return ids
 
 
-def read_video_list(store: ArtifactStore, uri: str) -> list[str]:
+def read_video_list(
+    store: ArtifactStore, uri: str, allowed: Sequence[str] | None = None
+) -> list[str]:
     """A list of videos (one a line: IDs, paths or URIs) at ``uri``, e.g. a backfill shard."""
-    return read_manifest(uri, store.options_for(uri), what="video list")
+    return read_manifest(uri, store.options_for(uri), what="video list", allowed=allowed)
 
 
 def write_video_list(store: ArtifactStore, uri: str, videos: Sequence[str]) -> None:

@@ -16,7 +16,7 @@ from action100m import stages as pipeline_stages
 from action100m.config import load_settings
 from action100m.errors import Action100MError, redact_logs
 from action100m.pipeline import run_until, run_video
-from action100m.sources import looks_like_location, resolve_video
+from action100m.sources import fill_template, looks_like_location, resolve_video
 from action100m.stages.base import Runtime, Video
 from action100m.store import ArtifactStore
 
@@ -125,9 +125,12 @@ def main(argv: list[str] | None = None) -> int:
 def _video(args: argparse.Namespace) -> Video:
     """The video a stage subcommand names: a bare ID needs no source once embed has run."""
     if not looks_like_location(args.video) and not args.source:
-        return Video(args.video_id or args.video, None, args.metadata)
-    video_id, uri = resolve_video(args.video, args.source)
-    return Video(args.video_id or video_id, uri, args.metadata)
+        video_id, uri = args.video_id or args.video, None
+    else:
+        resolved, uri = resolve_video(args.video, args.source)
+        video_id = args.video_id or resolved
+    metadata = fill_template(args.metadata, video_id, "metadata") if args.metadata else None
+    return Video(video_id, uri, metadata)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ from action100m.config import Settings
 from action100m.errors import PermanentError
 from action100m.layout import check_video_id
 from action100m.llm.schema import FIELDS
+from action100m.sources import clean_metadata
 from action100m.stages import get_stage, stages
 from action100m.stages.base import Runtime, StageOutput, Video, run_stage, store_output
 from action100m.store import ArtifactStore, normalise_uri
@@ -193,9 +194,8 @@ def import_file(
     imported = []
     for record in read_records(path):
         video_id, outputs = release_outputs(record, PurePosixPath(path).name, annotations)
-        runtime.store.write_json(
-            runtime.store.metadata_uri(video_id), dict(record.get("metadata") or {})
-        )
+        metadata = clean_metadata(video_id, dict(record.get("metadata") or {}))
+        runtime.store.write_json(runtime.store.metadata_uri(video_id), metadata)
         for stage in stages():  # in pipeline order, so each output's inputs are filed first
             if stage.name in outputs:
                 store_output(runtime, stage, video_id, outputs[stage.name])

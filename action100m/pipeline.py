@@ -13,7 +13,7 @@ from typing import Any
 
 from action100m.config import Settings
 from action100m.services import Services
-from action100m.sources import resolve_video, save_metadata
+from action100m.sources import fill_template, resolve_video, save_metadata
 from action100m.stages import get_stage, stages
 from action100m.stages.base import Runtime, StageRecord, Video, finished_stages, run_stage
 from action100m.status import read_status
@@ -116,7 +116,9 @@ def run_video(
 ) -> dict[str, Any]:
     """Every stage for one video; returns a small summary (URIs and timings)."""
     resolved_id, uri = resolve_video(source, source_template)
-    video = Video(video_id or resolved_id, uri, metadata_uri)
+    video_id = video_id or resolved_id
+    metadata = fill_template(metadata_uri, video_id, "metadata") if metadata_uri else None
+    video = Video(video_id, uri, metadata)
     runtime = _runtime(settings, store, services)
     records = {stage.name: run_stage(stage, runtime, video) for stage in stages()}
     status = read_status(store, video.video_id) or {}

@@ -1,17 +1,104 @@
 """Where a video and its metadata come from: IDs, paths and URIs resolved to a source URI, and the
-metadata JSON copied next to the video's artifacts."""
+metadata JSON copied next to the video's artifacts.
+
+Whoever may trigger a DAG run may not thereby read the workers' files: under Airflow every
+location a run's parameters name (sources, metadata, video lists, manifests) must lie under the
+store's root or a prefix listed in ``ACTION100M_ALLOWED_SOURCES`` (:func:`check_allowed`), and
+only the metadata fields the pipeline knows are kept (:func:`clean_metadata`).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 import string
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from action100m.errors import PermanentError, VideoError
 from action100m.layout import check_video_id
 from action100m.store import ArtifactStore, normalise_uri
 
 log = logging.getLogger(__name__)
+ALLOWED_SOURCES_ENV = "ACTION100M_ALLOWED_SOURCES"
+# The release's metadata fields, each with the types it may have; anything else is dropped.
+METADATA_FIELDS: dict[str, tuple[type, ...]] = {
+    "title": (str,),
+    "description": (str,),
+    "view_count": (int,),
+    "like_count": (int,),
+    "duration": (int, float),
+    "upload_date": (str,),
+    "transcript": (list,),
+}
+MAX_TEXT = 100_000  # characters of one metadata string
+MAX_TRANSCRIPT_LINES = 50_000
+
+
+def allowed_locations(store_root: str, environ: dict[str, str] | None = None) -> list[str]:
+    """Where a run may read from: the store's root and each prefix in ACTION100M_ALLOWED_SOURCES
+    (separated by commas or spaces)."""
+    env = os.environ if environ is None else environ
+    extra = [p for p in re.split(r"[\s,]+", env.get(ALLOWED_SOURCES_ENV, "")) if p]
+    return [_canonical(normalise_uri(p)) for p in (store_root, *extra)]
+
+
+def _canonical(uri: str) -> str:
+    """A local URI with ``..`` and symbolic links resolved (where it really points)."""
+    if not uri.startswith("file://"):
+        return uri.rstrip("/")
+    return Path(unquote(urlsplit(uri).path)).resolve().as_uri()
+
+
+def check_allowed(uri: str, allowed: Sequence[str], what: str) -> str:
+    """``uri`` (normalised) if it lies under one of ``allowed``, else a one-line PermanentError."""
+    target = _canonical(normalise_uri(uri))
+    dots = any(part in (".", "..") for part in target.split("://", 1)[-1].split("/"))
+    inside = any(target == root or target.startswith(root.rstrip("/") + "/") for root in allowed)
+    if dots or not inside:
+        raise PermanentError(
+            f"{what} {uri} is outside the locations runs may read (the store, and "
+            f"{ALLOWED_SOURCES_ENV}: {', '.join(allowed[1:]) or 'not set'})"
+        )
+    return target
+
+
+def clean_metadata(video_id: str, value: dict[str, Any]) -> dict[str, Any]:
+    """The known fields of a video's metadata, type-checked and bounded; the rest is dropped
+    (with a warning), so nothing else of a file reaches the document and the viewer."""
+    kept: dict[str, Any] = {}
+    for name, kinds in METADATA_FIELDS.items():
+        field = value.get(name)
+        if field is None:
+            continue
+        if not isinstance(field, kinds) or isinstance(field, bool):
+            log.warning("video %s: metadata field %s is not %s; dropped", video_id, name,
+                        " or ".join(k.__name__ for k in kinds))  # fmt: skip
+            continue
+        kept[name] = field[:MAX_TEXT] if isinstance(field, str) else field
+    if "transcript" in kept:
+        kept["transcript"] = _transcript(kept["transcript"])
+    dropped = sorted(set(value) - set(METADATA_FIELDS))
+    if dropped:
+        log.warning("video %s: metadata fields %s are not used; dropped", video_id,
+                    ", ".join(map(str, dropped[:10])))  # fmt: skip
+    return kept
+
+
+def _transcript(lines: list[Any]) -> list[Any]:
+    """Lines as text, or ``{time, text}`` with a number or numeric-string time; others dropped."""
+    kept: list[Any] = []
+    for line in lines[:MAX_TRANSCRIPT_LINES]:
+        if isinstance(line, str):
+            kept.append(line[:MAX_TEXT])
+        elif isinstance(line, dict) and isinstance(line.get("text"), str):
+            time = line.get("time")
+            if isinstance(time, int | float | str) and not isinstance(time, bool):
+                kept.append({"time": time, "text": line["text"][:MAX_TEXT]})
+    return kept
 
 
 def looks_like_location(video: str) -> bool:
@@ -48,22 +135,26 @@ def resolve_video(video: str, source_template: str | None = None) -> tuple[str, 
     return video, normalise_uri(fill_template(source_template, video, "source"))
 
 
-def save_metadata(store: ArtifactStore, video_id: str, template: str | None) -> str | None:
-    """Copy the video's metadata JSON (title, description, transcript) next to its artifacts.
-    A template whose file is missing is not an error: the LLM then works without metadata."""
-    if not template:
+def save_metadata(store: ArtifactStore, video_id: str, uri: str | None) -> str | None:
+    """Copy the known fields of the video's metadata JSON at ``uri`` (a template already filled:
+    :func:`fill_template`) next to its artifacts. A missing file is not an error: the LLM then
+    works without metadata."""
+    if not uri:
         return None
-    source = normalise_uri(fill_template(template, video_id, "metadata"))
+    source = normalise_uri(uri)
     folder = source.rsplit("/", 1)[0]
     reader = ArtifactStore(folder, store.options_for(source))
     if not reader.exists(source):
         log.warning("video %s: no metadata at %s; continuing without it", video_id, source)
         return None
-    value = reader.read_json(source)
+    try:
+        value = reader.read_json(source)
+    except ValueError as exc:
+        raise VideoError(video_id, f"metadata {source} is not JSON ({exc})") from None
     if not isinstance(value, dict):
         raise VideoError(video_id, f"metadata {source} is not a JSON object")
     target = store.metadata_uri(video_id)
-    store.write_json(target, value)
+    store.write_json(target, clean_metadata(video_id, value))
     return target
 
 

@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = AirflowStack(
         work / "airflow",
         env={"ACTION100M_STORE": (work / "airflow-store").as_uri(),
+             "ACTION100M_ALLOWED_SOURCES": work.as_uri(),
              "ACTION100M_CACHE": str(work / "models"), "ACTION100M_PRELOAD": args.preload},
         pools={"gpu": args.gpu_slots, "llm": 4},
     )  # fmt: skip

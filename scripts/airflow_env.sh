@@ -14,7 +14,11 @@ export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
 export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-4}"
 export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="${AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL:-30}"
 export ACTION100M_STORE="${ACTION100M_STORE:-file://$ACTION100M_DEMO/artifacts}"
+# What a triggered run may read besides the store: the demo folder (its sample videos).
+export ACTION100M_ALLOWED_SOURCES="${ACTION100M_ALLOWED_SOURCES:-file://$ACTION100M_DEMO}"
 export ACTION100M_PRELOAD="${ACTION100M_PRELOAD:-1}"  # plugins/action100m_preload.py
+# The demo is offline: the trigger form's default profile is the tiny models, not the paper's.
+export ACTION100M_PROFILE="${ACTION100M_PROFILE:-tiny}"
 # Slots of the llm pool; aggregate tasks split the LLM rate limits by it (aggregate.rate_share).
 export LLM_POOL_SLOTS="${LLM_POOL_SLOTS:-4}"
 export ACTION100M_CACHE="${ACTION100M_CACHE:-$ACTION100M_DEMO/models}"

@@ -302,6 +302,8 @@ def shared_stack(config: Any, workdir: Path) -> tuple[AirflowStack, Any]:
             workdir,
             env={
                 "ACTION100M_STORE": (workdir / "store").as_uri(),
+                # The tests' videos and manifests lie in this session's temporary folders.
+                "ACTION100M_ALLOWED_SOURCES": workdir.parent.as_uri(),
                 "ACTION100M_RETRY_DELAY_SECONDS": "1",
                 "ACTION100M_BACKFILL_MAX_ACTIVE_SHARDS": "2",
                 "ACTION100M_BACKFILL_POKE_SECONDS": "2",

@@ -44,6 +44,9 @@ def airflow_connections(
     openai = {"conn_type": "generic", "password": "sk-test-secret",
               "extra": {"base_url": llm.base_url, "model": "gpt-4o"}}  # fmt: skip
     monkeypatch.setenv("AIRFLOW_CONN_ACTION100M_STORE", json.dumps(store))
+    # Sources and metadata lie beside the store's root, so runs are allowed to read them.
+    allowed = f"s3://{BUCKET}/sources, s3://{BUCKET}/metadata"
+    monkeypatch.setenv("ACTION100M_ALLOWED_SOURCES", allowed)
     monkeypatch.setenv("AIRFLOW_CONN_OPENAI_DEFAULT", json.dumps(openai))
     return {"root": f"s3://{BUCKET}/store", "endpoint": s3_server["endpoint"]}
 
@@ -136,3 +139,20 @@ def test_two_good_videos_and_a_corrupt_one_then_a_rerun_that_skips_finished_work
     assert len(llm.requests) == requests_first_run  # nothing asked twice
     for video_id in ("alpha", "beta"):
         assert tis[("video.publish", video_id)].state == "success"
+
+
+def test_a_run_cannot_read_outside_the_allowed_locations(
+    airflow_connections: dict[str, str], tmp_path: Path
+) -> None:
+    """A user who may trigger runs names a JSON file on the worker as metadata, or a video
+    elsewhere: the run is refused at resolve_videos, naming the location, and nothing is read."""
+    (tmp_path / "passwords.json").write_text(json.dumps({"title": "admin: hunter2"}))
+    for conf in (
+        {"videos": ["passwords"], "source": SOURCE, "metadata": str(tmp_path / "{video_id}.json")},
+        {"videos": [str(tmp_path / "alpha.mp4")]},
+        {"videos": ["alpha"], "source": f"s3://{BUCKET}/sources/../store/{{video_id}}.mp4"},
+    ):
+        run_id, tis = _run(conf)
+        assert tis[("resolve_videos", "-1")].state == "failed", conf
+        assert not any(task_id.startswith("video.") and ti.state == "success"
+                       for (task_id, _), ti in tis.items())  # fmt: skip

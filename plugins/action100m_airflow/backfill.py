@@ -51,6 +51,7 @@ def plan_shards() -> list[dict[str, Any]]:
     shard's IDs go to the store and only their URI into the conf. The plan's figures (and where
     a continuation starts) are pushed as the XCom ``plan``."""
     from action100m.batch import max_videos_per_run, plan_window, read_manifest, write_video_list
+    from action100m.sources import allowed_locations
 
     context = get_current_context()
     params, run_id, ti = context["params"], context["run_id"], context["ti"]
@@ -64,7 +65,8 @@ def plan_shards() -> list[dict[str, Any]]:
         offset = int(params.get("offset") or 0)
         store = ArtifactStoreHook().get_store()
         manifest = str(params["manifest"]).strip()
-        ids = read_manifest(manifest, store.options_for(manifest))
+        allowed = allowed_locations(store.root)  # the manifest too: only where runs may read
+        ids = read_manifest(manifest, store.options_for(manifest), allowed=allowed)
         skip_done = bool(params.get("skip_done", True))
         shards, next_offset, scanned = plan_window(store, ids, offset, size, max_shards, skip_done)
         uris = [store.shard_list_uri(run_id, index + 1) for index in range(len(shards))]

@@ -97,16 +97,22 @@ def resolve_videos() -> list[dict[str, Any]]:
     """The run's videos as ``{video_id, uri, metadata}``, from the params: ``videos`` and the
     list at ``videos_uri`` (a backfill shard: only its URI travels through the conf)."""
     from action100m.batch import parse_video_list, read_video_list, resolve_batch
+    from action100m.sources import allowed_locations
 
     params = get_current_context()["params"]
     with failures_reported("resolve", None):
+        store = ArtifactStoreHook().get_store()
+        # Whoever triggers a run reads only the store and the deployment's allowed prefixes.
+        allowed = allowed_locations(store.root)
         entries = parse_video_list(params.get("videos"))
         list_uri = str(params.get("videos_uri") or "").strip()
         if list_uri:
-            listed = read_video_list(ArtifactStoreHook().get_store(), list_uri)
+            listed = read_video_list(store, list_uri, allowed)
             log.info("%d video(s) listed in %s", len(listed), list_uri)
             entries.extend(listed)
-        videos = resolve_batch(entries, params.get("source"), params.get("metadata"))
+        videos = resolve_batch(
+            entries, params.get("source"), params.get("metadata"), allowed=allowed
+        )
     log.info("%d video(s) to process: %s", len(videos), ", ".join(v["video_id"] for v in videos))
     return videos
 
