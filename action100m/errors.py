@@ -77,6 +77,11 @@ class MissingArtifactError(Action100MError):
     """A stage ran before the stage it reads from finished."""
 
 
+class CorruptArtifactError(PermanentError):
+    """A finished stage's artifact cannot be read; its marker is removed so a rerun redoes it.
+    Permanent for this run: retrying the reading task would fail the same way."""
+
+
 class StoreError(Action100MError):
     """The object store cannot be reached or refused an operation."""
 

@@ -48,7 +48,7 @@ class Session:
         uri = self.cache_uri(request)
         try:
             completion, cached = Completion.from_json(self.store.read_json(uri)["completion"]), True
-        except FileNotFoundError:
+        except (FileNotFoundError, ValueError, KeyError, TypeError):  # none, or unreadable: ask
             if self.abort.is_set():
                 raise PermanentError(f"{what}: stopped, another request failed for good") from None
             tokens = estimate_tokens(request.text()) + request.max_tokens

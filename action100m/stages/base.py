@@ -11,6 +11,7 @@ model re-runs caption and what follows, nothing before it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -21,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from action100m.config import Settings
-from action100m.errors import MissingArtifactError, PermanentError
+from action100m.errors import CorruptArtifactError, MissingArtifactError, PermanentError
 from action100m.services import Services
 from action100m.stages import get_stage, stages
 from action100m.store import ArtifactStore
@@ -105,12 +106,23 @@ class StageContext:
         return self.store.stage_dir(self.video_id, stage, stage_key(self.settings, stage))
 
     def read_input(self, stage: str, name: str) -> Any:
+        """A finished input's artifact. One that cannot be read (truncated, not JSON, missing
+        under its ``_SUCCESS``) is a :class:`CorruptArtifactError`: that stage's marker is
+        removed, so the next run redoes it instead of failing the same way forever."""
         uri = f"{self.input_dir(stage)}/{name}"
-        return self.store.read_npy(uri) if name.endswith(".npy") else self.store.read_json(uri)
+        try:
+            if name.endswith(".npy"):
+                return self.store.read_npy(uri)
+            return self.store.read_json(uri)
+        except (ValueError, EOFError, OSError, KeyError) as exc:
+            raise self.corrupt(stage, uri, exc) from None
+
+    def corrupt(self, stage: str, uri: str, exc: BaseException) -> CorruptArtifactError:
+        return corrupt_artifact(self.store, self.video_id, stage, self.input_dir(stage), uri, exc)
 
     def tree(self) -> Tree:
         """The video's segment tree (every stage after segment reads it)."""
-        return Tree.from_json(self.read_input("segment", "tree.json"))
+        return load_tree(self.settings, self.store, self.video_id)
 
 
 class Stage:
@@ -163,6 +175,34 @@ class Stage:
         return f"<stage {self.name}>"
 
 
+def corrupt_artifact(
+    store: ArtifactStore, video_id: str, stage: str, folder: str, uri: str, exc: BaseException
+) -> CorruptArtifactError:
+    """Forget ``stage``'s output (its ``_SUCCESS``) and say which artifact is unreadable and why:
+    the next run redoes the stage instead of failing the same way forever."""
+    with contextlib.suppress(Exception):
+        store.fs.rm(store.fs._strip_protocol(store.success_uri(folder)))
+    return CorruptArtifactError(
+        f"video {video_id}: {uri} is unreadable ({type(exc).__name__}: "
+        f"{' '.join(str(exc).split())[:200]}); {stage} will be redone by the next run"
+    )
+
+
+def read_finished(
+    settings: Settings, store: ArtifactStore, video_id: str, stage: str, name: str
+) -> Any:
+    """A finished stage's JSON artifact (None where the stage has not finished); unreadable:
+    :func:`corrupt_artifact`."""
+    uri = finished_artifact(settings, store, video_id, stage, name)
+    if uri is None:
+        return None
+    try:
+        return store.read_json(uri)
+    except (ValueError, OSError) as exc:
+        folder = store.stage_dir(video_id, stage, stage_key(settings, stage))
+        raise corrupt_artifact(store, video_id, stage, folder, uri, exc) from None
+
+
 def stage_key(settings: Settings, name: str) -> str:
     """The key of the stage ``name`` under ``settings`` (see :meth:`Stage.key`)."""
     return get_stage(name).key(settings)
@@ -177,12 +217,18 @@ def finished_artifact(
 
 
 def load_tree(settings: Settings, store: ArtifactStore, video_id: str) -> Tree:
-    uri = finished_artifact(settings, store, video_id, "segment", "tree.json")
-    if uri is None:
+    value = read_finished(settings, store, video_id, "segment", "tree.json")
+    if value is None:
         raise MissingArtifactError(
             f"video {video_id}: no finished segment tree in {store.root}; run `segment` first"
         )
-    return Tree.from_json(store.read_json(uri))
+    try:
+        return Tree.from_json(value)
+    except (KeyError, TypeError, ValueError) as exc:
+        folder = store.stage_dir(video_id, "segment", stage_key(settings, "segment"))
+        raise corrupt_artifact(
+            store, video_id, "segment", folder, f"{folder}/tree.json", exc
+        ) from None
 
 
 def _write(store: ArtifactStore, uri: str, value: Any) -> None:

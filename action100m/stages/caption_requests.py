@@ -133,7 +133,15 @@ class RequestCache:
         self.saved_at = time.monotonic()
 
     def _stored(self) -> dict[str, dict[str, Any]]:
-        return dict(self.store.read_json(self.uri)) if self.store.exists(self.uri) else {}
+        """What earlier tries cached; an unreadable cache is only lost work, never a blocker."""
+        if not self.store.exists(self.uri):
+            return {}
+        try:
+            value = self.store.read_json(self.uri)
+        except ValueError as exc:
+            log.warning("caption cache %s unreadable (%s); starting it afresh", self.uri, exc)
+            return {}
+        return dict(value) if isinstance(value, dict) else {}
 
     def __contains__(self, key: str) -> bool:
         return key in self.entries

@@ -21,9 +21,9 @@ from action100m.stages.base import (
     Stage,
     StageContext,
     StageOutput,
-    finished_artifact,
     finished_stages,
     load_tree,
+    read_finished,
 )
 from action100m.status import VideoStatus
 
@@ -53,14 +53,10 @@ def build_document(
     settings, store = runtime.settings, runtime.store
     status = status or video_status(runtime, video_id)
 
-    def output(stage: str, name: str) -> dict[str, Any] | None:
-        uri = finished_artifact(settings, store, video_id, stage, name)
-        return store.read_json(uri) if uri else None
-
     return assemble_document(
         load_tree(settings, store, video_id),
-        captions=output("caption", "captions.json"),
-        annotations=output("aggregate", "annotations.json"),
+        captions=read_finished(settings, store, video_id, "caption", "captions.json"),
+        annotations=read_finished(settings, store, video_id, "aggregate", "annotations.json"),
         metadata=load_metadata(store, video_id),
         models={
             "encoder": settings.embed.model,

@@ -137,18 +137,24 @@ class SegmentStage(Stage):
     def process(self, ctx: StageContext) -> StageOutput:
         features = ctx.read_input("embed", "embeddings.npy")
         frames = ctx.read_input("embed", "frames.json")
+        try:
+            times, duration = [float(t) for t in frames["times"]], float(frames["duration"])
+            fps, source = float(frames["fps"]), str(frames["source"])
+            if not times or features.ndim != 2 or len(features) != len(times):
+                raise ValueError(f"{len(features)} vectors for {len(times)} frame times")
+        except (KeyError, TypeError, ValueError) as exc:
+            uri = f"{ctx.input_dir('embed')}/frames.json"
+            raise ctx.corrupt("embed", uri, exc) from None
         min_duration = ctx.settings.segment.min_duration
-        if frames["duration"] < min_duration:
-            raise VideoError(
-                ctx.video_id, f"too short: {frames['duration']:.2f} s < {min_duration} s"
-            )
+        if duration < min_duration:
+            raise VideoError(ctx.video_id, f"too short: {duration:.2f} s < {min_duration} s")
         tree = build_tree(
             ctx.video_id,
             ward_merges(features),
-            frame_boundaries(frames["times"], frames["duration"]),
+            frame_boundaries(times, duration),
             min_duration=min_duration,
-            fps=frames["fps"],
-            source=frames["source"],
+            fps=fps,
+            source=source,
         )
         stats = {"frames": len(features), "nodes": len(tree), "leaves": len(tree.leaves())}
         return StageOutput({"tree.json": tree.to_json()}, stats)

@@ -1,0 +1,86 @@
+"""Corrupt artifacts under a ``_SUCCESS``: one line naming the video and the artifact, the broken
+stage forgotten so the next run redoes it, and caches that are only lost work, never a blocker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from action100m.cli import main
+from action100m.config import Settings
+from action100m.stages.base import stage_key
+from action100m.store import ArtifactStore
+
+LLM_VARIABLES = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL")
+
+
+@pytest.fixture
+def finished(
+    short_video: Path,
+    store: ArtifactStore,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> list[str]:
+    """``short`` run through every stage but aggregate (no LLM); the command line's base."""
+    for name in LLM_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    base = ["-q", "--store", store.root, "--profile", "tiny"]
+    assert main([*base, "run", str(short_video)]) == 0
+    capsys.readouterr()
+    return base
+
+
+def _path(store: ArtifactStore, settings: Settings, stage: str, name: str) -> Path:
+    folder = store.stage_dir("short", stage, stage_key(settings, stage))
+    return Path(f"{folder}/{name}".removeprefix("file://"))
+
+
+def _forget(store: ArtifactStore, settings: Settings, stage: str) -> None:
+    _path(store, settings, stage, "_SUCCESS").unlink()
+
+
+@pytest.mark.parametrize(
+    ("stage", "name", "content", "reader"),
+    [
+        ("embed", "embeddings.npy", b"\x93NUMPY truncated", "segment"),
+        ("embed", "frames.json", b"{}", "segment"),
+        ("segment", "tree.json", b'{"video_id": "short", "nodes": [', "caption"),
+        ("segment", "tree.json", b'{"nodes": 7}', "caption"),
+        ("caption", "captions.json", b"not json", "publish"),
+    ],
+)
+def test_a_corrupt_artifact_is_one_line_and_redone_by_the_next_run(
+    finished: list[str],
+    store: ArtifactStore,
+    tiny_settings: Settings,
+    short_video: Path,
+    capsys: pytest.CaptureFixture[str],
+    stage: str,
+    name: str,
+    content: bytes,
+    reader: str,
+) -> None:
+    _path(store, tiny_settings, stage, name).write_bytes(content)
+    if reader != "publish":
+        _forget(store, tiny_settings, reader)  # so that the reader runs again and reads it
+    assert main([*finished, reader, "short"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("action100m: error: video short: "), err
+    assert name in err[0] and f"{stage} will be redone" in err[0]
+    assert not _path(store, tiny_settings, stage, "_SUCCESS").exists()  # forgotten
+    assert main([*finished, "run", str(short_video)]) == 0  # the next run redoes it
+    assert _path(store, tiny_settings, stage, "_SUCCESS").exists()
+
+
+def test_an_unreadable_caption_cache_is_only_lost_work(
+    finished: list[str], store: ArtifactStore, tiny_settings: Settings
+) -> None:
+    cache = Path(
+        store.caption_cache_uri("short", tiny_settings.caption.model).removeprefix("file://")
+    )
+    assert cache.exists()
+    cache.write_bytes(b"\x00garbage")
+    _forget(store, tiny_settings, "caption")
+    assert main([*finished, "caption", "short"]) == 0
+    assert _path(store, tiny_settings, "caption", "_SUCCESS").exists()
