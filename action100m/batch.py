@@ -45,14 +45,15 @@ def max_videos_per_run(environ: dict[str, str] | None = None) -> int:
 
 
 def parse_video_list(videos: str | Sequence[str] | None) -> list[str]:
-    """Entries of a list, or of a string separated by newlines, commas or spaces; order kept."""
+    """Entries of a string separated by newlines, commas or spaces, or of a list, one entry per
+    item (per line of an item): an ID or a file name with a space in it stays one video."""
     if videos is None:
         return []
     if isinstance(videos, str):
-        videos = [videos]
+        return [part for part in _SEPARATORS.split(videos) if part]
     entries: list[str] = []
     for item in videos:
-        entries.extend(part for part in _SEPARATORS.split(str(item)) if part)
+        entries.extend(line.strip() for line in str(item).splitlines() if line.strip())
     return entries
 
 

@@ -267,9 +267,12 @@ def test_invalid_key_fails_fast(settings, store, monkeypatch, caplog) -> None:
         settings.aggregate.base_url = guarded.base_url
         monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong")
         started = time.monotonic()
-        with pytest.raises(PermanentError, match="API key"):
+        with pytest.raises(PermanentError, match="API key") as caught:
             run_aggregate(settings, store, VIDEO)
         assert time.monotonic() - started < 2
+        # One line naming the video and the provider (and never the key).
+        assert str(caught.value).startswith(f"video {VIDEO}: openai")
+        assert "sk-wrong" not in str(caught.value)
         assert len(guarded.requests) <= settings.aggregate.concurrency
     assert "sk-wrong" not in caplog.text
 

@@ -19,6 +19,10 @@ _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
 _REFUSAL = re.compile(r"\b(I'm sorry|I am sorry|I can(?:'|no)t (?:help|assist|comply))", re.I)
 
 
+# No field of the release is near this long; a longer one is a runaway answer, asked again.
+MAX_FIELD_CHARS = 4000
+
+
 class AnswerError(ValueError):
     """An answer that does not hold a valid annotation; the message says why."""
 
@@ -41,6 +45,8 @@ class Annotation(BaseModel):
             raise ValueError("must be a string")
         if not value.strip():
             raise ValueError("must not be empty (write N/A where nothing applies)")
+        if len(value) > MAX_FIELD_CHARS:
+            raise ValueError(f"is {len(value)} characters long; keep it under {MAX_FIELD_CHARS}")
         return value
 
 

@@ -111,8 +111,10 @@ def _annotate_all(
                 except (ServiceError, StoreError) as exc:
                     transient.append(str(exc))
                     results[node.node_id] = _failed(str(exc))
-                except PermanentError:
-                    raise  # a bad key or model: every node would fail the same way
+                except PermanentError as exc:  # a bad key or model: every node would fail so
+                    if str(exc).startswith(f"video {video_id}:"):
+                        raise
+                    raise PermanentError(f"video {video_id}: {exc}") from exc
                 except Exception as exc:  # a bug or an answer nobody planned for: this node only
                     log.exception("video %s: node %s failed unexpectedly", video_id, node.node_id)
                     results[node.node_id] = _failed(f"unexpected {type(exc).__name__}: {exc}")

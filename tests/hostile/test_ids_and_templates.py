@@ -110,3 +110,23 @@ def test_the_command_line_refuses_before_any_work(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("action100m: error: video '") for line in err)
     assert files_under(tmp_path) == set()
+
+
+def test_a_listed_id_with_a_space_stays_one_video() -> None:
+    from action100m.batch import parse_video_list
+
+    assert parse_video_list(["my video", "a\nb", " c "]) == ["my video", "a", "b", "c"]
+    assert parse_video_list("a b,c\nd") == ["a", "b", "c", "d"]  # a typed string: any separator
+    videos = resolve_batch(["my video"], "s3://b/{video_id}.mp4")
+    assert videos[0]["video_id"] == "my video" and videos[0]["uri"] == "s3://b/my video.mp4"
+
+
+def test_a_runaway_llm_field_is_refused_and_asked_again() -> None:
+    from action100m.llm.schema import MAX_FIELD_CHARS, AnswerError, parse_answer
+
+    fields = ("brief_action", "detailed_action", "actor", "brief_caption", "detailed_caption")
+    answer = {name: "ok" for name in fields}
+    assert parse_answer(json.dumps(answer)).actor == "ok"
+    answer["detailed_caption"] = "x" * (MAX_FIELD_CHARS + 1)
+    with pytest.raises(AnswerError, match="characters long"):
+        parse_answer(json.dumps(answer))
