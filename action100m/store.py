@@ -179,6 +179,18 @@ class ArtifactStore(StoreLayout):
                 raise VideoError(video_id, f"file not found: {uri}") from exc
             yield tmp.name
 
+    def fingerprint(self, uri: str) -> dict[str, Any] | None:
+        """Size and version (ETag, else modification time) of the file at ``uri``, to notice a
+        source replaced between stages; None where the file cannot be looked at."""
+        uri = normalise_uri(uri)
+        try:
+            fs, path = fsspec.core.url_to_fs(uri, **self.options_for(uri))
+            info = fs.info(path)
+        except Exception:  # gone, or no way to ask: the stage reading it will say so
+            return None
+        version = info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""
+        return {"size": info.get("size"), "version": str(version)}
+
     @staticmethod
     def _download(fs: Any, path: str, target: IO[bytes]) -> None:
         with fs.open(path, "rb") as src:

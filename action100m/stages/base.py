@@ -175,13 +175,18 @@ class Stage:
         return f"<stage {self.name}>"
 
 
+def forget_output(store: ArtifactStore, folder: str) -> None:
+    """Remove a stage folder's ``_SUCCESS``: the stage counts as not done and runs again."""
+    with contextlib.suppress(FileNotFoundError):
+        store.fs.rm(store.fs._strip_protocol(store.success_uri(folder)))
+
+
 def corrupt_artifact(
     store: ArtifactStore, video_id: str, stage: str, folder: str, uri: str, exc: BaseException
 ) -> CorruptArtifactError:
     """Forget ``stage``'s output (its ``_SUCCESS``) and say which artifact is unreadable and why:
     the next run redoes the stage instead of failing the same way forever."""
-    with contextlib.suppress(Exception):
-        store.fs.rm(store.fs._strip_protocol(store.success_uri(folder)))
+    forget_output(store, folder)
     return CorruptArtifactError(
         f"video {video_id}: {uri} is unreadable ({type(exc).__name__}: "
         f"{' '.join(str(exc).split())[:200]}); {stage} will be redone by the next run"

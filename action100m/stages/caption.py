@@ -21,7 +21,7 @@ from typing import Any
 from action100m.config import CaptionConfig
 from action100m.errors import ServiceError, VideoError
 from action100m.models.captioner import Captioner, CaptionJob, CaptionOutcome, make_captioner
-from action100m.stages.base import Runtime, Stage, StageContext, StageOutput
+from action100m.stages.base import Runtime, Stage, StageContext, StageOutput, forget_output
 from action100m.stages.caption_requests import (
     NodeRequest,
     RequestCache,
@@ -94,6 +94,7 @@ class CaptionStage(Stage):
         )  # fmt: skip
         unfinished: dict[str, str] = {}  # request key -> last service failure, worth a retry
         if todo:
+            _check_source_unchanged(ctx, tree.source)
             try:
                 captioner = self.captioner(ctx.runtime)
                 with ctx.store.local_copy(tree.source) as path:
@@ -115,6 +116,25 @@ class CaptionStage(Stage):
         _check_none_unfinished(video_id, plans, unfinished)
         document = _captions_document(config.model, tree.nodes, plans, results)
         return StageOutput({ARTIFACT: document}, document["summary"])
+
+
+def _check_source_unchanged(ctx: StageContext, source: str) -> None:
+    """The frames to caption must come from the file the tree was cut from: a source replaced
+    since embed (a re-download, a shorter file) is refused, and embed and segment are forgotten so
+    the next run cuts the new file's tree."""
+    if not ctx.store.is_done(ctx.input_dir("embed")):  # an imported release: no embeddings
+        return
+    embedded = ctx.read_input("embed", "frames.json").get("source_fingerprint")
+    now = ctx.store.fingerprint(source)
+    if embedded is None or now is None or embedded == now:
+        return
+    for stage in ("segment", "embed"):
+        forget_output(ctx.store, ctx.input_dir(stage))
+    raise VideoError(
+        ctx.video_id,
+        f"the source {source} changed since it was embedded (size {embedded.get('size')} -> "
+        f"{now.get('size')}); embed and segment will be redone by the next run",
+    )
 
 
 def _jobs(

@@ -147,6 +147,7 @@ class EmbedStage(Stage):
         frames = {
             "video_id": video_id,
             "source": ctx.video.uri,
+            "source_fingerprint": ctx.store.fingerprint(ctx.video.uri),
             "duration": max(info.duration or decoded, times[-1]),
             "fps": info.fps,
             "frame_step": cfg.frame_step,

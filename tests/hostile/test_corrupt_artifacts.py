@@ -84,3 +84,25 @@ def test_an_unreadable_caption_cache_is_only_lost_work(
     _forget(store, tiny_settings, "caption")
     assert main([*finished, "caption", "short"]) == 0
     assert _path(store, tiny_settings, "caption", "_SUCCESS").exists()
+
+
+def test_a_source_replaced_after_embedding_is_refused(
+    tmp_path: Path,
+    store: ArtifactStore,
+    tiny_settings: Settings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from action100m.samples import make_video
+
+    video = tmp_path / "short.mp4"
+    make_video(video, [2.0, 2.0])
+    base = ["-q", "--store", store.root, "--profile", "tiny"]
+    assert main([*base, "segment", str(video)]) == 0
+    make_video(video, [1.0], seed=9)  # replaced by a shorter file before captioning
+    capsys.readouterr()
+    assert main([*base, "caption", "short"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "changed since it was embedded" in err[0], err
+    for stage in ("embed", "segment"):
+        assert not _path(store, tiny_settings, stage, "_SUCCESS").exists()
+    assert main([*base, "caption", str(video)]) == 0  # embedded, cut and captioned afresh
