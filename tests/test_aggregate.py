@@ -606,3 +606,27 @@ def test_aggregate_concurrency_is_reached_and_never_exceeded(settings, store, ll
     run_aggregate(settings, store, VIDEO)
     assert len(llm.requests) == 3 * LONG
     assert llm.max_in_flight == 2
+
+
+def test_nodes_without_a_valid_annotation_stay_pending_and_are_asked_again(
+    settings, store, llm
+) -> None:
+    """Invalid answers are node errors, but the video is not finished: the next run asks again
+    for those nodes only (valid answers come from the cache), and then it is."""
+    write_inputs(settings, store)
+    llm.responder = _bad_answers
+    run_aggregate(settings, store, VIDEO)
+    status = store.read_json(store.status_uri(VIDEO))
+    assert status["complete"] is False and "2 node(s)" in status["skipped"]["aggregate"]
+    asked = len(llm.requests)
+    llm.responder = None  # the endpoint is fixed: every answer valid now
+    run_aggregate(settings, store, VIDEO)
+    again = llm.requests[asked:]
+    # The two failed nodes; and the repaired one pays for its invalid draft again (only valid
+    # answers are cached: see stages/aggregate.py). No other node is asked.
+    assert {r.segment for r in again} - {prompts.span(0, 12)} == {
+        prompts.span(12, 20),
+        prompts.span(14, 20),
+    }
+    assert store.read_json(store.status_uri(VIDEO))["complete"] is True
+    assert usage(settings, store)["nodes_failed"] == 0

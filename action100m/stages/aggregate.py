@@ -149,7 +149,16 @@ class AggregateStage(Stage):
 
     def reusable(self, done_info: dict[str, Any]) -> bool:
         # The release's own annotations fill the slot until aggregate runs for real.
-        return not done_info.get("imported")
+        return not done_info.get("imported") and self.pending(done_info) is None
+
+    def pending(self, done_info: dict[str, Any]) -> str | None:
+        failed = int(done_info.get("failed") or 0)
+        if not failed:
+            return None
+        return (
+            f"{failed} node(s) without a valid annotation (see their errors); the next run asks "
+            "again for those only"
+        )
 
     def process(self, ctx: StageContext) -> StageOutput:
         cfg, video_id = ctx.settings.aggregate, ctx.video_id

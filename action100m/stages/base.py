@@ -150,7 +150,12 @@ class Stage:
 
     def reusable(self, done_info: dict[str, Any]) -> bool:
         """Whether a finished output may stand (an imported one may not, for aggregate)."""
-        return True
+        return self.pending(done_info) is None
+
+    def pending(self, done_info: dict[str, Any]) -> str | None:
+        """Why a finished output still leaves the video unfinished (aggregate: nodes without a
+        valid annotation, asked again by the next run); None: it is whole."""
+        return None
 
     def process(self, ctx: StageContext) -> StageOutput:
         raise NotImplementedError
@@ -250,11 +255,17 @@ def finished_stages(runtime: Runtime, video_id: str) -> dict[str, bool]:
     A stage whose output a finished later stage consumed counts as finished (an imported release
     has trees and captions but no embeddings)."""
     keyed = [stage for stage in stages() if stage.keyed]
-    done = {s.name: runtime.store.is_done(output_dir(runtime, s, video_id)) for s in keyed}
+    done = {s.name: _whole(runtime, s, video_id) for s in keyed}
     for stage in reversed(keyed):
         if done[stage.name]:
             done.update(dict.fromkeys(stage.needs, True))
     return done
+
+
+def _whole(runtime: Runtime, stage: Stage, video_id: str) -> bool:
+    folder = output_dir(runtime, stage, video_id)
+    store = runtime.store
+    return store.is_done(folder) and stage.pending(store.done_info(folder)) is None
 
 
 def output_dir(runtime: Runtime, stage: Stage, video_id: str) -> str:

@@ -35,12 +35,18 @@ def video_status(runtime: Runtime, video_id: str) -> VideoStatus:
     not (the stage's own ``unavailable`` reason where it has one)."""
     done = finished_stages(runtime, video_id)
     skipped = {
-        name: get_stage(name).unavailable(runtime) or f"{name} has not finished"
-        for name, finished in done.items()
-        if not finished
+        name: _why_unfinished(runtime, name, video_id) for name, ok in done.items() if not ok
     }
     store = runtime.store
     return VideoStatus(video_id, done, skipped, store.document_uri(video_id), time.time())
+
+
+def _why_unfinished(runtime: Runtime, name: str, video_id: str) -> str:
+    stage, store = get_stage(name), runtime.store
+    folder = store.stage_dir(video_id, name, stage.key(runtime.settings))
+    if store.is_done(folder) and (why := stage.pending(store.done_info(folder))):
+        return why
+    return stage.unavailable(runtime) or f"{name} has not finished"
 
 
 def build_document(
