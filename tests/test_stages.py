@@ -243,3 +243,29 @@ def test_publish_keeps_the_document_when_the_viewer_fails(
     assert store.read_json(record.uri)["video_uid"] == "clip"
     assert store.read_json(store.status_uri("clip"))["complete"] is False
     assert not store.exists(store.viewer_uri("clip"))
+
+
+def test_weights_that_cannot_be_had_are_one_permanent_line(
+    short_video: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A model folder without weights (as offline, a hub name that cannot be downloaded) fails at
+    once with what to do: never a traceback, never a retry loop."""
+    from action100m.models.vjepa2 import build_tiny_vjepa2
+
+    monkeypatch.setattr(models, "_LOADED", {})
+    empty, no_weights = tmp_path / "empty", tmp_path / "config-only"
+    empty.mkdir()
+    build_tiny_vjepa2(no_weights)
+    for weights in no_weights.glob("*.safetensors"):
+        weights.unlink()
+    base = ["-q", "--store", str(tmp_path / "store"), "--profile", "tiny"]
+    for folder in (empty, no_weights):
+        assert main([*base, "--set", f"embed.model={folder}", "segment", str(short_video)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"action100m: error: vjepa2 model {folder}: ")
+        assert "--profile tiny" in err[0]
+    with pytest.raises(PermanentError):
+        models.load_once("x", "y", lambda: (_ for _ in ()).throw(OSError("no file")), "m")

@@ -11,6 +11,7 @@ bodies, so a 200 may lack any field: no choice or no text is an empty answer, mi
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -36,6 +37,10 @@ __all__ = ["BASE_URL_ENV", "KEY_ENV", "ChatClient", "credentials", "make_client"
 DEFAULT_BASE_URL = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
 CONNECTION = {"openai": "openai_default", "anthropic": "anthropic_default"}
 EPHEMERAL = {"type": "ephemeral"}
+# One "HTTP Request: POST ..." line per request buries the task log: the pipeline logs progress
+# itself; the HTTP clients' own lines only from warnings up.
+for _name in ("httpx", "httpx2"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 class ChatClient(Protocol):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from action100m.config import TINY_PREFIX
+from action100m.errors import PermanentError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -32,21 +33,45 @@ _LOCKS_LOCK = threading.Lock()
 LOADS: Counter[str] = Counter()
 
 
-def load_once(kind: str, identity: Hashable, factory: Callable[[], T]) -> T:
+def load_once(kind: str, identity: Hashable, factory: Callable[[], T], name: str = "") -> T:
     """The model ``kind`` with ``identity`` (name, device, dtype, ...), built by ``factory`` the
-    first time this process asks for it and the same object every later time."""
+    first time this process asks for it and the same object every later time.
+
+    Weights that are neither cached nor downloadable (offline, a wrong name) are a
+    PermanentError naming the model and what to do: retrying cannot bring them."""
     key = (kind, identity)
     with _LOCKS_LOCK:  # one lock per model: two different models load side by side
         lock = _LOCKS.setdefault(key, threading.Lock())
     with lock:
         if key not in _LOADED:
             started = time.monotonic()
-            _LOADED[key] = factory()
+            try:
+                _LOADED[key] = factory()
+            # transformers/huggingface_hub: OSError (not cached, hub unreachable, no weights
+            # file), ValueError (a folder that holds no model at all)
+            except (OSError, ValueError) as exc:
+                raise _weights_missing(kind, name, exc) from None
             LOADS[kind] += 1
             log.info("%s loaded in %.1f s (kept for this process)", kind,
                      time.monotonic() - started)  # fmt: skip
         value: T = _LOADED[key]
         return value
+
+
+def _weights_missing(kind: str, name: str, exc: Exception) -> PermanentError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return PermanentError(
+        f"{kind} model {name or '?'}: weights are neither cached nor downloadable ({first[:200]}). "
+        "Offline, run with --profile tiny (tiny random models); or download the weights where "
+        "this machine can (HF_HOME's cache, or a local folder named in the model setting)"
+    )
+
+
+def quiet_transformers() -> None:
+    """No download or loading progress bars in task logs (transformers logs them as errors)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def unload_all() -> None:

@@ -40,7 +40,7 @@ def make_captioner(config: CaptionConfig, api_key: str | None = None) -> Caption
     if config.backend == "vllm":
         from action100m.models.vllm_offline import VLLMCaptioner
 
-        return load_once("vllm", identity, lambda: VLLMCaptioner(config))
+        return load_once("vllm", identity, lambda: VLLMCaptioner(config), config.model)
     from action100m.models.qwen3vl import TransformersCaptioner
 
-    return load_once("qwen3vl", identity, lambda: TransformersCaptioner(config))
+    return load_once("qwen3vl", identity, lambda: TransformersCaptioner(config), config.model)

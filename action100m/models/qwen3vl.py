@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from action100m.config import CaptionConfig
-from action100m.models import pick_device, resolve_model
+from action100m.models import pick_device, quiet_transformers, resolve_model
 from action100m.models.caption_base import (
     CaptionJob,
     CaptionOutcome,
@@ -150,6 +150,7 @@ class TransformersCaptioner:
             Qwen2VLImageProcessorPil,
         )
 
+        quiet_transformers()
         self.model = config.model
         self.batch_size = config.concurrency
         self.device = pick_device(config.device)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from action100m.models import load_once, pick_device, resolve_model
+from action100m.models import load_once, pick_device, quiet_transformers, resolve_model
 
 if TYPE_CHECKING:
     import torch
@@ -54,6 +54,7 @@ class VJEPA2Encoder:
         import torch
         from transformers import AutoModel
 
+        quiet_transformers()
         self.device = pick_device(device)
         if dtype == "auto":
             dtype = "bfloat16" if self.device == "cuda" else "float32"
@@ -105,4 +106,6 @@ class VJEPA2Encoder:
 def load_encoder(cfg: EmbedConfig) -> VJEPA2Encoder:
     """The encoder ``cfg`` names, loaded once per process."""
     identity = (cfg.model, cfg.device, cfg.dtype)
-    return load_once("vjepa2", identity, lambda: VJEPA2Encoder(cfg.model, cfg.device, cfg.dtype))
+    return load_once(
+        "vjepa2", identity, lambda: VJEPA2Encoder(cfg.model, cfg.device, cfg.dtype), cfg.model
+    )

@@ -116,7 +116,7 @@ def model_services(requested_provider: str | None) -> tuple[dict[str, Any], Any]
         settings["aggregate"] = {"provider": provider, **_endpoint_settings(conn)}
         key = SecretStr(conn.password) if conn.password else None
         services = services.with_llm(provider, Endpoint(api_key=key))
-        log.info(
+        log.debug(  # every task builds its runtime: said once where it matters (aggregate)
             "LLM from connection %s: provider %s, model %s, endpoint %s, key %s",
             LLM_CONN_IDS[provider], provider, settings["aggregate"].get("model", "(default)"),
             _safe(settings["aggregate"].get("base_url")) or "(provider default)",
@@ -128,7 +128,7 @@ def model_services(requested_provider: str | None) -> tuple[dict[str, Any], Any]
         settings["caption"] = _endpoint_settings(vllm)
         if vllm.password:
             services = services.with_vlm(Endpoint(api_key=SecretStr(vllm.password)))
-        log.info("captioning server from connection %s: %s", VLLM_CONN_ID,
+        log.debug("captioning server from connection %s: %s", VLLM_CONN_ID,
                  _safe(settings["caption"].get("base_url")))  # fmt: skip
     return settings, services
 
