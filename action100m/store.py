@@ -114,13 +114,18 @@ class ArtifactStore(StoreLayout):
     def write_bytes(self, uri: str, data: bytes) -> None:
         if self.is_local:
             path = Path(self.fs._strip_protocol(uri))
-            path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
             try:
+                path.parent.mkdir(parents=True, exist_ok=True)
                 tmp.write_bytes(data)
                 os.replace(tmp, path)
+            except OSError as exc:  # a full disk, a read-only or misplaced store: one line
+                raise StoreError(
+                    f"store {self.root}: cannot write {uri}: {exc.strerror or exc}"
+                ) from exc
             finally:
-                tmp.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
         else:
             self._call("write", uri, self.fs.pipe_file, uri, data)
 

@@ -261,3 +261,20 @@ def test_connections_reach_the_library_as_arguments_not_environment(
     assert "sk-conn" not in repr(runtime.services)
     explicit = build_runtime({"profile": "tiny", "overrides": ["aggregate.model=explicit"]})
     assert explicit.settings.aggregate.model == "explicit"  # the params win over the connection
+
+
+@pytest.mark.usefixtures("plugins_on_path")
+def test_the_backfill_summary_says_why_a_video_is_still_missing(tmp_path: Any) -> None:
+    from action100m_airflow.backfill import missing_with_reasons
+
+    from action100m.store import ArtifactStore
+
+    store = ArtifactStore(str(tmp_path / "store"))
+    reason = "no LLM configured for aggregation: set OPENAI_API_KEY"
+    store.write_json(
+        store.status_uri("bare"), {"complete": False, "skipped": {"aggregate": reason}}
+    )
+    text = missing_with_reasons(store, ["bare", "never"])
+    assert text == (
+        f"bare (published without every stage (aggregate: {reason})), never (not published)"
+    )

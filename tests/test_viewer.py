@@ -441,3 +441,27 @@ def test_times_that_round_up_carry_into_the_next_minute(
         _open(page, out)
         assert facts(page)["Time"] == shown
         assert page_time(end, long=end >= 3600) == shown.split(" – ")[1]
+
+
+def test_a_missing_annotation_says_why_in_the_recorded_words(tmp_path: Path) -> None:
+    """One voice: the reason the status record gives (no LLM configured), or the threshold."""
+    document = synthetic_document("why", 60.0, leaf=3.0)
+    reason = "no LLM configured for aggregation: set OPENAI_API_KEY"
+    document["pipeline"].update(skipped={"aggregate": reason},
+                                config={"aggregate": {"min_duration": 4.0}})  # fmt: skip
+    for node in document["nodes"]:
+        node["annotation"] = None
+    short = next(i for i, n in enumerate(document["nodes"]) if n["end"] - n["start"] < 4.0)
+    path = tmp_path / "why.html"
+    path.write_text(render_html(document))
+    with chromium_page() as page:
+        _open(page, path)
+        click_node(page, 0)
+        assert page.text_content("#no-annotation") == (
+            f"No annotation: published without annotations ({reason})."
+        )
+        page.evaluate(f"window.a100m.focus({short})")
+        click_node(page, short)
+        assert page.text_content("#no-annotation") == (
+            "No annotation: shorter than 4 s, the annotation threshold."
+        )

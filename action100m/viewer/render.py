@@ -106,7 +106,15 @@ def page_data(
             "fps": metadata.get("fps"),
             "source": _text(metadata.get("source")),
         },
-        "pipeline": {"version": pipeline.get("version"), "models": pipeline.get("models") or {}},
+        "pipeline": {
+            "version": pipeline.get("version"),
+            "models": pipeline.get("models") or {},
+            # Why nodes have no annotation, in the words the status record used.
+            "skipped": pipeline.get("skipped") or {},
+            "annotate_from": ((pipeline.get("config") or {}).get("aggregate") or {}).get(
+                "min_duration"
+            ),
+        },
         "fields": list(ANNOTATION_FIELDS),
         "nodes": pack_nodes(nodes),
     }

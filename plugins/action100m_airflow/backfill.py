@@ -170,6 +170,22 @@ class ContinuationTriggerOperator(TriggerDagRunOperator):
         return super().execute(context)
 
 
+def missing_with_reasons(store: Any, video_ids: list[str], shown: int = 20) -> str:
+    """``a (published without annotations: no LLM configured …), b (not published)``: the
+    reasons the videos' status records give, in the same words as their run reports."""
+    from action100m.status import read_status
+
+    parts = []
+    for video_id in video_ids[:shown]:
+        status = read_status(store, video_id)
+        skipped = (status or {}).get("skipped") or {}
+        why = "; ".join(f"{stage}: {reason}" for stage, reason in skipped.items())
+        why = f"published without every stage ({why})" if why else "not published"
+        parts.append(f"{video_id} ({why})")
+    more = f" and {len(video_ids) - shown} more" if len(video_ids) > shown else ""
+    return ", ".join(parts) + more
+
+
 def summarize() -> dict[str, Any]:
     """Shards done / total and videos done / total, in the log; fails if any shard failed."""
     from action100m.batch import pending_videos, read_video_list
@@ -196,7 +212,7 @@ def summarize() -> dict[str, Any]:
         len(planned),
         len(videos) - len(left),
         len(videos),
-        f"; still missing: {', '.join(left[:20])}{' …' if len(left) > 20 else ''}" if left else "",
+        f"; still missing: {missing_with_reasons(store, left)}" if left else "",
         then,
     )
     for entry, state in zip(planned, states, strict=True):

@@ -106,3 +106,15 @@ def test_a_source_replaced_after_embedding_is_refused(
     for stage in ("embed", "segment"):
         assert not _path(store, tiny_settings, stage, "_SUCCESS").exists()
     assert main([*base, "caption", str(video)]) == 0  # embedded, cut and captioned afresh
+
+
+def test_a_store_that_cannot_be_written_is_one_line(
+    short_video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A full disk, a read-only mount or a store root that is not a folder: one line naming the
+    store and the cause, not a traceback (root ignores permissions, so a file stands in)."""
+    blocked = tmp_path / "store"
+    blocked.write_text("a file where the store's folder should be")
+    assert main(["-q", "--store", str(blocked), "--profile", "tiny", "run", str(short_video)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"store {blocked.as_uri()}: cannot write" in err[0], err

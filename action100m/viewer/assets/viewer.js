@@ -138,6 +138,15 @@
     div.append(Object.assign(document.createElement("p"), { textContent: text }));
     box.append(div);
   }
+  function noAnnotation(i) {
+    // The recorded reason first: one voice with the run report and the status record.
+    const p = D.pipeline || {}, from = p.annotate_from, skipped = (p.skipped || {}).aggregate;
+    if (typeof from === "number" && N.end[i] - N.start[i] < from - 1e-3)
+      return `No annotation: shorter than ${from} s, the annotation threshold.`;
+    if (skipped) return `No annotation: published without annotations (${skipped}).`;
+    if (N.error[i]) return "No annotation: no valid answer for this node (see the error below).";
+    return "No annotation.";
+  }
   function showPanel(i) {
     panel.dataset.nodeId = N.id[i]; panel.dataset.index = i;
     const img = $("thumb").querySelector("img"), cap = $("thumb").querySelector("figcaption"), t = thumb(i);
@@ -154,7 +163,7 @@
     const a = N.ann[i];
     if (a) D.fields.forEach((key, k) => field(box, key, a[k] || "—"));
     else box.append(Object.assign(document.createElement("p"), { className: "muted", id: "no-annotation",
-      textContent: "No annotation (shorter than the annotation threshold, or not aggregated yet)." }));
+      textContent: noAnnotation(i) }));
     if (N.caption[i]) field(box, "caption", N.caption[i]);
     if (N.error[i]) field(box, "error", N.error[i]);
     const ul = $("children"); ul.replaceChildren();
