@@ -126,7 +126,7 @@ def server(store_root: ArtifactStore, tmp_path_factory: pytest.TempPathFactory) 
         log.close()
 
 
-def _login(base: str, home: Path, process: subprocess.Popen[bytes]) -> str:
+def _login(base: str, home: Path, process: subprocess.Popen[bytes], username: str = "admin") -> str:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -134,8 +134,8 @@ def _login(base: str, home: Path, process: subprocess.Popen[bytes]) -> str:
         passwords = home / "simple_auth_manager_passwords.json.generated"
         try:
             urllib.request.urlopen(f"{base}/api/v2/monitor/health", timeout=5).read()
-            password = json.loads(passwords.read_text())["admin"]
-            body = json.dumps({"username": "admin", "password": password}).encode()
+            password = json.loads(passwords.read_text())[username]
+            body = json.dumps({"username": username, "password": password}).encode()
             request = urllib.request.Request(
                 f"{base}/auth/token", body, {"Content-Type": "application/json"}, method="POST"
             )
@@ -270,3 +270,66 @@ def test_access_is_checked_against_the_action100m_dag_whatever_the_request_names
     checked.clear()
     asyncio.run(viewer.require_login(Request(scope)))  # may read both: allowed
     assert checked == needed
+
+
+SEED_TEAMS = """
+from airflow.models.dag import DagModel
+from airflow.models.dagbundle import DagBundleModel
+from airflow.models.team import Team
+from airflow.utils.session import create_session
+
+with create_session() as session:
+    team_a = Team(name="team_a")
+    bundle = DagBundleModel(name="team-a-dags")
+    bundle.teams.append(team_a)
+    session.add_all([team_a, Team(name="team_b"), bundle])
+    session.flush()
+    session.add(DagModel(dag_id="action100m", bundle_name="team-a-dags", fileloc="/dags/a.py"))
+"""
+
+
+def test_multi_team_another_teams_user_is_refused_as_by_airflow(
+    store_root: ArtifactStore, tmp_path: Path
+) -> None:
+    """Multi-team mode: the action100m DAG belongs to team_a. A user of team_b gets 403 from
+    Airflow's own API for it, and the same from every page, JSON and thumbnail of the plugin."""
+    home = tmp_path / "home"
+    (home / "dags").mkdir(parents=True)
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__MULTI_TEAM": "True",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "alice:viewer:team_a,bob:viewer:team_b",
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__WORKERS": "1",
+        "ACTION100M_STORE": store_root.root,
+    }
+    env.pop("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", None)
+    subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-c", SEED_TEAMS], env=env, check=True, capture_output=True)
+    log = open(home / "api-server.log", "wb")  # noqa: SIM115 (closed below)
+    process = subprocess.Popen(
+        [AIRFLOW, "api-server"], env=env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    node = store_root.read_json(store_root.document_uri("clip"))["nodes"][0]["node_id"]
+    paths = ["/action100m/", "/action100m/videos/clip", "/action100m/videos/clip/document.json",
+             f"/action100m/videos/clip/thumbs/{node}.jpg", f"/action100m/runs/{RUN_ID}"]  # fmt: skip
+    try:
+        alice = Server(base, _login(base, home, process, "alice"))
+        bob = Server(base, _login(base, home, process, "bob"))
+        assert bob.get("/api/v2/dags/action100m")[0] == 403  # Airflow's own answer
+        for path in paths:
+            assert bob.get(path)[0] == 403, path
+            assert alice.get(path)[0] == 200, path
+    finally:
+        _stop(process)
+        log.close()
