@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from action100m.errors import VideoError
-from action100m.video import SEEK_MARGIN, check_file
+from action100m.video import SEEK_MARGIN, check_file, display_frame
 
 log = logging.getLogger(__name__)
 EPSILON = 1e-6
@@ -134,7 +134,7 @@ def _forward_pass(
     def picture(frame: Any) -> np.ndarray:
         nonlocal converted
         if converted is None or converted[0] is not frame:  # several times may share one frame
-            array = frame.to_ndarray(width=size[0], height=size[1], format="rgb24")
+            array = display_frame(frame, size)
             converted = (frame, array)
         return converted[1]
 

@@ -47,12 +47,16 @@ def make_video(
     seed: int = 0,
     gop: int | None = None,
     faststart: bool = False,
+    rotation: int = 0,
 ) -> list[float]:
     """Write an H.264 MP4 whose scene ``i`` lasts ``scenes[i]`` seconds; return the cut times.
 
     With ``vfr`` the gap between frames varies between 0.5/fps and 1.5/fps; ``gop`` sets the
     keyframe interval (frequent keyframes make seeking land near the target); ``faststart`` puts
     the MP4 index first, so a file cut short still opens (the way an interrupted download does).
+    ``rotation`` stores each frame turned the other way with a display matrix that turns it back
+    (counter-clockwise degrees), as a phone recording held upright: shown, it is ``width`` x
+    ``height`` and upright.
     """
     import av
 
@@ -64,7 +68,11 @@ def make_video(
     options = {"movflags": "faststart"} if faststart else {}
     with av.open(str(path), "w", options=options) as container:
         stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        turns = round(rotation / 90) % 4
+        stored = (height, width) if turns % 2 else (width, height)
+        stream.width, stream.height, stream.pix_fmt = *stored, "yuv420p"
+        if turns:
+            stream.set_display_rotation(rotation)
         stream.time_base = time_base
         stream.codec_context.time_base = time_base
         if gop:
@@ -72,7 +80,7 @@ def make_video(
         t = 0.0
         while t < total - 1e-9:
             scene = int(np.searchsorted(cuts, t, side="right"))
-            image = scene_frame(scene, t, width, height)
+            image = np.ascontiguousarray(np.rot90(scene_frame(scene, t, width, height), -turns))
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts = round(t * 1000)
             frame.time_base = time_base

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +40,23 @@ class VideoInfo:
     # The video stream's own duration (not the container's, which audio can lengthen): only then
     # is a shortfall of decoded frames proof of a truncated file.
     duration_from_stream: bool = False
+    # Counter-clockwise degrees the display matrix turns stored frames (a phone held upright);
+    # width and height above are the displayed ones.
+    rotation: int = 0
+
+
+def quarter_turns(degrees: float) -> int:
+    """The display rotation as counter-clockwise quarter turns, 0 to 3."""
+    return round(degrees / 90) % 4
+
+
+def display_frame(frame: Any, size: tuple[int, int]) -> np.ndarray:
+    """A decoded frame as shown: RGB, turned by its display rotation, ``size`` (width, height)
+    as displayed."""
+    turns = quarter_turns(frame.rotation or 0)
+    width, height = (size[1], size[0]) if turns % 2 else size
+    array = frame.to_ndarray(width=width, height=height, format="rgb24")
+    return np.ascontiguousarray(np.rot90(array, turns)) if turns else array
 
 
 def check_file(path: str, video_id: str) -> None:
@@ -72,11 +90,24 @@ def probe(path: str, video_id: str) -> VideoInfo:
             whole = container.duration / 1_000_000 if container.duration is not None else None
             duration = own if own is not None else whole
             frames = int(stream.frames or round((duration or 0.0) * fps))
-            return VideoInfo(duration, fps, frames, stream.width, stream.height, own is not None)
+            rotation = _display_rotation(container, stream)
+            width, height = stream.width, stream.height
+            if quarter_turns(rotation) % 2:
+                width, height = height, width
+            return VideoInfo(duration, fps, frames, width, height, own is not None, rotation)
     except VideoError:
         raise
     except Exception as exc:  # av.error.* for truncated or corrupt containers
         raise VideoError(video_id, f"cannot open the video ({type(exc).__name__}: {exc})") from exc
+
+
+def _display_rotation(container: Any, stream: Any) -> int:
+    """The first frame's display rotation (0 where it has none or cannot be decoded)."""
+    try:
+        frame = next(container.decode(stream), None)
+    except Exception:  # a corrupt start: the decoders will say so in their own words
+        return 0
+    return int(getattr(frame, "rotation", 0) or 0)
 
 
 def _decord_frames(
@@ -84,6 +115,7 @@ def _decord_frames(
 ) -> Iterator[tuple[float, np.ndarray]]:
     import decord
 
+    # decord applies the display rotation itself: ``size`` is the displayed one.
     reader = decord.VideoReader(path, ctx=decord.cpu(0), width=size[0], height=size[1])
     indices = np.arange(0, len(reader), step)
     # Seconds from the stream's start, as _pyav_frames gives them.
@@ -114,7 +146,7 @@ def _pyav_frames(
             pts = (frame.pts - base) * time_base
             if after is not None and pts <= after:
                 continue
-            yield pts, frame.to_ndarray(width=size[0], height=size[1], format="rgb24")
+            yield pts, display_frame(frame, size)  # each frame carries its own rotation
 
 
 DECODERS: dict[str, Callable[..., Iterator[tuple[float, np.ndarray]]]] = {

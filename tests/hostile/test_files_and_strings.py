@@ -100,3 +100,35 @@ def test_an_unreadable_status_record_does_not_stop_a_backfill(tmp_path: Path) ->
     store = ArtifactStore(str(tmp_path / "store"))
     store.write_bytes(store.status_uri("broken"), b"{not json")
     assert is_complete(store, "broken") is False  # published again, not a traceback
+
+
+@pytest.mark.parametrize("rotation", [90, -90, 180])
+def test_a_phone_video_with_a_display_rotation_is_read_upright(
+    tmp_path: Path, rotation: int
+) -> None:
+    """Stored sideways with a display matrix (a phone held upright): embedding, captions and
+    thumbnails all see it as shown."""
+    import numpy as np
+
+    from action100m.frames import read_frames_at
+    from action100m.samples import make_video, scene_frame
+    from action100m.video import DECODERS, probe, quarter_turns
+
+    path = tmp_path / "phone.mp4"
+    make_video(path, [0.05, 0.05, 1.0], width=64, height=96, rotation=rotation)
+    info = probe(str(path), "phone")
+    assert (info.width, info.height) == (64, 96)
+    assert quarter_turns(info.rotation) == quarter_turns(rotation)
+    upright = scene_frame(2, 0.5, 64, 96).astype(np.float32)  # frame 12 of 24 fps: 0.5 s
+
+    def orientation(frame: np.ndarray) -> int:
+        """Which quarter turn of the upright picture ``frame`` is closest to (0: upright)."""
+        errors = {k: np.abs(frame.astype(np.float32) - np.rot90(upright, k)).mean()
+                  for k in range(4) if np.rot90(upright, k).shape == frame.shape}  # fmt: skip
+        return min(errors, key=errors.__getitem__)
+
+    assert orientation(read_frames_at(str(path), "phone", [0.5], (64, 96))[0]) == 0
+    for name, decode in DECODERS.items():
+        frames = dict(decode(str(path), 1, (64, 96)))
+        shown = frames[min(frames, key=lambda t: abs(t - 0.5))]
+        assert shown.shape == (96, 64, 3) and orientation(shown) == 0, name
