@@ -175,11 +175,20 @@ def index(request: Request) -> str:
 
 
 @app.get("/videos/{video_id}", response_class=HTMLResponse)
-def video_page(request: Request, video_id: str) -> str:
+def video_page(request: Request, video_id: str) -> Any:
     from action100m.viewer import render_html
+    from action100m.viewer.report import render_notice
     from action100m.viewer.thumbnails import read_index
 
     store = get_store()
+    if not store.exists(store.document_uri(video_id)):  # a short page, not a raw 404 JSON
+        page = render_notice(
+            f"video {video_id}",
+            f"No document for video {video_id} yet: it has not been published (its run failed "
+            "or is still going; the run's Report tab says which).",
+            ("all runs and videos", f"{request.scope.get('root_path', '')}/"),
+        )
+        return HTMLResponse(page, status_code=404)
     document = _document(store, video_id)
     index = read_index(store, video_id) or {}
     have = dict.fromkeys((index.get("nodes") or {}), b"")
@@ -220,13 +229,26 @@ def run_report(request: Request, run_id: str, dag_id: str = DAG_ID) -> str:
 
 
 @app.get("/ti/{dag_id}/{run_id}/{task_id}/{map_index}")
-def task_video(request: Request, dag_id: str, run_id: str, task_id: str, map_index: int) -> Any:
-    """The video page of a mapped task (its rendered map index is the video ID)."""
+def task_video(request: Request, dag_id: str, run_id: str, task_id: str, map_index: str) -> Any:
+    """The video page of a mapped task (its rendered map index is the video ID). A task with no
+    video (``report``, a backfill's task: the tab gets ``{MAP_INDEX}`` or -1) gets a short page
+    pointing at the run's report, never a raw 422."""
+    from action100m.viewer.report import render_notice
+
     root = request.scope.get("root_path", "")
-    for ti in _task_instances(dag_id, run_id):
-        if ti.task_id == task_id and ti.map_index == map_index and ti.rendered_map_index:
-            return RedirectResponse(_video_href(request, ti.rendered_map_index))
-    return RedirectResponse(f"{root}/runs/{quote(run_id, safe='')}?dag_id={quote(dag_id)}")
+    report = f"{root}/runs/{quote(run_id, safe='')}?dag_id={quote(dag_id)}"
+    index = int(map_index) if map_index.lstrip("-").isdigit() else -1
+    if index >= 0:
+        for ti in _task_instances(dag_id, run_id):
+            if ti.task_id == task_id and ti.map_index == index and ti.rendered_map_index:
+                return RedirectResponse(_video_href(request, ti.rendered_map_index))
+    page = render_notice(
+        f"{task_id} · {run_id}",
+        f"Task {task_id} has no video page: captions belong to a video's tasks, and this one "
+        "is not one, or its video has not started. See the run's report:",
+        ("the run report", report),
+    )
+    return HTMLResponse(page)
 
 
 class Action100MViewerPlugin(AirflowPlugin):

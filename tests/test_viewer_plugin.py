@@ -196,6 +196,18 @@ def test_run_report(server: Server) -> None:
     assert status == 200
     assert 'href="/action100m/videos/clip"' in page and "file not found: x.mp4" in page
     assert "1,200" in page and "0.0123" in page and "failed" in page
+    assert 'href="/action100m/videos/broken"' not in page  # no document: no dead link
+
+
+def test_tabs_without_a_video_get_a_short_page_not_raw_json(server: Server) -> None:
+    """The Captions tab of the report task (``{MAP_INDEX}`` unrendered, or -1) and a video that
+    was never published: a short HTML page saying where to look, not a raw 422 or 404 JSON."""
+    for index in ("%7BMAP_INDEX%7D", "-1"):
+        status, kind, body = server.get(f"/action100m/ti/action100m/{RUN_ID}/report/{index}")
+        assert status == 200 and kind.startswith("text/html"), (index, body[:200])
+        assert b"the run report" in body and b"/action100m/runs/" in body
+    status, kind, body = server.get("/action100m/videos/broken")
+    assert status == 404 and kind.startswith("text/html") and b"not been published" in body
 
 
 def test_served_page_in_chromium(server: Server, store_root: ArtifactStore) -> None:

@@ -49,7 +49,10 @@ def render_report(
     for video in videos:
         video_id = str(video["video_id"])
         usage = video.get("usage") or {}
-        link = f'<a href="{html.escape(video_href(video_id))}">{html.escape(video_id)}</a>'
+        # Only a video with a document has a page: no dead links to failed or running videos.
+        link = html.escape(video_id)
+        if nodes.get(video_id) is not None:
+            link = f'<a href="{html.escape(video_href(video_id))}">{link}</a>'
         detail = video.get("reason") and f"{video.get('stage')}: {video['reason']}"
         detail = detail or "; ".join(video.get("notes") or [])
         rows.append(
@@ -77,6 +80,12 @@ def render_report(
     )
     run = report.get("run_id")
     return _page(title or f"run {run}" if run else "run report", body)
+
+
+def render_notice(title: str, message: str, link: tuple[str, str] | None = None) -> str:
+    """A short page saying why there is nothing to show here, with where to look instead."""
+    where = f' <a href="{html.escape(link[1])}">{html.escape(link[0])}</a>' if link else ""
+    return _page(title, f'<p class="summary">{html.escape(message)}{where}</p>')
 
 
 def render_index(
