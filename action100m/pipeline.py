@@ -15,7 +15,7 @@ from action100m.config import Settings
 from action100m.services import Services
 from action100m.sources import fill_template, resolve_video, save_metadata
 from action100m.stages import get_stage, stages
-from action100m.stages.base import Runtime, StageRecord, Video, finished_stages, run_stage
+from action100m.stages.base import Runtime, StageRecord, Video, run_stage, unfinished_stages
 from action100m.status import read_status
 from action100m.store import ArtifactStore
 
@@ -86,11 +86,11 @@ def run_until(
     ``last`` cannot run), then the stages that only write what the finished ones hold (publish)
     where their inputs are there; the records by stage. An imported release (trees and captions,
     no embeddings) runs aggregate without asking for its video."""
-    done = finished_stages(runtime, video.video_id)
+    unfinished = unfinished_stages(runtime, video.video_id)
     wanted = {last}
     for stage in reversed(stages()):
         if stage.name in wanted:
-            wanted.update(need for need in stage.needs if not done.get(need))
+            wanted.update(need for need in stage.needs if need in unfinished)
     records = {
         stage.name: run_stage(stage, runtime, video, required=required and stage.name == last)
         for stage in stages()
@@ -98,9 +98,9 @@ def run_until(
     }
     if not get_stage(last).keyed:
         return records
-    done = finished_stages(runtime, video.video_id)
+    unfinished = unfinished_stages(runtime, video.video_id)
     for stage in stages():
-        if not stage.keyed and all(done.get(need) for need in stage.needs):
+        if not stage.keyed and not unfinished.keys() & set(stage.needs):
             records[stage.name] = run_stage(stage, runtime, video)
     return records
 

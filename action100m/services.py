@@ -31,6 +31,12 @@ class Endpoint(BaseModel):
     def key(self) -> str | None:
         return self.api_key.get_secret_value() if self.api_key else None
 
+    def over(self, base: Endpoint) -> Endpoint:
+        """This endpoint's given parts, the rest from ``base``."""
+        return Endpoint(
+            base_url=self.base_url or base.base_url, api_key=self.api_key or base.api_key
+        )
+
 
 class Services(BaseModel):
     """Where the LLM (per provider) and the captioning server are, with their keys."""
@@ -45,19 +51,12 @@ class Services(BaseModel):
 
     def with_llm(self, provider: str, endpoint: Endpoint) -> Services:
         """A copy where ``endpoint``'s given parts replace this one's for ``provider``."""
-        current = self.llm_endpoint(provider)
-        merged = Endpoint(
-            base_url=endpoint.base_url or current.base_url,
-            api_key=endpoint.api_key or current.api_key,
-        )
+        merged = endpoint.over(self.llm_endpoint(provider))
         return self.model_copy(update={"llm": {**self.llm, provider: merged}})
 
     def with_vlm(self, endpoint: Endpoint) -> Services:
-        merged = Endpoint(
-            base_url=endpoint.base_url or self.vlm.base_url,
-            api_key=endpoint.api_key or self.vlm.api_key,
-        )
-        return self.model_copy(update={"vlm": merged})
+        """A copy where ``endpoint``'s given parts replace the captioning server's."""
+        return self.model_copy(update={"vlm": endpoint.over(self.vlm)})
 
     def overlay(self, other: Services) -> Services:
         """A copy where ``other``'s given endpoints and keys replace this one's."""

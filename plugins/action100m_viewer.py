@@ -181,7 +181,8 @@ def video_page(request: Request, video_id: str) -> Any:
     from action100m.viewer.thumbnails import read_index
 
     store = get_store()
-    if not store.exists(store.document_uri(video_id)):  # a short page, not a raw 404 JSON
+    uri = store.document_uri(video_id)
+    if not store.exists(uri):  # a short page, not a raw 404 JSON
         page = render_notice(
             f"video {video_id}",
             f"No document for video {video_id} yet: it has not been published (its run failed "
@@ -189,7 +190,7 @@ def video_page(request: Request, video_id: str) -> Any:
             ("all runs and videos", f"{request.scope.get('root_path', '')}/"),
         )
         return HTMLResponse(page, status_code=404)
-    document = _document(store, video_id)
+    document = store.read_json(uri)
     index = read_index(store, video_id) or {}
     have = dict.fromkeys((index.get("nodes") or {}), b"")
     thumb_url = f"{_video_href(request, video_id)}/thumbs/{{node_id}}.jpg"

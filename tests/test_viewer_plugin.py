@@ -91,10 +91,13 @@ def store_root(tmp_path_factory: pytest.TempPathFactory) -> ArtifactStore:
     return store
 
 
-@pytest.fixture(scope="module")
-def server(store_root: ArtifactStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    home = tmp_path_factory.mktemp("airflow-home")
-    (home / "dags").mkdir()
+@contextlib.contextmanager
+def _api_server(
+    home: Path, store_root: ArtifactStore, settings: dict[str, str], seed: str | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A real API server on loopback over a fresh SQLite home (``seed``: Python run against the
+    migrated database first); yields its base URL and process, stopped at exit."""
+    (home / "dags").mkdir(parents=True)
     port = _free_port()
     env = {
         **os.environ,
@@ -103,27 +106,35 @@ def server(store_root: ArtifactStore, tmp_path_factory: pytest.TempPathFactory) 
         "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__WORKERS": "1",
         "ACTION100M_STORE": store_root.root,
+        **settings,
     }
     env.pop("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", None)
     subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True)
+    if seed:
+        subprocess.run([sys.executable, "-c", seed], env=env, check=True, capture_output=True)
     log = open(home / "api-server.log", "wb")  # noqa: SIM115 (closed below)
     process = subprocess.Popen(
         [AIRFLOW, "api-server"], env=env, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,
     )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
     try:
-        token = _login(base, home, process)
-        yield Server(base, token)
+        yield f"http://127.0.0.1:{port}", process
     finally:
         _stop(process)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(store_root: ArtifactStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("airflow-home")
+    users = {"AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin"}
+    with _api_server(home, store_root, users) as (base, process):
+        yield Server(base, _login(base, home, process))
 
 
 def _login(base: str, home: Path, process: subprocess.Popen[bytes], username: str = "admin") -> str:
@@ -306,42 +317,17 @@ def test_multi_team_another_teams_user_is_refused_as_by_airflow(
     """Multi-team mode: the action100m DAG belongs to team_a. A user of team_b gets 403 from
     Airflow's own API for it, and the same from every page, JSON and thumbnail of the plugin."""
     home = tmp_path / "home"
-    (home / "dags").mkdir(parents=True)
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    settings = {
         "AIRFLOW__CORE__MULTI_TEAM": "True",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "alice:viewer:team_a,bob:viewer:team_b",
-        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__WORKERS": "1",
-        "ACTION100M_STORE": store_root.root,
     }
-    env.pop("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", None)
-    subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True)
-    subprocess.run([sys.executable, "-c", SEED_TEAMS], env=env, check=True, capture_output=True)
-    log = open(home / "api-server.log", "wb")  # noqa: SIM115 (closed below)
-    process = subprocess.Popen(
-        [AIRFLOW, "api-server"], env=env, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
     node = store_root.read_json(store_root.document_uri("clip"))["nodes"][0]["node_id"]
     paths = ["/action100m/", "/action100m/videos/clip", "/action100m/videos/clip/document.json",
              f"/action100m/videos/clip/thumbs/{node}.jpg", f"/action100m/runs/{RUN_ID}"]  # fmt: skip
-    try:
+    with _api_server(home, store_root, settings, SEED_TEAMS) as (base, process):
         alice = Server(base, _login(base, home, process, "alice"))
         bob = Server(base, _login(base, home, process, "bob"))
         assert bob.get("/api/v2/dags/action100m")[0] == 403  # Airflow's own answer
         for path in paths:
             assert bob.get(path)[0] == 403, path
             assert alice.get(path)[0] == 200, path
-    finally:
-        _stop(process)
-        log.close()

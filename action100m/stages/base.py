@@ -103,7 +103,7 @@ class StageContext:
 
     def input_dir(self, stage: str) -> str:
         """The finished folder of ``stage`` for this video (its key under these settings)."""
-        return self.store.stage_dir(self.video_id, stage, stage_key(self.settings, stage))
+        return stage_folder(self.settings, self.store, self.video_id, stage)
 
     def read_input(self, stage: str, name: str) -> Any:
         """A finished input's artifact. One that cannot be read (truncated, not JSON, missing
@@ -203,14 +203,13 @@ def read_finished(
 ) -> Any:
     """A finished stage's JSON artifact (None where the stage has not finished); unreadable:
     :func:`corrupt_artifact`."""
-    uri = finished_artifact(settings, store, video_id, stage, name)
-    if uri is None:
+    folder = stage_folder(settings, store, video_id, stage)
+    if not store.is_done(folder):
         return None
     try:
-        return store.read_json(uri)
+        return store.read_json(f"{folder}/{name}")
     except (ValueError, OSError) as exc:
-        folder = store.stage_dir(video_id, stage, stage_key(settings, stage))
-        raise corrupt_artifact(store, video_id, stage, folder, uri, exc) from None
+        raise corrupt_artifact(store, video_id, stage, folder, f"{folder}/{name}", exc) from None
 
 
 def stage_key(settings: Settings, name: str) -> str:
@@ -218,11 +217,16 @@ def stage_key(settings: Settings, name: str) -> str:
     return get_stage(name).key(settings)
 
 
+def stage_folder(settings: Settings, store: ArtifactStore, video_id: str, stage: str) -> str:
+    """Where the keyed stage ``stage`` keeps the video's output under ``settings``."""
+    return store.stage_dir(video_id, stage, stage_key(settings, stage))
+
+
 def finished_artifact(
     settings: Settings, store: ArtifactStore, video_id: str, stage: str, name: str
 ) -> str | None:
     """URI of a finished stage's artifact, or None where that stage has not finished."""
-    folder = store.stage_dir(video_id, stage, stage_key(settings, stage))
+    folder = stage_folder(settings, store, video_id, stage)
     return f"{folder}/{name}" if store.is_done(folder) else None
 
 
@@ -235,7 +239,7 @@ def load_tree(settings: Settings, store: ArtifactStore, video_id: str) -> Tree:
     try:
         return Tree.from_json(value)
     except (KeyError, TypeError, ValueError) as exc:
-        folder = store.stage_dir(video_id, "segment", stage_key(settings, "segment"))
+        folder = stage_folder(settings, store, video_id, "segment")
         raise corrupt_artifact(
             store, video_id, "segment", folder, f"{folder}/tree.json", exc
         ) from None
@@ -250,30 +254,30 @@ def _write(store: ArtifactStore, uri: str, value: Any) -> None:
         store.write_json(uri, value)
 
 
-def finished_stages(runtime: Runtime, video_id: str) -> dict[str, bool]:
-    """Per stage that leaves output, whether it has finished for the video under these settings.
-    A stage whose output a finished later stage consumed counts as finished (an imported release
-    has trees and captions but no embeddings)."""
-    keyed = [stage for stage in stages() if stage.keyed]
-    done = {s.name: _whole(runtime, s, video_id) for s in keyed}
+def unfinished_stages(runtime: Runtime, video_id: str) -> dict[str, str]:
+    """Each stage that leaves output and has not finished for the video under these settings,
+    with why (its ``pending`` or ``unavailable`` reason, else "has not finished"). A stage whose
+    output a finished later stage consumed counts as finished (an imported release has trees
+    and captions but no embeddings)."""
+    store, keyed = runtime.store, [stage for stage in stages() if stage.keyed]
+    why: dict[str, str | None] = {}
+    for stage in keyed:
+        folder = output_dir(runtime, stage, video_id)
+        if store.is_done(folder):
+            why[stage.name] = stage.pending(store.done_info(folder))
+        else:
+            why[stage.name] = stage.unavailable(runtime) or f"{stage.name} has not finished"
     for stage in reversed(keyed):
-        if done[stage.name]:
-            done.update(dict.fromkeys(stage.needs, True))
-    return done
-
-
-def _whole(runtime: Runtime, stage: Stage, video_id: str) -> bool:
-    folder = output_dir(runtime, stage, video_id)
-    store = runtime.store
-    return store.is_done(folder) and stage.pending(store.done_info(folder)) is None
+        if why[stage.name] is None:
+            why.update(dict.fromkeys(stage.needs))
+    return {name: reason for name, reason in why.items() if reason is not None}
 
 
 def output_dir(runtime: Runtime, stage: Stage, video_id: str) -> str:
     """Where the stage's output goes: its keyed folder, or the video's own (publish)."""
-    store = runtime.store
-    if stage.keyed:
-        return store.stage_dir(video_id, stage.name, stage.key(runtime.settings))
-    return store.video_dir(video_id)
+    if stage.keyed:  # the object's own key: a stage need not be listed to run (tests, tools)
+        return runtime.store.stage_dir(video_id, stage.name, stage.key(runtime.settings))
+    return runtime.store.video_dir(video_id)
 
 
 def run_stage(

@@ -13,51 +13,40 @@ import logging
 import time
 from typing import Any
 
+from action100m.config import Settings
 from action100m.document import assemble_document
 from action100m.sources import load_metadata
-from action100m.stages import get_stage
+from action100m.stages import stages
 from action100m.stages.base import (
     Runtime,
     Stage,
     StageContext,
     StageOutput,
-    finished_stages,
     load_tree,
     read_finished,
+    unfinished_stages,
 )
 from action100m.status import VideoStatus
+from action100m.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 
 
 def video_status(runtime: Runtime, video_id: str) -> VideoStatus:
     """Which stages have finished for the video under these settings, and why the others have
-    not (the stage's own ``unavailable`` reason where it has one)."""
-    done = finished_stages(runtime, video_id)
-    skipped = {
-        name: _why_unfinished(runtime, name, video_id) for name, ok in done.items() if not ok
-    }
-    store = runtime.store
-    return VideoStatus(video_id, done, skipped, store.document_uri(video_id), time.time())
-
-
-def _why_unfinished(runtime: Runtime, name: str, video_id: str) -> str:
-    stage, store = get_stage(name), runtime.store
-    folder = store.stage_dir(video_id, name, stage.key(runtime.settings))
-    if store.is_done(folder) and (why := stage.pending(store.done_info(folder))):
-        return why
-    return stage.unavailable(runtime) or f"{name} has not finished"
+    not (:func:`~action100m.stages.base.unfinished_stages`)."""
+    skipped = unfinished_stages(runtime, video_id)
+    keyed = [stage.name for stage in stages() if stage.keyed]
+    done = {name: name not in skipped for name in keyed}
+    return VideoStatus(video_id, done, skipped, runtime.store.document_uri(video_id), time.time())
 
 
 def build_document(
-    settings: Any, store: Any, video_id: str, status: VideoStatus | None = None
+    settings: Settings, store: ArtifactStore, video_id: str, status: VideoStatus | None = None
 ) -> dict[str, Any]:
-    """The per-video document from every finished stage (``settings, store`` or a runtime)."""
-    runtime = (
-        settings if isinstance(settings, Runtime) else Runtime.from_environment(settings, store)
-    )
-    settings, store = runtime.settings, runtime.store
-    status = status or video_status(runtime, video_id)
+    """The per-video document from every finished stage (``status``: the video's status record,
+    computed here with the providers' usual variables when not given)."""
+    status = status or video_status(Runtime.from_environment(settings, store), video_id)
 
     return assemble_document(
         load_tree(settings, store, video_id),
@@ -84,7 +73,7 @@ class PublishStage(Stage):
     def process(self, ctx: StageContext) -> StageOutput:
         store, video_id = ctx.store, ctx.video_id
         status = video_status(ctx.runtime, video_id)
-        document = build_document(ctx.runtime, store, video_id, status)
+        document = build_document(ctx.settings, store, video_id, status)
         artifacts: dict[str, Any] = {
             store.document_uri(video_id): document,  # first: the status never runs ahead of it
             store.status_uri(video_id): status.to_json(),
