@@ -60,7 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     importer.add_argument(
         "--no-annotations", action="store_true", help="import trees and captions only"
     )
-    export = commands.add_parser("export", help="dataset export (JSONL or Parquet by extension)")
+    importer.add_argument(
+        "--force", action="store_true", help="replace videos the store already has"
+    )
+    export = commands.add_parser(
+        "export", help="dataset export (.parquet, .json or .jsonl by the extension of --out)"
+    )
     export.add_argument("--format", choices=["action100m", "flat"], default="action100m")
     export.add_argument("--out", required=True)
     export.add_argument("videos", nargs="*", help="video IDs (default: every document)")
@@ -79,7 +84,9 @@ def render_tree(document: dict[str, Any], width: int = 100) -> str:
         text = ""
         annotation = node.get("annotation")
         if annotation:
-            text = f"{annotation['brief_action']} | {annotation['brief_caption']}"
+            text = (
+                f"{annotation.get('brief_action') or ''} | {annotation.get('brief_caption') or ''}"
+            )
         elif node.get("error"):
             text = f"error: {node['error']}"
         elif node.get("caption"):
@@ -152,7 +159,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif command == "import":
         from action100m.interop import import_file
 
-        imported = import_file(settings, store, args.file, annotations=not args.no_annotations)
+        imported = import_file(
+            settings, store, args.file, annotations=not args.no_annotations, force=args.force
+        )
         for video_id in imported:
             print(video_id)
     elif command == "export":

@@ -21,9 +21,9 @@ from action100m.tree import Node, Tree
 
 def _caption_fields(caption: dict[str, Any]) -> dict[str, Any]:
     entry = {"caption": caption.get("caption"), "caption_kind": caption.get("kind")}
-    if caption.get("action"):  # the release's plm_action, kept by `import`
+    if caption.get("action") is not None:  # the release's plm_action
         entry["caption_action"] = caption["action"]
-    if caption.get("segment_caption"):
+    if caption.get("segment_caption") is not None:
         entry["segment_caption"] = caption["segment_caption"]
     if caption.get("error"):
         entry["caption_error"] = caption["error"]

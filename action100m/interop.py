@@ -13,25 +13,29 @@ per-video document and exports show them until ``aggregate`` runs, which replace
 
 from __future__ import annotations
 
-import io
-import json
+import logging
 from pathlib import PurePosixPath
 from typing import Any, Literal
-
-import fsspec
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from action100m.config import Settings
 from action100m.errors import PermanentError
 from action100m.layout import check_video_id
 from action100m.llm.schema import FIELDS
+from action100m.release import (
+    SCHEMA,
+    read_records,
+    release_metadata,
+    release_time,
+    sort_nodes,
+    write_records,
+)
 from action100m.sources import clean_metadata
 from action100m.stages import get_stage, stages
 from action100m.stages.base import Runtime, StageOutput, Video, run_stage, store_output
-from action100m.store import ArtifactStore, normalise_uri
+from action100m.store import ArtifactStore
 from action100m.tree import Node, Tree
 
+log = logging.getLogger(__name__)
 RELEASE = "action100m-release"
 # our field -> (gpt group, key) in the release
 OFFICIAL = {
@@ -41,24 +45,6 @@ OFFICIAL = {
     "brief_caption": ("summary", "brief"),
     "detailed_caption": ("summary", "detailed"),
 }
-
-
-def read_records(path: str) -> list[dict[str, Any]]:
-    """One dict per video (``video_uid``, ``metadata``, ``nodes``) from a JSON, JSONL or Parquet."""
-    uri = normalise_uri(path)
-    with fsspec.open(uri, "rb") as handle:
-        data = handle.read()
-    if uri.endswith(".parquet"):
-        return list(pq.read_table(io.BytesIO(data)).to_pylist())
-    if uri.endswith(".jsonl"):
-        return [json.loads(line) for line in data.splitlines() if line.strip()]
-    value = json.loads(data)
-    if isinstance(value, list):
-        return value
-    if isinstance(value.get("video_uid"), list):  # columnar, as the release's JSON sample
-        columns = {k: v for k, v in value.items() if isinstance(v, list)}
-        return [dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)]
-    return [value]
 
 
 TILING_TOLERANCE = 0.011  # seconds: the release's times are on a 0.01 s grid, stored as float32
@@ -130,23 +116,24 @@ def _check_tiling(video_id: str, row: dict[str, Any], kids: list[dict[str, Any]]
 
 
 def _caption(row: dict[str, Any], leaf: bool) -> dict[str, Any]:
-    frame = leaf and bool(row.get("llama3_caption"))
+    """A release node's captions in our caption entry; empty strings stay empty, not null."""
+    frame = leaf and row.get("llama3_caption") is not None
+    segment = row.get("plm_caption")
     return {
-        "caption": row.get("llama3_caption")
-        if frame
-        else (row.get("plm_caption") or row.get("llama3_caption")),
+        "caption": row.get("llama3_caption") if frame else segment,
         "kind": "frame" if frame else "segment",
-        "segment_caption": row.get("plm_caption") if frame else None,
+        "segment_caption": segment if frame else None,
         "action": row.get("plm_action"),
         "error": None,
     }
 
 
 def _annotation(gpt: Any) -> dict[str, Any] | None:
+    """The five fields of a release ``gpt`` as they are (a null field stays null)."""
     if not isinstance(gpt, dict):
         return None
-    out = {f: (gpt.get(group) or {}).get(key) for f, (group, key) in OFFICIAL.items()}
-    return out if all(isinstance(v, str) for v in out.values()) else None
+    fields = {f: (gpt.get(group) or {}).get(key) for f, (group, key) in OFFICIAL.items()}
+    return {f: v if isinstance(v, str) else None for f, v in fields.items()}
 
 
 def release_outputs(
@@ -155,8 +142,11 @@ def release_outputs(
     """``(video_id, {stage: output})``: one release record as the finished outputs of our stages
     (the tree as segment, the captions as caption, the annotations as aggregate)."""
     video_id = check_video_id(str(record.get("video_uid") or ""))
-    metadata = dict(record.get("metadata") or {})
-    rows = list(record.get("nodes") or [])
+    metadata, rows = record.get("metadata") or {}, record.get("nodes") or []
+    if not isinstance(metadata, dict) or not isinstance(rows, list):
+        raise PermanentError(f"video {video_id}: metadata must be an object and nodes a list")
+    if not all(isinstance(row, dict) for row in rows):
+        raise PermanentError(f"video {video_id}: every node must be an object")
     tree = release_tree(video_id, metadata, rows)
     by_id = {row["node_id"]: row for row in rows}
     info = {"imported": source}
@@ -185,46 +175,82 @@ def release_outputs(
 
 
 def import_file(
-    settings: Settings, store: ArtifactStore, path: str, *, annotations: bool = True
+    settings: Settings,
+    store: ArtifactStore,
+    path: str,
+    *,
+    annotations: bool = True,
+    force: bool = False,
 ) -> list[str]:
     """Import every video in ``path``; returns their ids. ``annotations=False`` leaves the
-    release's annotations out (the aggregate stage then simply has not run). Each video is then
-    published."""
+    release's annotations out (the aggregate stage then simply has not run). A video already in
+    the store is refused unless ``force``; the whole file is checked before anything is written.
+    Each video is then published."""
     runtime = Runtime.from_environment(settings, store)
-    imported = []
-    for record in read_records(path):
-        video_id, outputs = release_outputs(record, PurePosixPath(path).name, annotations)
+    records = read_records(path)
+    prepared = [release_outputs(r, PurePosixPath(path).name, annotations) for r in records]
+    present = [video_id for video_id, _ in prepared if store.exists(store.document_uri(video_id))]
+    if present and not force:
+        raise PermanentError(
+            f"video {present[0]}: already in {store.root} ({len(present)} of {len(prepared)} "
+            "videos in the file are); import --force replaces them"
+        )
+    for record, (video_id, outputs) in zip(records, prepared, strict=True):
+        if video_id in present:
+            log.warning("video %s: replacing what the store had with %s", video_id, path)
         metadata = clean_metadata(video_id, dict(record.get("metadata") or {}))
         runtime.store.write_json(runtime.store.metadata_uri(video_id), metadata)
         for stage in stages():  # in pipeline order, so each output's inputs are filed first
             if stage.name in outputs:
                 store_output(runtime, stage, video_id, outputs[stage.name])
         run_stage(get_stage("publish"), runtime, Video(video_id))
-        imported.append(video_id)
-    return imported
+    return [video_id for video_id, _ in prepared]
+
+
+def _gpt(annotation: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not annotation:
+        return None
+    gpt: dict[str, dict[str, Any]] = {"summary": {}, "action": {}}
+    for name, (group, key) in OFFICIAL.items():
+        gpt[group][key] = annotation.get(name)
+    return gpt
 
 
 def official_record(document: dict[str, Any]) -> dict[str, Any]:
-    """A per-video document in the release's shape and field names."""
+    """A per-video document as the release's record: its schema's fields and order, nodes by
+    (level, start), times on its grid. Our extras (fps, source) stay out (:func:`pipeline_extras`)."""
     nodes = []
-    for node in document["nodes"]:
+    for node in sort_nodes(document["nodes"]):
         frame = node.get("caption_kind") == "frame"
-        annotation = node.get("annotation")
-        gpt: dict[str, Any] | None = None
-        if annotation:
-            gpt = {"summary": {}, "action": {}}
-            for name, (group, key) in OFFICIAL.items():
-                gpt[group][key] = annotation.get(name)
         nodes.append(
             {
-                **{k: node[k] for k in ("node_id", "parent_id", "level", "start", "end")},
+                "node_id": node["node_id"],
+                "parent_id": node["parent_id"],
+                "level": node["level"],
+                "start": release_time(node["start"]),
+                "end": release_time(node["end"]),
                 "plm_action": node.get("caption_action"),
                 "plm_caption": node.get("segment_caption") if frame else node.get("caption"),
                 "llama3_caption": node.get("caption") if frame else None,
-                "gpt": gpt,
+                "gpt": _gpt(node.get("annotation")),
             }
         )
-    return {"video_uid": document["video_uid"], "metadata": document["metadata"], "nodes": nodes}
+    return {
+        "video_uid": document["video_uid"],
+        "metadata": release_metadata(document["metadata"]),
+        "nodes": nodes,
+    }
+
+
+def pipeline_extras(document: dict[str, Any]) -> dict[str, Any]:
+    """What the release's record has no field for: where the video came from, how it was made."""
+    metadata = document["metadata"]
+    return {
+        "video_uid": document["video_uid"],
+        "fps": metadata.get("fps"),
+        "source": metadata.get("source"),
+        "pipeline": document.get("pipeline"),
+    }
 
 
 def flat_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
@@ -261,13 +287,6 @@ def _documents(store: ArtifactStore, video_ids: list[str] | None) -> list[dict[s
     return documents
 
 
-def _table(rows: list[dict[str, Any]]) -> pa.Table:
-    try:
-        return pa.Table.from_pylist(rows)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):  # metadata whose types differ between videos
-        return pa.Table.from_pylist([{**r, "metadata": json.dumps(r["metadata"])} for r in rows])
-
-
 def export(
     settings: Settings,
     store: ArtifactStore,
@@ -275,21 +294,15 @@ def export(
     out: str,
     video_ids: list[str] | None = None,
 ) -> str:
-    """Write the documents of ``video_ids`` (default: all) to ``out`` (``.parquet``: Parquet,
-    else JSON Lines); returns the URI written."""
+    """Write the documents of ``video_ids`` (default: all) to ``out`` (``.parquet``: Parquet;
+    ``.json``: columnar JSON as the release's; else JSON Lines); returns the URI written. ``action100m`` writes the
+    release's exact schema, with our extras beside it in ``{out}.pipeline.jsonl``."""
     if fmt not in ("action100m", "flat"):
         raise PermanentError(f"unknown export format {fmt!r}; choose action100m or flat")
     documents = _documents(store, video_ids)
-    if fmt == "action100m":
-        rows = [official_record(document) for document in documents]
-    else:
+    if fmt == "flat":
         rows = [row for document in documents for row in flat_rows(document)]
-    uri = normalise_uri(out)
-    if uri.endswith(".parquet"):
-        buffer = io.BytesIO()
-        pq.write_table(_table(rows), buffer)
-        data = buffer.getvalue()
-    else:
-        data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
-    ArtifactStore(uri.rsplit("/", 1)[0]).write_bytes(uri, data)
+        return write_records(rows, out, schema=None)
+    uri = write_records([official_record(d) for d in documents], out, schema=SCHEMA)
+    write_records([pipeline_extras(d) for d in documents], f"{out}.pipeline.jsonl", schema=None)
     return uri
