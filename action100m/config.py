@@ -98,6 +98,14 @@ class AggregateConfig(_Section):
     base_url: str | None = None
     rounds: int = Field(3, ge=1, description="Self-Refine rounds including the draft")
     min_duration: float = Field(4.0, ge=0, description="annotate nodes at least this long")
+    # "release": the nodes the release annotates (not leaves); "all": leaves of that length too.
+    targets: Literal["release", "all"] = "release"
+    # A prompt module in the release's layout (action100m/llm/templates.py); None: ours. It must
+    # lie under the store or ACTION100M_ALLOWED_SOURCES, as every file a run reads.
+    prompt_file: str | None = None
+    # The provider's structured output (OpenAI/vLLM json_schema, Anthropic forced tool use) from
+    # the prompt's RESPONSE_STRUCTURE; off for endpoints that support neither.
+    structured_output: bool = True
     max_prompt_tokens: int = Field(24000, ge=1000)
     max_output_tokens: int = Field(2048, ge=64)
     max_repairs: int = Field(1, ge=0)

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from action100m.config import Settings
 from action100m.errors import PermanentError
 from action100m.layout import check_video_id
-from action100m.llm.schema import FIELDS
+from action100m.llm.schema import FIELDS, NESTED, nest
 from action100m.release import (
     SCHEMA,
     read_records,
@@ -37,14 +37,6 @@ from action100m.tree import Node, Tree
 
 log = logging.getLogger(__name__)
 RELEASE = "action100m-release"
-# our field -> (gpt group, key) in the release
-OFFICIAL = {
-    "brief_action": ("action", "brief"),
-    "detailed_action": ("action", "detailed"),
-    "actor": ("action", "actor"),
-    "brief_caption": ("summary", "brief"),
-    "detailed_caption": ("summary", "detailed"),
-}
 
 
 TILING_TOLERANCE = 0.011  # seconds: the release's times are on a 0.01 s grid, stored as float32
@@ -132,7 +124,7 @@ def _annotation(gpt: Any) -> dict[str, Any] | None:
     """The five fields of a release ``gpt`` as they are (a null field stays null)."""
     if not isinstance(gpt, dict):
         return None
-    fields = {f: (gpt.get(group) or {}).get(key) for f, (group, key) in OFFICIAL.items()}
+    fields = {f: (gpt.get(group) or {}).get(key) for f, (group, key) in NESTED.items()}
     return {f: v if isinstance(v, str) else None for f, v in fields.items()}
 
 
@@ -208,12 +200,7 @@ def import_file(
 
 
 def _gpt(annotation: dict[str, Any] | None) -> dict[str, Any] | None:
-    if not annotation:
-        return None
-    gpt: dict[str, dict[str, Any]] = {"summary": {}, "action": {}}
-    for name, (group, key) in OFFICIAL.items():
-        gpt[group][key] = annotation.get(name)
-    return gpt
+    return nest(annotation) if annotation else None
 
 
 def official_record(document: dict[str, Any]) -> dict[str, Any]:

@@ -32,12 +32,15 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from llm_server import LLMServer, Reply, Request  # noqa: E402
 
 from action100m.config import Settings, load_settings  # noqa: E402
-from action100m.interop import OFFICIAL, import_file, read_records  # noqa: E402
+from action100m.interop import import_file, read_records  # noqa: E402
 from action100m.llm import prompts  # noqa: E402
 from action100m.llm.messages import Usage  # noqa: E402
 from action100m.llm.prompts import PromptBuilder  # noqa: E402
+from action100m.llm.schema import nest  # noqa: E402
+from action100m.llm.templates import load_templates  # noqa: E402
 from action100m.pipeline import run_aggregate  # noqa: E402
 from action100m.sources import load_metadata  # noqa: E402
+from action100m.stages.aggregate import annotation_targets  # noqa: E402
 from action100m.stages.base import finished_artifact, load_tree  # noqa: E402
 from action100m.store import ArtifactStore  # noqa: E402
 from action100m.tree import Tree  # noqa: E402
@@ -74,20 +77,21 @@ def naive_usage(
     metadata as ours (read from the same store), same answers, same token count, no caching."""
     tree, captions, metadata = _inputs(settings, store, record["video_uid"])
     rows = {r["node_id"]: r for r in record["nodes"]}
+    templates = load_templates()
+    system = templates.system(0.0, tree.duration, 0.0, tree.duration)
     meta = prompts.render_metadata(tree, metadata, budget=10**9)
-    top = "\n".join(prompts.outline_lines(tree, tree.root, captions, 3))
-    context = f"{meta}\n\n# Global context: the top of the video's segment tree\n{top}\n"
+    top = prompts.outline(tree, tree.root, captions, 3, None)
+    context, after = templates.user(meta, top)
     usage, parts = Usage(), {"metadata": 0.0, "global": 0.0, "subtree": 0.0}
-    targets = [n for n in tree.nodes if n.lasts(settings.aggregate.min_duration)]
+    targets = annotation_targets(tree.nodes, settings.aggregate)
     for node in targets:
-        subtree = "\n".join(prompts.outline_lines(tree, node, captions, None))
-        block = f"# Segment to annotate: {prompts.span(node.start, node.end)}\n{subtree}\n"
-        user = "\n\n".join((context, block, prompts.DRAFT))
+        block = prompts.outline(tree, node, captions, None, None) + after
+        user = context + block
         answer = json.dumps(_answer(rows[node.node_id]))
         turns: list[tuple[str, str]] = []
         for _ in range(rounds):
-            usage.add(Usage(1, _tokens(prompts.SYSTEM, user, turns), 0, 0, len(answer) // 4 + 1))
-            turns += [("assistant", answer), ("user", prompts.REFINE)]
+            usage.add(Usage(1, _tokens(system, user, turns), 0, 0, len(answer) // 4 + 1))
+            turns += [("assistant", answer), ("user", templates.refine)]
         parts["subtree"] += prompts.estimate_tokens(block) / len(targets)
     parts["metadata"] = prompts.estimate_tokens(meta)
     parts["global"] = prompts.estimate_tokens(top)
@@ -98,14 +102,18 @@ def ours_parts(settings: Settings, store: ArtifactStore, video_id: str) -> dict[
     """Our prompt's parts, in tokens: the shared prefix and the mean node block."""
     tree, captions, metadata = _inputs(settings, store, video_id)
     builder = PromptBuilder(tree, captions, metadata, settings.aggregate.max_prompt_tokens)
-    targets = [n for n in tree.nodes if n.lasts(settings.aggregate.min_duration)]
+    targets = annotation_targets(tree.nodes, settings.aggregate)
     blocks = [prompts.estimate_tokens(builder.node_block(n)) for n in targets]
     return {"prefix": prompts.estimate_tokens(builder.context), "block": sum(blocks) / len(blocks)}
 
 
-def _answer(row: dict) -> dict[str, str]:
+def _answer(row: dict) -> dict[str, dict[str, str]]:
+    """The release's own answer for the node (N/A where it has none), in the asked structure."""
     gpt = row.get("gpt") or {}
-    return {f: str((gpt.get(g) or {}).get(k) or "N/A") for f, (g, k) in OFFICIAL.items()}
+    fields = nest({})
+    return {
+        g: {k: str((gpt.get(g) or {}).get(k) or "N/A") for k in keys} for g, keys in fields.items()
+    }
 
 
 def _settings(store: ArtifactStore, aggregate: dict | None = None) -> Settings:
@@ -182,10 +190,10 @@ def main() -> None:
         f"reference {record['video_uid']}: {len(record['nodes'])} nodes, {nodes} of "
         f"{settings.aggregate.min_duration:g} s or more, {hours * 60:.1f} min; "
         f"aggregate.max_prompt_tokens {settings.aggregate.max_prompt_tokens}\n"
-        f"prompt parts (tokens): naive: system {prompts.estimate_tokens(prompts.SYSTEM)}, "
+        f"prompt parts (tokens): naive: system {prompts.estimate_tokens(load_templates().system(0, 1, 0, 1))}, "
         f"metadata+transcript {naive_parts['metadata']:.0f}, global {naive_parts['global']:.0f}, "
         f"subtree {naive_parts['subtree']:.0f} (mean); ours: system "
-        f"{prompts.estimate_tokens(prompts.SYSTEM)}, shared prefix {parts['prefix']:.0f}, "
+        f"{prompts.estimate_tokens(load_templates().system(0, 1, 0, 1))}, shared prefix {parts['prefix']:.0f}, "
         f"node block (subtree + its speech) {parts['block']:.0f} (mean)\n"
     )
 

@@ -14,7 +14,8 @@ clients on the other side).
         server.delay = 0.05        # every answer waits this long (requests overlap)
         server.max_in_flight       # the most requests the server held at once
 
-Replies: ``Reply.valid()`` (the default), ``Reply.text(str)``, ``Reply.json(obj)``,
+Replies: ``Reply.valid()`` (the default; in the release's nested structure when the request binds
+the answer to a schema, as a tool call for Anthropic), ``Reply.text(str)``, ``Reply.json(obj)``,
 ``Reply.status(code, retry_after=None)``, ``Reply.hang(seconds)``, ``Reply.garbage()`` (HTTP 200
 whose body is not JSON), ``Reply.raw(payload)`` (HTTP 200 with that JSON body as is: no choices,
 null usage, ...), ``Reply.refusal(text)``. Scripted replies are used first, in order; then
@@ -116,9 +117,24 @@ class Request:
         return list(self.body.get("messages", []))
 
     @property
+    def schema(self) -> dict[str, Any] | None:
+        """The answer's JSON schema the request binds the model to (OpenAI ``response_format``
+        json_schema, or Anthropic's forced tool), else None."""
+        tools = self.body.get("tools")
+        if tools:
+            return tools[0].get("input_schema")
+        response_format = self.body.get("response_format") or {}
+        if response_format.get("type") == "json_schema":
+            return response_format["json_schema"]["schema"]
+        return None
+
+    @property
     def segment(self) -> str | None:
-        """The span the prompt asks about (``"[4.0s-12.0s]"``), from "Segment to annotate: ..."."""
-        found = re.search(r"Segment to annotate: (\[[^\]]*\])", self.prompt)
+        """The span the prompt asks about (``"[4.0s-12.0s]"``): the first heading after "Segment
+        to annotate" (ours) or "segment to be processed" (the release's prompt module)."""
+        found = re.search(
+            r"(?i)segment to (?:annotate|be processed)[\s#:]*(\[[^\]]*\])", self.prompt
+        )
         return found.group(1) if found else None
 
     @property
@@ -274,14 +290,36 @@ class LLMServer:
         self._stopping.wait(seconds)
 
 
+def nested(fields: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Five flat fields in the release's nested structure, as a schema-bound decoder answers."""
+    return {
+        "summary": {"brief": fields["brief_caption"], "detailed": fields["detailed_caption"]},
+        "action": {
+            "brief": fields["brief_action"],
+            "detailed": fields["detailed_action"],
+            "actor": fields["actor"],
+        },
+    }
+
+
+def _anthropic_block(request: Request, reply: Reply, answer: str) -> dict[str, Any]:
+    if request.schema is None or reply.kind != "valid":
+        return {"type": "text", "text": answer}
+    name = request.body["tools"][0]["name"]
+    return {"type": "tool_use", "id": "toolu_1", "name": name, "input": json.loads(answer)}
+
+
 def _body(api: str, request: Request, reply: Reply, server: LLMServer) -> tuple[int, Any]:
     if reply.kind == "status":
         message = {401: "invalid api key", 429: "rate limited"}.get(reply.code, "server error")
         if api == "openai":
             return reply.code, {"error": {"message": message, "type": "error", "code": None}}
         return reply.code, {"type": "error", "error": {"type": "api_error", "message": message}}
+    structured = request.schema is not None
     answer = (
-        reply.answer if reply.kind in ("text", "refusal") else json.dumps(valid_answer(request))
+        reply.answer
+        if reply.kind in ("text", "refusal")
+        else json.dumps(nested(valid_answer(request)) if structured else valid_answer(request))
     )
     model = request.body.get("model", "scripted")
     usage = server.usage(request, answer)
@@ -306,8 +344,10 @@ def _body(api: str, request: Request, reply: Reply, server: LLMServer) -> tuple[
         "type": "message",
         "role": "assistant",
         "model": model,
-        "content": [{"type": "text", "text": answer}],
-        "stop_reason": "refusal" if reply.kind == "refusal" else "end_turn",
+        "content": [_anthropic_block(request, reply, answer)],
+        "stop_reason": "refusal"
+        if reply.kind == "refusal"
+        else ("tool_use" if structured and reply.kind == "valid" else "end_turn"),
         "stop_sequence": None,
         "usage": usage,
     }

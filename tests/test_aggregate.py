@@ -18,6 +18,7 @@ from action100m.errors import PermanentError, ServiceError
 from action100m.llm import prompts
 from action100m.llm.clients import BASE_URL_ENV, DEFAULT_BASE_URL, KEY_ENV, make_client
 from action100m.llm.ratelimit import RateLimiter, RetryPolicy
+from action100m.llm.templates import load_templates
 from action100m.pipeline import run_aggregate as run_stage_aggregate
 from action100m.pipeline import run_publish
 from action100m.services import Endpoint, Services
@@ -115,6 +116,7 @@ def settings(store: ArtifactStore, llm: LLMServer, monkeypatch: pytest.MonkeyPat
             "concurrency": 3,
             "timeout": 2.0,
             "max_retries": 3,
+            "targets": "all",  # leaves of 4 s too: these tests count every long node
         }
     }
     return load_settings(profile="tiny", store=store.root, environ={}, overrides=overrides)
@@ -149,8 +151,9 @@ def test_annotates_long_nodes_with_three_rounds(settings, store, llm, caplog) ->
     refines = [r for r in llm.requests if r.answers_so_far]
     assert len(refines) == 2 * LONG
     for request in refines:  # the previous answer is shown and the model asked to verify it
-        assert json.loads(request.answers_so_far[-1])["brief_action"].startswith("brief_action")
-        assert request.last_user == prompts.REFINE
+        previous = json.loads(request.answers_so_far[-1])  # in the structure asked for
+        assert previous["action"]["brief"].startswith("brief_action")
+        assert request.last_user == load_templates().refine
         assert len(request.answers_so_far) == 1  # no growing conversation
     # the shared prefix (system + metadata + global context) is byte-identical for every node
     firsts = {r.prompt.split("# Segment to annotate")[0] for r in llm.requests}
@@ -300,7 +303,7 @@ def test_anthropic_uses_cache_control_and_records_cached_tokens(
         auth = request.headers.get("x-api-key") or request.headers.get("authorization", "")
         assert auth.endswith("sk-ant-test")
         blocks = request.body["messages"][0]["content"]
-        assert [("cache_control" in b) for b in blocks] == [True, True, False]
+        assert [("cache_control" in b) for b in blocks] == [True, True]
         assert blocks[0]["text"] == llm.requests[0].body["messages"][0]["content"][0]["text"]
     spent = usage(settings, store)
     assert spent["provider"] == "anthropic" and spent["requests"] == 3 * LONG

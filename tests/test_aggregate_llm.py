@@ -118,6 +118,15 @@ def _assert_cut_only_at_sentence_ends(shown: str, whole: str) -> bool:
     return True
 
 
+HEADING = re.compile(r"^(?:#{2,} |\*\*)\[[\d.]+s-[\d.]+s\] \([\d.]+ s\)(?:\*\*)?$")
+
+
+def _captions(text: str) -> list[str]:
+    """The caption under each node heading of a rendered tree, in order."""
+    lines = text.splitlines()
+    return [lines[i + 1] for i, line in enumerate(lines[:-1]) if HEADING.match(line)]
+
+
 def test_prompt_budget_cuts_by_depth_never_inside_a_caption() -> None:
     tree, _ = _deep_tree(levels=8, caption_chars=0)  # 511 nodes, ~75k tokens of captions
     captions = {
@@ -125,23 +134,23 @@ def test_prompt_budget_cuts_by_depth_never_inside_a_caption() -> None:
     }
     builder = prompts.PromptBuilder(tree, captions, {"title": "Deep"}, max_tokens=8000)
     block = builder.node_block(tree.root)
-    total = prompts.estimate_tokens(prompts.SYSTEM + builder.context + block)
+    total = prompts.estimate_tokens(builder.system_text + builder.context + block)
     assert total <= 8000
     shown = [n for n in tree.nodes if f"<{n.node_id}>" in block]
     depth = max(n.level for n in shown)
     assert 1 <= depth < 8 and "levels below are left out" in block
     assert len(shown) == 2 ** (depth + 1) - 1  # every node down to that depth, none deeper
     checked = cut = 0
-    for text in (block, builder.context):  # every caption line, in the subtree and the context
-        for line in text.splitlines():
-            if line.lstrip().startswith("- ["):
-                found = re.fullmatch(r"\s*- \[[\d.]+s-[\d.]+s\] (<([^>]+)>.*)", line)
-                assert found, line
-                checked += 1
-                cut += _assert_cut_only_at_sentence_ends(found[1], captions[found[2]]["caption"])
+    for text in (block, builder.context):  # every caption, in the subtree and the context
+        for line in _captions(text):
+            found = re.fullmatch(r"(<([^>]+)>.*)", line)
+            assert found, line
+            checked += 1
+            cut += _assert_cut_only_at_sentence_ends(found[1], captions[found[2]]["caption"])
     assert checked > len(shown)
     assert cut == checked - 2  # all shortened, each after a whole sentence, but the two roots
-    assert f"- [0.0s-256.0s] {captions[tree.root.node_id]['caption']}\n" in block  # its own: whole
+    root = captions[tree.root.node_id]["caption"]
+    assert block.startswith(f"## [0.0s-256.0s] (256.0 s)\n{root}\n")  # its own: whole
     leaf = tree.nodes[-1]
     assert "left out" not in builder.node_block(leaf)
 
@@ -184,7 +193,7 @@ def test_every_caption_of_a_node_reaches_the_prompt() -> None:
     )
 
 
-def test_prompt_shared_prefix_and_order() -> None:
+def test_prompt_shared_prefix_and_order(monkeypatch: pytest.MonkeyPatch) -> None:
     tree = build_tree("v")
     captions = {
         n.node_id: {"caption": f"c{n.start:g}-{n.end:g}", "kind": "segment"} for n in tree.nodes
@@ -196,24 +205,28 @@ def test_prompt_shared_prefix_and_order() -> None:
         {"time": "19.5", "text": "bye"},
     ]
     metadata = {"title": "T", "description": "D", "transcript": transcript}
+    whole = prompts.PromptBuilder(tree, captions, metadata, 24000)
+    assert "- '[1.5s] hi'\n- '[4.0s] sanding now'" in whole.context  # it fits: whole, in the YAML
+    monkeypatch.setattr(prompts, "METADATA_SHARE", 0.001)  # too long for its share: piecewise
     builder = prompts.PromptBuilder(tree, captions, metadata, 24000)
-    assert "Title: T" in builder.context and "- [0.0s-20.0s] c0-20" in builder.context
-    assert "hi" not in builder.context  # timed speech goes with the nodes it is spoken in
+    assert "```yaml\ntitle: T\ndescription: D\n" in builder.context
+    assert "## [0.0s-20.0s] (20.0 s)\nc0-20" in builder.context
+    assert "] hi" not in builder.context  # timed speech goes with the nodes it is spoken in
     block_node = tree.nodes[1]
     block = builder.node_block(block_node)
-    assert block.startswith("# Segment to annotate: [0.0s-12.0s]")
-    assert "\n  - [5.0s-12.0s] c5-12\n    - [5.0s-8.0s] c5-8" in block  # depth-first outline
+    assert block.startswith("## [0.0s-12.0s] (12.0 s)")
+    assert "\n### [5.0s-12.0s] (7.0 s)\nc5-12\n\n#### [5.0s-8.0s] (3.0 s)\nc5-8" in block
     assert "[1.5s] hi\n[4.0s] sanding now" in block and "second half" not in block
     inner = builder.node_block(tree.nodes[4])  # [5-8]: a line lasts until the next one
-    assert inner.startswith("# Segment to annotate: [5.0s-8.0s]")
-    assert "[4.0s] sanding now" in inner and "hi" not in inner
+    assert inner.startswith("## [5.0s-8.0s] (3.0 s)")
+    assert "[4.0s] sanding now" in inner and "] hi" not in inner
     later = builder.node_block(tree.nodes[-1])  # [14-20]: the line said at 12.5 s goes on
-    assert later.startswith("# Segment to annotate: [14.0s-20.0s]")
+    assert later.startswith("## [14.0s-20.0s] (6.0 s)")
     assert "[12.5s] now the second half\n[19.5s] bye" in later and "sanding" not in later
     late = {"transcript": [{"time": 19.5, "text": "bye"}]}
     assert "Speech" not in prompts.PromptBuilder(tree, captions, late, 24000).node_block(block_node)
     untimed = prompts.PromptBuilder(tree, captions, {"transcript": ["hi", "bye"]}, 24000)
-    assert "hi\nbye" in untimed.context and "hi" not in untimed.node_block(tree.nodes[1])
+    assert "- hi\n- bye" in untimed.context and "hi\n" not in untimed.node_block(tree.nodes[1])
 
 
 @pytest.mark.parametrize(
@@ -241,7 +254,7 @@ def test_subtree_depth_and_part_captions_are_bounded(monkeypatch: pytest.MonkeyP
     captions = {k: {**v, "caption": f"{v['caption']}. {long}"} for k, v in captions.items()}
     builder = prompts.PromptBuilder(tree, captions, {}, max_tokens=24000)
     bounded = builder.node_block(tree.root)
-    outline = bounded.split("depth-first:\n", 1)[1]
+    outline = bounded.split("\n\n(parts more than", 1)[0]
     assert prompts.estimate_tokens(outline) <= prompts.SUBTREE_TOKENS + 20
     assert "levels below are left out" in bounded
     monkeypatch.setattr(prompts, "SUBTREE_TOKENS", 10**6)  # the depth bound alone
@@ -250,11 +263,11 @@ def test_subtree_depth_and_part_captions_are_bounded(monkeypatch: pytest.MonkeyP
     assert max(n.level for n in shown) == prompts.SUBTREE_DEPTH
     assert len(shown) == 2 ** (prompts.SUBTREE_DEPTH + 1) - 1
     assert f"(parts more than {prompts.SUBTREE_DEPTH} levels below are left out)" in block
-    own, *parts = [line for line in block.splitlines() if line.lstrip().startswith("- [")]
+    own, *parts = _captions(block)
     assert own.endswith(long.strip())  # the node's own caption whole
     for line in parts:  # its parts' captions cut after a whole sentence, marked
         assert line.endswith(". [...]") and len(line) < prompts.PART_CHARS + 60
-    assert builder.context.count("- [") == 2 ** (prompts.GLOBAL_DEPTH + 1) - 1
+    assert len(_captions(builder.context)) == 2 ** (prompts.GLOBAL_DEPTH + 1) - 1
 
 
 def test_request_hash_covers_content_not_identity() -> None:

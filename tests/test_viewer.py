@@ -465,3 +465,24 @@ def test_a_missing_annotation_says_why_in_the_recorded_words(tmp_path: Path) -> 
         assert page.text_content("#no-annotation") == (
             "No annotation: shorter than 4 s, the annotation threshold."
         )
+
+
+def test_a_long_leaf_says_leaves_are_not_annotated(tmp_path: Path) -> None:
+    document = synthetic_document("leafy", 60.0, leaf=6.0)
+    document["pipeline"]["config"] = {"aggregate": {"min_duration": 4.0, "targets": "release"}}
+    parents = {n["parent_id"] for n in document["nodes"]}
+    leaf = next(
+        i
+        for i, n in enumerate(document["nodes"])
+        if n["node_id"] not in parents and n["end"] - n["start"] >= 4.0
+    )
+    document["nodes"][leaf]["annotation"] = None
+    path = tmp_path / "leafy.html"
+    path.write_text(render_html(document))
+    with chromium_page() as page:
+        _open(page, path)
+        page.evaluate(f"window.a100m.focus({leaf})")
+        click_node(page, leaf)
+        assert page.text_content("#no-annotation").startswith(
+            "No annotation: leaves are not annotated, as in the release"
+        )

@@ -37,6 +37,8 @@ __all__ = ["BASE_URL_ENV", "KEY_ENV", "ChatClient", "credentials", "make_client"
 DEFAULT_BASE_URL = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
 CONNECTION = {"openai": "openai_default", "anthropic": "anthropic_default"}
 EPHEMERAL = {"type": "ephemeral"}
+ANSWER_TOOL = "annotation"
+TOOL_TEXT = "Record the annotation of the segment."
 # One "HTTP Request: POST ..." line per request buries the task log: the pipeline logs progress
 # itself; the HTTP clients' own lines only from warnings up.
 for _name in ("httpx", "httpx2"):
@@ -136,6 +138,11 @@ class OpenAIChat(_Adapter):
                 "max_completion_tokens": request.max_tokens,
                 "response_format": {"type": "json_object"},
             }
+        if request.schema is not None:  # OpenAI's structured outputs; vLLM's guided decoding
+            options["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": ANSWER_TOOL, "strict": True, "schema": request.schema},
+            }
 
         def call() -> Completion:
             response = self.client.chat.completions.create(
@@ -167,7 +174,8 @@ class OpenAIChat(_Adapter):
 
 
 class AnthropicChat(_Adapter):
-    """Anthropic messages, with ``cache_control`` after the shared prefix and after the subtree."""
+    """Anthropic messages, with ``cache_control`` after the shared prefix and after the node's
+    part (refine rounds re-send both whole, then the previous answer and the instruction)."""
 
     provider = "anthropic"
 
@@ -181,15 +189,18 @@ class AnthropicChat(_Adapter):
         )
 
     def complete(self, request: ChatRequest) -> Completion:
-        last = len(request.blocks) - 1
         first: list[dict[str, Any]] = [
-            {"type": "text", "text": text, **({"cache_control": EPHEMERAL} if i < last else {})}
-            for i, text in enumerate(request.blocks)
+            {"type": "text", "text": text, "cache_control": EPHEMERAL} for text in request.blocks
         ]
         messages: list[Any] = [
             {"role": "user", "content": first},
             *({"role": role, "content": text} for role, text in request.turns),
         ]
+
+        tools: dict[str, Any] = {}
+        if request.schema is not None:  # the answer as the input of one forced tool
+            tool = {"name": ANSWER_TOOL, "description": TOOL_TEXT, "input_schema": request.schema}
+            tools = {"tools": [tool], "tool_choice": {"type": "tool", "name": ANSWER_TOOL}}
 
         def call() -> Completion:
             response = self.client.messages.create(
@@ -197,15 +208,11 @@ class AnthropicChat(_Adapter):
                 max_tokens=request.max_tokens,
                 system=[{"type": "text", "text": request.system}],
                 messages=messages,
+                **tools,
             )
             if isinstance(response, str):
                 raise _malformed(self.provider, response)
-            blocks = getattr(response, "content", None)
-            text = "".join(
-                b.text
-                for b in (blocks if isinstance(blocks, list) else [])
-                if getattr(b, "type", None) == "text" and isinstance(getattr(b, "text", None), str)
-            )
+            text = _anthropic_text(getattr(response, "content", None))
             u = getattr(response, "usage", None)
             read = _count(u, "cache_read_input_tokens")
             written = _count(u, "cache_creation_input_tokens")
@@ -216,6 +223,18 @@ class AnthropicChat(_Adapter):
             return Completion(text, usage, stop if isinstance(stop, str) else None, refusal)
 
         return self._guard(call)
+
+
+def _anthropic_text(blocks: Any) -> str:
+    """The answer's text: its text blocks, or the input of the answer tool as JSON."""
+    parts = []
+    for block in blocks if isinstance(blocks, list) else []:
+        kind = getattr(block, "type", None)
+        if kind == "text" and isinstance(getattr(block, "text", None), str):
+            parts.append(block.text)
+        elif kind == "tool_use" and getattr(block, "name", None) == ANSWER_TOOL:
+            parts.append(json.dumps(getattr(block, "input", None), ensure_ascii=False))
+    return "".join(parts)
 
 
 def make_client(cfg: AggregateConfig, services: Services | None = None) -> ChatClient:

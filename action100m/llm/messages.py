@@ -1,16 +1,17 @@
 """A provider-neutral chat request, what comes back, and the request hash the cache is keyed on.
 
-A request is the system text, the first user message as text blocks (video context, node subtree,
-instruction), then alternating assistant/user turns (a previous answer and a refine or repair
-instruction). Adapters turn it into OpenAI messages or Anthropic messages with ``cache_control``
-after every block but the last of the first message.
+A request is the system text, the first user message as text blocks (the video's shared context,
+the node's part), then alternating assistant/user turns (a previous answer and a refine or repair
+instruction), and optionally the answer's JSON schema. Adapters turn it into OpenAI messages (the
+schema as a strict ``response_format``) or Anthropic messages with ``cache_control`` after every
+block of the first message (the schema as a forced tool's input schema).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 Role = Literal["user", "assistant"]
@@ -22,11 +23,13 @@ class ChatRequest:
     blocks: tuple[str, ...]
     turns: tuple[tuple[Role, str], ...] = ()
     max_tokens: int = 2048
+    # The answer's JSON schema, for the provider's structured output (None: free text).
+    schema: dict[str, Any] | None = None
 
     def then(self, answer: str, instruction: str) -> ChatRequest:
         """This request followed by the model's ``answer`` and a new user ``instruction``."""
         turns = (*self.turns, ("assistant", answer), ("user", instruction))
-        return ChatRequest(self.system, self.blocks, turns, self.max_tokens)
+        return replace(self, turns=turns)
 
     def text(self) -> str:
         """Everything sent, in order (for token estimates)."""

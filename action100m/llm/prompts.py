@@ -1,24 +1,26 @@
-"""Prompt text and rendering, in the paper's structure, ordered for providers' prompt caching.
+"""Prompt rendering, in the paper's structure, ordered for providers' prompt caching.
 
-One request for a node is: the task and its guidelines (system), then the video's metadata and
-global context (the top of its tree), then the node's own block (its subtree and the speech during
-it), then the instruction; a refine round appends only the previous answer and a short
-instruction. All before the node's block is byte-identical for every node of a video, so a
-provider's prefix cache serves it after the first node; everything but the last two turns is
-identical across a node's rounds, so rounds 2 and 3 are cached almost whole.
+The text comes from a prompt module in the release's layout (:mod:`.templates`; ours is
+:mod:`.default_prompt`, a user's is ``aggregate.prompt_file``). One request for a node is: the task
+and its guidelines (system, ``TASK_TEMPLATE``), then ``INPUT_TEMPLATE`` with the video's metadata as
+YAML and the top of its tree (shared by every node of the video), then the node's own tree and the
+speech during it; a refine round appends only the previous answer and ``REFINE_INSTRUCTION``. All
+before the node's tree is byte-identical for every node of a video (unless the task template names
+the node's times), so a provider's prefix cache serves it after the first node; everything but the
+last two turns is identical across a node's rounds, so rounds 2 and 3 are cached almost whole.
 
-What every request pays for (cached tokens still cost: half price at OpenAI) is kept short:
-- a transcript whose lines carry times is shown piecewise, each node with the lines spoken
-  during it, not whole in the shared prefix (speech elsewhere in the video is the part of it
-  that matters least for a segment; title and description stay in the prefix);
+Trees are Markdown: a heading per node with its time range and duration (levels below the third
+as bold lines), its captions below it. What every request pays for is kept short:
+- the transcript goes whole into the metadata where it fits ``METADATA_SHARE`` of the budget; a
+  longer one whose lines carry times is cut by time window, each node with the lines spoken
+  during it;
 - the global context shows ``GLOBAL_DEPTH`` levels, captions below the root cut to about
   ``GLOBAL_CHARS``;
-- a node's subtree shows at most ``SUBTREE_DEPTH`` levels below it and ``SUBTREE_TOKENS`` in all,
+- a node's tree shows at most ``SUBTREE_DEPTH`` levels below it and ``SUBTREE_TOKENS`` in all,
   its own caption whole, its parts' captions cut to about ``PART_CHARS``.
-Trees are rendered as Markdown outlines with time ranges. A subtree is cut by depth, and a caption
-only at a sentence boundary (marked " [...]"), never mid-sentence. A node shows every caption it has:
-a leaf's frame caption and its clip caption (``caption.leaf_segment_caption``, or the release's
-``plm_caption`` after ``import``), and the release's ``plm_action`` when imported.
+A tree is cut by depth, and a caption only at a sentence boundary (marked " [...]"), never
+mid-sentence. A node shows every caption it has: the frame caption of a leaf's middle frame, the
+caption of its clip, and its short action label.
 """
 
 from __future__ import annotations
@@ -28,43 +30,15 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+import yaml
+
+from action100m.llm.templates import PromptTemplates, load_templates
 from action100m.tree import Node, Tree
 
-SYSTEM = """\
-You annotate one segment of a video for an action-understanding dataset. You do not see the \
-video: you see captions that vision-language models wrote for the segment and for the shorter \
-parts it splits into, and what is known about the video. From them, write one JSON object with \
-exactly these five string fields:
-- "brief_action": the main action of the segment as a short verb phrase (for example "slice an \
-onion"), or "N/A" when nobody performs an action.
-- "detailed_action": one or two sentences on how the action is done: steps, tools, objects.
-- "actor": who performs the action, as a short noun phrase, or "N/A".
-- "brief_caption": one sentence that describes the segment.
-- "detailed_caption": a paragraph that describes what is visible over the segment, in temporal \
-order.
-
-Guidelines:
-1. Describe what can be seen in this segment. The title, description and transcript help you \
-name things and understand the intent; they do not prove that something is on screen.
-2. The captions come from different models and may contradict each other. Where they disagree, \
-follow what most of them say and leave out details that only one of them mentions.
-3. Times written inside captions are unreliable; rely on the time ranges in brackets.
-4. Each item covers its whole time range; the items indented below it are its parts in temporal \
-order. A "frame" caption describes a single frame from the middle of a short part.
-5. Write "N/A" for brief_action, detailed_action and actor when the segment shows no action (a \
-title card, scenery, a static object).
-6. Answer with the JSON object only: no Markdown fence, no text before or after it."""
-
-DRAFT = "Write the JSON object for the segment to annotate."
-REFINE = (
-    "Verify that answer against the captions and video information above and the guidelines: "
-    "fix any field that most captions do not support, that is not visible in this segment, or "
-    "that is vaguer than the evidence allows. Answer with the complete JSON object only "
-    "(unchanged if it is right)."
-)
 REPAIR = (
-    "That answer could not be used: {reason}. Answer again with one JSON object only, holding the "
-    "five string fields brief_action, detailed_action, actor, brief_caption and detailed_caption."
+    "That answer could not be used: {reason}. Answer again with one JSON object only, in the "
+    'structure asked for: {{"summary": {{"brief", "detailed"}}, "action": {{"brief", "detailed", '
+    '"actor"}}}}, every value a string.'
 )
 
 # The defaults below are measured with benchmarks/aggregate.py on the reference sample.
@@ -132,6 +106,12 @@ def _caption_of(entry: dict[str, Any] | None, max_chars: int | None = None) -> s
     return " / ".join(parts) or "(no caption)"
 
 
+def heading(node: Node, depth: int) -> str:
+    """A node's heading: its time range and duration, as deep as it is (bold below level 3)."""
+    label = f"{span(node.start, node.end)} ({node.duration:.1f} s)"
+    return f"{'#' * (depth + 2)} {label}" if depth <= 2 else f"**{label}**"
+
+
 def outline_lines(
     tree: Tree,
     top: Node,
@@ -139,13 +119,19 @@ def outline_lines(
     max_depth: int | None,
     part_chars: int | None = None,
 ) -> Iterable[str]:
-    """``top`` and its descendants down to ``max_depth`` levels, depth-first, one line each;
-    the captions below ``top`` cut at a sentence after ``part_chars`` characters."""
+    """``top`` and its descendants down to ``max_depth`` levels, depth-first, one Markdown
+    section each (join them with blank lines); the captions below ``top`` cut at a sentence after
+    ``part_chars`` characters."""
     for node in tree.subtree(top, max_depth):
-        indent = "  " * (node.level - top.level)
         limit = None if node is top else part_chars
         caption = _caption_of(captions.get(node.node_id), limit)
-        yield f"{indent}- {span(node.start, node.end)} {caption}"
+        yield f"{heading(node, node.level - top.level)}\n{caption}"
+
+
+def outline(
+    tree: Tree, top: Node, captions: dict[str, Any], depth: int | None, part_chars: int | None
+) -> str:
+    return "\n\n".join(outline_lines(tree, top, captions, depth, part_chars))
 
 
 def fit_depth(
@@ -222,65 +208,82 @@ def _during(lines: list[tuple[float | None, str]], start: float, end: float) -> 
 def render_metadata(
     tree: Tree, metadata: dict[str, Any], budget: int, transcript: bool = True
 ) -> str:
-    """Title, duration, description and (``transcript``) as much of the transcript (whole lines)
-    as fits ``budget`` tokens."""
-    parts = ["# The video", f"Duration: {tree.duration:.1f} s"]
-    if metadata.get("title"):
-        parts.append(f"Title: {_one_line(str(metadata['title']))}")
-    description = str(metadata.get("description") or "").strip()
-    if description:
-        if len(description) > DESCRIPTION_CHARS:
-            description = description[:DESCRIPTION_CHARS].rsplit("\n", 1)[0] + "\n[...]"
-        parts += ["", "## Description", description]
-    text = "\n".join(parts)
+    """The video's metadata as the body of a YAML block: every field known (title, description
+    cut to ``DESCRIPTION_CHARS``, upload date, duration, counts) and, with ``transcript``, as many
+    whole transcript lines as fit ``budget`` tokens."""
+    fields: dict[str, Any] = {
+        name: metadata[name]
+        for name in ("title", "description", "upload_date", "view_count", "like_count")
+        if metadata.get(name) not in (None, "")
+    }
+    description = str(fields.get("description") or "").strip()
+    if len(description) > DESCRIPTION_CHARS:
+        fields["description"] = description[:DESCRIPTION_CHARS].rsplit("\n", 1)[0] + "\n[...]"
+    fields["duration"] = f"{tree.duration:.1f} s"
+    text = _yaml(fields)
     lines = _transcript_lines(metadata.get("transcript")) if transcript else []
     if lines:
-        text += "\n\n## Transcript (speech; it may not match what is shown)\n"
-        text += _speech(lines, budget - estimate_tokens(text))
+        kept = _speech(lines, budget - estimate_tokens(text)).splitlines()
+        text += "\n" + _yaml({"transcript (speech; it may not match what is shown)": kept})
     return text
 
 
-class PromptBuilder:
-    """Renders the shared prefix once per video and each node's block within the budget.
+def _yaml(value: dict[str, Any]) -> str:
+    return yaml.safe_dump(value, allow_unicode=True, sort_keys=False, width=1000).rstrip("\n")
 
-    The prefix (after the system text) holds the metadata and the global context; a transcript
-    whose lines all carry times is shown piecewise instead, each node with the lines spoken during
-    it, so the prefix every request pays for (cached or not) stays short."""
+
+class PromptBuilder:
+    """Renders the part shared by a video's nodes once, and each node's tree within the budget.
+
+    The shared part holds the metadata and the global context. A transcript too long for its
+    share whose lines all carry times is shown piecewise instead, each node with the lines
+    spoken during it, so the prefix every request pays for (cached or not) stays short."""
 
     def __init__(
-        self, tree: Tree, captions: dict[str, Any], metadata: dict[str, Any], max_tokens: int
+        self,
+        tree: Tree,
+        captions: dict[str, Any],
+        metadata: dict[str, Any],
+        max_tokens: int,
+        templates: PromptTemplates | None = None,
     ) -> None:
-        self.tree = tree
-        self.captions = captions
-        budget = max_tokens - estimate_tokens(SYSTEM) - RESERVE
+        self.tree, self.captions = tree, captions
+        self.templates = templates or load_templates()
+        self.system_text = self.system(tree.root)
+        budget = max_tokens - estimate_tokens(self.system_text) - RESERVE
         lines = _transcript_lines(metadata.get("transcript"))
+        meta_budget = int(budget * METADATA_SHARE)
+        whole = render_metadata(tree, metadata, 10**9)
         timed = bool(lines) and all(stamp is not None for stamp, _ in lines)
-        self.speech = sorted(lines, key=lambda line: line[0] or 0.0) if timed else []
-        meta = render_metadata(tree, metadata, int(budget * METADATA_SHARE), not timed)
-        if timed:
-            meta += (
-                "\n\nThe transcript is given piecewise: with each segment, what is said during it."
+        piecewise = timed and estimate_tokens(whole) > meta_budget
+        self.speech = sorted(lines, key=lambda line: line[0] or 0.0) if piecewise else []
+        meta = render_metadata(tree, metadata, meta_budget, not piecewise)
+        if piecewise:
+            meta += "\n" + _yaml(
+                {"transcript": "given piecewise, with each segment: what is said during it"}
             )
         global_budget = int(budget * GLOBAL_SHARE)
         depth = fit_depth(tree, tree.root, captions, global_budget, GLOBAL_DEPTH, GLOBAL_CHARS)
-        outline = "\n".join(outline_lines(tree, tree.root, captions, depth, GLOBAL_CHARS))
-        self.context = (
-            f"{meta}\n\n# Global context: the top of the video's segment tree\n{outline}\n"
-        )
-        self.node_budget = max(budget - estimate_tokens(self.context), 0)
+        top = outline(tree, tree.root, captions, depth, GLOBAL_CHARS)
+        self.context, self.after = self.templates.user(meta, top)
+        self.node_budget = max(budget - estimate_tokens(self.context + self.after), 0)
+
+    def system(self, node: Node) -> str:
+        """The system text for ``node`` (the same for all unless the template names times)."""
+        root = self.tree.root
+        return self.templates.system(node.start, node.end, root.start, root.end)
 
     def node_block(self, node: Node) -> str:
-        head = f"# Segment to annotate: {span(node.start, node.end)}, {node.duration:.1f} s\n"
+        """The node's tree, the speech during it, and what the input template has after it."""
         speech = ""
         said = [self.speech[i] for i in _during(self.speech, node.start, node.end)]
         if said:
             budget = int(self.node_budget * SPEECH_SHARE)
             speech = (
-                f"Speech during it (it may not match what is shown):\n{_speech(said, budget)}\n"
+                f"\n\nSpeech during it (it may not match what is shown):\n{_speech(said, budget)}"
             )
-        budget = self.node_budget - estimate_tokens(head + speech)
-        budget = min(budget, SUBTREE_TOKENS)
+        budget = min(self.node_budget - estimate_tokens(speech), SUBTREE_TOKENS)
         depth = fit_depth(self.tree, node, self.captions, budget, SUBTREE_DEPTH, PART_CHARS)
-        lines = "\n".join(outline_lines(self.tree, node, self.captions, depth, PART_CHARS))
-        note = "" if depth is None else f"\n(parts more than {depth} levels below are left out)"
-        return f"{head}Its caption, then its parts depth-first:\n{lines}{note}\n{speech}"
+        text = outline(self.tree, node, self.captions, depth, PART_CHARS)
+        note = "" if depth is None else f"\n\n(parts more than {depth} levels below are left out)"
+        return f"{text}{note}{speech}{self.after}"

@@ -19,7 +19,7 @@ from action100m.config import AggregateConfig
 from action100m.errors import PermanentError
 from action100m.llm.clients import ChatClient
 from action100m.llm.messages import ChatRequest, Completion, Usage
-from action100m.llm.prompts import DRAFT, REFINE, REPAIR, SYSTEM, PromptBuilder, estimate_tokens
+from action100m.llm.prompts import REPAIR, PromptBuilder, estimate_tokens
 from action100m.llm.ratelimit import RateLimiter, RequestRejected
 from action100m.llm.schema import Annotation, AnswerError, parse_answer
 from action100m.store import ArtifactStore
@@ -112,9 +112,10 @@ def annotate_node(
 ) -> dict[str, Any]:
     """``{"annotation": five fields | None, "error": str | None, "rounds": [...]}`` for ``node``."""
     base = ChatRequest(
-        SYSTEM,
-        (builder.context, builder.node_block(node), DRAFT),
+        builder.system(node),
+        (builder.context, builder.node_block(node)),
         max_tokens=session.cfg.max_output_tokens,
+        schema=builder.templates.schema() if session.cfg.structured_output else None,
     )
     best: Annotation | None = None
     rounds: list[dict[str, Any]] = []
@@ -123,8 +124,8 @@ def annotate_node(
         if number == 1:
             request = base
         else:
-            previous = json.dumps(best.model_dump() if best else {}, ensure_ascii=False)
-            request = base.then(previous, REFINE)
+            previous = json.dumps(best.nested() if best else {}, ensure_ascii=False)
+            request = base.then(previous, builder.templates.refine)
         kind = "draft" if number == 1 else "refine"
         try:
             annotation, attempts = _answer(session, request, f"{what} round {number}")

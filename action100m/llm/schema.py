@@ -1,6 +1,8 @@
 """The five-field answer, and a tolerant parser for what real models send back.
 
-Models wrap the JSON object in a Markdown fence, put a sentence before or after it, nest it under a
+The answer asked for is the release's nested object (``{"summary": {"brief", "detailed"},
+"action": {"brief", "detailed", "actor"}}``); the flat five-field form is accepted too. Models
+wrap the JSON object in a Markdown fence, reason before it (the last object wins), nest it under a
 key such as ``"annotation"``, or spell a key ``"Brief Action"``. The parser copes with all of these;
 what it cannot turn into the five non-empty strings raises :class:`AnswerError` with a reason short
 enough to send back to the model in a repair request.
@@ -15,6 +17,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 FIELDS = ("brief_action", "detailed_action", "actor", "brief_caption", "detailed_caption")
+# our field -> (group, key) of the release's nested ``gpt`` object
+NESTED = {
+    "brief_action": ("action", "brief"),
+    "detailed_action": ("action", "detailed"),
+    "actor": ("action", "actor"),
+    "brief_caption": ("summary", "brief"),
+    "detailed_caption": ("summary", "detailed"),
+}
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
 _REFUSAL = re.compile(r"\b(I'm sorry|I am sorry|I can(?:'|no)t (?:help|assist|comply))", re.I)
 
@@ -49,6 +59,18 @@ class Annotation(BaseModel):
             raise ValueError(f"is {len(value)} characters long; keep it under {MAX_FIELD_CHARS}")
         return value
 
+    def nested(self) -> dict[str, dict[str, str]]:
+        """The release's ``gpt`` object: ``{"summary": {...}, "action": {...}}``."""
+        return nest(self.model_dump())
+
+
+def nest(fields: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Five flat fields as the release's nested object (a missing field is null)."""
+    out: dict[str, dict[str, Any]] = {"summary": {}, "action": {}}
+    for name, (group, key) in NESTED.items():
+        out[group][key] = fields.get(name)
+    return out
+
 
 def _normalise_key(key: str) -> str:
     return re.sub(r"[\s\-]+", "_", key.strip()).lower()
@@ -72,11 +94,26 @@ def _json_objects(text: str) -> list[Any]:
     return found
 
 
+def _flatten(normalised: dict[str, Any]) -> dict[str, Any]:
+    """The release's nested form as the five flat fields; anything else as it is."""
+    groups = {g: normalised.get(g) for g in ("summary", "action")}
+    if not any(isinstance(group, dict) for group in groups.values()):
+        return normalised
+    flat = dict(normalised)
+    for field, (group, key) in NESTED.items():
+        inner = groups[group]
+        if isinstance(inner, dict):
+            found = {_normalise_key(str(k)): v for k, v in inner.items()}
+            if key in found:
+                flat[field] = found[key]
+    return flat
+
+
 def _pick(value: Any) -> dict[str, Any] | None:
     """The dict that looks most like an annotation: the object itself or one nested in it."""
     if not isinstance(value, dict):
         return None
-    normalised = {_normalise_key(str(k)): v for k, v in value.items()}
+    normalised = _flatten({_normalise_key(str(k)): v for k, v in value.items()})
     if any(field in normalised for field in FIELDS):
         return normalised
     for nested in value.values():
@@ -96,10 +133,10 @@ def parse_answer(text: str | None) -> Annotation:
             raise AnswerError("the answer is a refusal, not a JSON object")
         raise AnswerError("the answer holds no JSON object")
     best: dict[str, Any] | None = None
-    for value in objects:
+    for value in objects:  # the most complete, and of those the last (reasoning comes first)
         picked = _pick(value)
         if picked is not None and (
-            best is None or len(picked.keys() & set(FIELDS)) > len(best.keys() & set(FIELDS))
+            best is None or len(picked.keys() & set(FIELDS)) >= len(best.keys() & set(FIELDS))
         ):
             best = picked
     if best is None:

@@ -1,4 +1,5 @@
-"""Stage 3: the five-field annotation of every node of ``aggregate.min_duration`` or more.
+"""Stage 3: the five-field annotation of the nodes of ``aggregate.min_duration`` or more that
+have parts (as the release: ``aggregate.targets=all`` takes leaves of that length too).
 
 Reads the tree, the captions and the video's metadata; asks the LLM with Self-Refine
 (:mod:`action100m.llm.refine`) for each node in a bounded thread pool under shared rate limits;
@@ -19,19 +20,38 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from typing import Any
 
-from action100m.config import Settings
+from action100m.config import AggregateConfig, Settings
 from action100m.errors import PermanentError, ServiceError, StoreError
 from action100m.llm.clients import CONNECTION, credentials, make_client
 from action100m.llm.prompts import PromptBuilder
 from action100m.llm.ratelimit import RateLimiter, RetryPolicy
 from action100m.llm.refine import Session, annotate_node
+from action100m.llm.templates import PromptTemplates, load_templates
 from action100m.services import KEY_ENV, Services
-from action100m.sources import load_metadata
+from action100m.sources import allowed_locations, check_allowed, load_metadata
 from action100m.stages.base import Runtime, Stage, StageContext, StageOutput
 from action100m.store import ArtifactStore
 from action100m.tree import Node
 
 log = logging.getLogger(__name__)
+
+
+def annotation_targets(nodes: list[Node], cfg: AggregateConfig) -> list[Node]:
+    """The nodes Stage 3 annotates: long enough and, as in the release, not leaves (unless
+    ``targets`` is ``all``)."""
+    return [
+        node
+        for node in nodes
+        if node.lasts(cfg.min_duration) and (cfg.targets == "all" or not node.is_leaf)
+    ]
+
+
+def prompt_templates(cfg: AggregateConfig, store_root: str) -> PromptTemplates:
+    """Ours, or the prompt module ``aggregate.prompt_file`` where runs may read it."""
+    if cfg.prompt_file is None:
+        return load_templates()
+    uri = check_allowed(cfg.prompt_file, allowed_locations(store_root), "aggregate.prompt_file")
+    return load_templates(uri)
 
 
 def llm_unavailable_reason(settings: Settings, services: Services | None = None) -> str | None:
@@ -165,13 +185,15 @@ class AggregateStage(Stage):
         tree = ctx.tree()
         captions = ctx.read_input("caption", "captions.json").get("nodes", {})
         metadata = load_metadata(ctx.store, video_id)
-        builder = PromptBuilder(tree, captions, metadata, cfg.max_prompt_tokens)
-        targets = [node for node in tree.nodes if node.lasts(cfg.min_duration)]
+        templates = prompt_templates(cfg, ctx.store.root)
+        builder = PromptBuilder(tree, captions, metadata, cfg.max_prompt_tokens, templates)
+        targets = annotation_targets(tree.nodes, cfg)
         session = _session(ctx.settings, ctx.store, ctx.runtime.services)
         started = time.monotonic()
         log.info(
-            "video %s: annotating %d of %d nodes (>= %.1f s) with %s %s, %d rounds",
-            video_id, len(targets), len(tree), cfg.min_duration, cfg.provider, cfg.model,
+            "video %s: annotating %d of %d nodes (%s, >= %.1f s) with %s %s, %d rounds",
+            video_id, len(targets), len(tree), "all" if cfg.targets == "all" else "not leaves",
+            cfg.min_duration, cfg.provider, cfg.model,
             cfg.rounds,
         )  # fmt: skip
         results, transient = _annotate_all(session, builder, targets, video_id)

@@ -98,6 +98,7 @@ def page_data(
     nodes = document["nodes"]
     thumbs = thumbs or {}
     pipeline = document.get("pipeline") or {}
+    aggregate = (pipeline.get("config") or {}).get("aggregate") or {}
     data: dict[str, Any] = {
         "video": {
             "uid": _text(document.get("video_uid")),
@@ -111,9 +112,8 @@ def page_data(
             "models": pipeline.get("models") or {},
             # Why nodes have no annotation, in the words the status record used.
             "skipped": pipeline.get("skipped") or {},
-            "annotate_from": ((pipeline.get("config") or {}).get("aggregate") or {}).get(
-                "min_duration"
-            ),
+            "annotate_from": aggregate.get("min_duration"),
+            "annotate_leaves": aggregate.get("targets") == "all",
         },
         "fields": list(ANNOTATION_FIELDS),
         "nodes": pack_nodes(nodes),

@@ -143,6 +143,8 @@
     const p = D.pipeline || {}, from = p.annotate_from, skipped = (p.skipped || {}).aggregate;
     if (typeof from === "number" && N.end[i] - N.start[i] < from - 1e-3)
       return `No annotation: shorter than ${from} s, the annotation threshold.`;
+    if (!children[i].length && !p.annotate_leaves)
+      return "No annotation: leaves are not annotated, as in the release (aggregate.targets=all annotates them).";
     if (skipped) return `No annotation: published without annotations (${skipped}).`;
     if (N.error[i]) return "No annotation: no valid answer for this node (see the error below).";
     return "No annotation.";
