@@ -74,7 +74,11 @@ class CaptionConfig(_Section):
     frames: int = Field(32, ge=1, description="frames per segment caption")
     size: int = Field(320, ge=16, description="frame side in pixels")
     max_new_tokens: int = Field(1024, ge=1)
-    leaf_segment_caption: bool = False
+    # The release's fields: a leaf's middle frame (llama3_caption) and its clip (plm_caption),
+    # and a short action label for every node (plm_action), asked over the same frames.
+    leaf_segment_caption: bool = True
+    action: bool = True
+    action_max_new_tokens: int = Field(32, ge=1)
     timeout: float = Field(300.0, gt=0)
     max_retries: int = Field(3, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"

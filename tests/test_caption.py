@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from caption_helpers import VIDEO_ID, prepared, read_captions, scene_tree
+from caption_helpers import ONE_PER_NODE, VIDEO_ID, prepared, read_captions, scene_tree
 
-from action100m.config import load_settings
+from action100m.config import CaptionConfig, load_settings
 from action100m.errors import VideoError
 from action100m.models.captioner import CaptionJob, make_captioner
 from action100m.models.qwen3vl import TransformersCaptioner
@@ -53,7 +53,8 @@ def spy_on(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Spy:
 
 
 def test_plan_gives_leaves_one_middle_frame_and_segments_evenly_spaced_frames() -> None:
-    config = load_settings(profile="tiny", environ={}).caption
+    release = load_settings(profile="tiny", environ={}).caption
+    config = release.model_copy(update=ONE_PER_NODE)
     tree = scene_tree("unused.mp4")
     plans = {(p.node_id, p.field): p for p in plan_requests(tree, config)}
     assert len(plans) == len(tree)
@@ -71,6 +72,14 @@ def test_plan_gives_leaves_one_middle_frame_and_segments_evenly_spaced_frames() 
     assert segment_times(tree.root, 4) == [1.5, 4.5, 7.5, 10.5]
     both = plan_requests(tree, config.model_copy(update={"leaf_segment_caption": True}))
     assert len(both) == len(tree) + len(tree.leaves())
+    # the release's fields, the default: and every node's action label over its clip's frames
+    every = plan_requests(tree, release)
+    assert len(every) == 2 * len(tree) + len(tree.leaves())
+    for plan in every:
+        if plan.field == "action":
+            clip = segment_times(tree[plan.node_id], release.frames)
+            assert plan.times == tuple(clip) and plan.max_new_tokens == 16  # <= max_new_tokens
+    assert release.action_max_new_tokens < CaptionConfig().max_new_tokens
 
 
 def test_32_frames_of_320_reach_the_model_as_32_images_of_320(tiny_settings: Any) -> None:

@@ -288,12 +288,21 @@ def test_the_default_settings_send_32_frames_of_320_per_segment_and_one_per_leaf
         tree = scene_tree(str(scene_video[0]))
         write_tree(settings, store, tree)
         run_caption(settings, store, VIDEO_ID)
+    # The release's fields: a leaf's middle frame, every node's clip and its action label.
     sizes = sorted((len(r.image_sizes), set(r.image_sizes)) for r in server.requests)
-    leaves, segments = len(tree.leaves()), len(tree) - len(tree.leaves())
-    assert sizes == [(1, {(320, 320)})] * leaves + [(32, {(320, 320)})] * segments
+    leaves = len(tree.leaves())
+    assert sizes == [(1, {(320, 320)})] * leaves + [(32, {(320, 320)})] * (2 * len(tree))
+    actions = [r for r in server.requests if "short verb phrase" in r.prompt]
+    assert len(actions) == len(tree)
     for request in server.requests:
         assert ("32 frames" in request.prompt) == (len(request.image_sizes) == 32)
-        assert request.max_tokens == defaults.max_new_tokens
+        wanted = defaults.action_max_new_tokens if request in actions else defaults.max_new_tokens
+        assert request.max_tokens == wanted
+    nodes = read_captions(settings, store)["nodes"]
+    for node in tree.nodes:
+        entry = nodes[node.node_id]
+        assert entry["action"] == "a caption" and entry["caption"] == "a caption"
+        assert (entry.get("segment_caption") == "a caption") == node.is_leaf
 
 
 def test_caption_concurrency_is_reached_and_never_exceeded(

@@ -150,3 +150,48 @@ def test_videos_with_different_metadata_share_one_schema(store, tiny_settings, t
     assert rows["bare"]["metadata"]["title"] is None
     assert rows["bare"]["metadata"]["duration"] == 690  # the tree's, whole seconds
     assert rows["odd"]["metadata"]["transcript"] == [{"time": None, "text": "untimed line"}]
+
+
+def test_a_video_we_annotate_exports_every_release_field(
+    store, scene_video, tmp_path, monkeypatch, release_parquet
+) -> None:
+    """Our own pipeline, end to end (tiny encoder; captions and Stage 3 through the real clients
+    against scripted servers): every release field filled as the release fills it."""
+    from llm_server import LLMServer
+    from vlm_server import Reply, scripted_server
+
+    from action100m.config import load_settings
+    from action100m.pipeline import run_video
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+
+    def answer(request, attempt):
+        return Reply("Sand a board." if "verb phrase" in request.prompt else "A clip of a bench.")
+
+    with scripted_server(answer) as vlm, LLMServer() as llm:
+        overrides = {
+            "caption": {"backend": "vllm-server", "model": "test/vlm", "base_url": vlm.url},
+            "aggregate": {"base_url": llm.base_url, "model": "m", "rounds": 1},
+        }
+        settings = load_settings(profile="tiny", store=store.root, environ={}, overrides=overrides)
+        run_video(settings, store, str(scene_video[0]), video_id="ours")
+    out = export(settings, store, "action100m", str(tmp_path / "ours.parquet"))
+    ours = pq.read_table(out.removeprefix("file://"))
+    assert ours.schema == SCHEMA
+    pa.concat_tables([pq.read_table(release_parquet), ours])  # the same schema: one table
+    nodes = ours.to_pylist()[0]["nodes"]
+    assert [(n["level"], n["start"]) for n in nodes] == sorted(
+        (n["level"], n["start"]) for n in nodes
+    )
+    parents = {n["parent_id"] for n in nodes}
+    for node in nodes:
+        leaf = node["node_id"] not in parents
+        assert node["plm_caption"] == "A clip of a bench." and node["plm_action"] == "Sand a board"
+        assert (node["llama3_caption"] == "A clip of a bench.") == leaf
+        long = node["end"] - node["start"] >= 4.0 - 1e-6
+        assert (node["gpt"] is not None) == (long and not leaf), node
+        assert round(node["start"], 2) == pytest.approx(node["start"], abs=1e-5)
+    assert any(n["gpt"] for n in nodes)
+    assert all(
+        isinstance(v, str) for n in nodes if n["gpt"] for g in n["gpt"].values() for v in g.values()
+    )

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from caption_helpers import VIDEO_ID, read_captions, scene_tree, write_tree
+from caption_helpers import ONE_PER_NODE, VIDEO_ID, read_captions, scene_tree, write_tree
 
 from action100m import models
 from action100m.config import load_settings
@@ -117,9 +117,8 @@ def vllm(monkeypatch: pytest.MonkeyPatch) -> StandInVLLM:
 
 def vllm_settings(store: ArtifactStore, video: Path) -> Any:
     """The paper's caption settings (32 frames of 320 x 320) on the ``vllm`` backend."""
-    settings = load_settings(
-        store=store.root, environ={}, overrides={"caption": {"backend": "vllm"}}
-    )
+    overrides = {"caption": {"backend": "vllm", **ONE_PER_NODE}}
+    settings = load_settings(store=store.root, environ={}, overrides=overrides)
     write_tree(settings, store, scene_tree(str(video)))
     return settings
 

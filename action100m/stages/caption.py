@@ -31,6 +31,15 @@ from action100m.stages.caption_requests import (
 
 log = logging.getLogger(__name__)
 ARTIFACT = "captions.json"
+ERROR_KEY = {"segment_caption": "segment_error", "action": "action_error"}
+
+
+def action_label(text: str | None) -> str | None:
+    """A verb phrase as the release's ``plm_action``: one line, no quotes, no final period."""
+    if not text:
+        return text
+    line = text.strip().splitlines()[0].strip().strip("\"'`*").strip()
+    return line[:-1] if line.endswith(".") else line
 
 
 class Progress:
@@ -205,10 +214,11 @@ def _captions_document(
         if plan.field == "caption":
             entry.update(caption=result["caption"], kind=plan.kind, error=result.get("error"))
             entry["frames"] = len(plan.times)
-        else:
-            entry["segment_caption"] = result["caption"]
+        else:  # "segment_caption" or "action": beside the caption, errors apart
+            text = result["caption"]
+            entry[plan.field] = action_label(text) if plan.field == "action" else text
             if result.get("error"):
-                entry["segment_error"] = result["error"]
+                entry[ERROR_KEY[plan.field]] = result["error"]
     ordered = {node.node_id: entries[node.node_id] for node in nodes if node.node_id in entries}
     failed = sum(1 for e in ordered.values() if e.get("error"))
     summary = {

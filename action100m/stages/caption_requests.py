@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 IMAGE_PROMPT = (
     "Describe this image in detail: the people, the objects, the setting, and what is happening."
 )
+ACTION_PROMPT = (
+    "These {count} frames are sampled evenly, in order, from a {seconds:.1f}-second video clip. "
+    "Name the main action in the clip as a short verb phrase (for example: slice an onion). "
+    "Answer with the phrase only."
+)
 SEGMENT_PROMPT = (
     "These {count} frames are sampled evenly, in order, from a {seconds:.1f}-second video clip. "
     "Describe the clip in detail: the people, the objects, the setting, and the actions as they "
@@ -41,11 +46,12 @@ SEGMENT_PROMPT = (
 @dataclass(frozen=True)
 class NodeRequest:
     node_id: str
-    field: str  # "caption" or "segment_caption" (the extra video caption of a leaf)
+    field: str  # "caption", "segment_caption" (a leaf's clip) or "action" (the span's label)
     kind: str  # "frame" or "segment"
     prompt: str
     times: tuple[float, ...]
     key: str
+    max_new_tokens: int
 
 
 def segment_times(node: Node, count: int) -> list[float]:
@@ -55,32 +61,41 @@ def segment_times(node: Node, count: int) -> list[float]:
     return [round(node.start + (i + 0.5) * step, 3) for i in range(count)]
 
 
-def request_key(config: CaptionConfig, prompt: str, times: list[float]) -> str:
+def request_key(config: CaptionConfig, prompt: str, times: list[float], tokens: int) -> str:
     identity = {
         "model": config.model,
         "prompt": prompt,
         "times": times,
         "size": config.size,
-        "max_new_tokens": config.max_new_tokens,
+        "max_new_tokens": tokens,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def plan_requests(tree: Tree, config: CaptionConfig) -> list[NodeRequest]:
     """Leaves: the middle frame with the image prompt. Other nodes (and leaves too, when
-    ``leaf_segment_caption`` is on): ``config.frames`` frames with the video prompt."""
+    ``leaf_segment_caption`` is on): ``config.frames`` frames with the video prompt. Every node,
+    with ``action`` on: the same frames with the action prompt (a server's prefix cache serves
+    the images a second time)."""
     plans = []
     for node in tree.nodes:
         wanted = []
         if node.is_leaf:
             wanted.append(("caption", "frame", IMAGE_PROMPT, [round(node.middle, 3)]))
+        times = segment_times(node, config.frames)
+        words = {"count": config.frames, "seconds": node.duration}
         if not node.is_leaf or config.leaf_segment_caption:
-            prompt = SEGMENT_PROMPT.format(count=config.frames, seconds=node.duration)
             field = "caption" if not node.is_leaf else "segment_caption"
-            wanted.append((field, "segment", prompt, segment_times(node, config.frames)))
-        for field, kind, prompt, times in wanted:
-            key = request_key(config, prompt, times)
-            plans.append(NodeRequest(node.node_id, field, kind, prompt, tuple(times), key))
+            wanted.append((field, "segment", SEGMENT_PROMPT.format(**words), times))
+        if config.action:
+            wanted.append(("action", "segment", ACTION_PROMPT.format(**words), times))
+        for field, kind, prompt, moments in wanted:
+            tokens = config.action_max_new_tokens if field == "action" else config.max_new_tokens
+            tokens = min(tokens, config.max_new_tokens)
+            key = request_key(config, prompt, moments, tokens)
+            plans.append(
+                NodeRequest(node.node_id, field, kind, prompt, tuple(moments), key, tokens)
+            )
     return plans
 
 
@@ -115,7 +130,7 @@ def assemble_jobs(
             if missing[index] == 0:
                 ready = [f for f in frames.pop(index) if f is not None]
                 plan = plans[index]
-                yield CaptionJob(plan.key, plan.prompt, ready, config.max_new_tokens)
+                yield CaptionJob(plan.key, plan.prompt, ready, plan.max_new_tokens)
 
 
 class RequestCache:
