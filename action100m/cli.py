@@ -69,6 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["action100m", "flat"], default="action100m")
     export.add_argument("--out", required=True)
     export.add_argument("videos", nargs="*", help="video IDs (default: every document)")
+    evaluate = commands.add_parser(
+        "eval",
+        help="compare two sets of trees (a store, or a release-format file) on shared videos",
+    )
+    evaluate.add_argument("reference", help="a store, or a .parquet/.json/.jsonl release file")
+    evaluate.add_argument("candidate", help="the same, to score against the reference")
+    evaluate.add_argument("--json", action="store_true", help="the scores as JSON")
     return parser
 
 
@@ -164,6 +171,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         for video_id in imported:
             print(video_id)
+    elif command == "eval":
+        from action100m.evaluate import compare, format_scores, load_trees
+
+        scores = compare(load_trees(args.reference), load_trees(args.candidate))
+        print(json.dumps(scores, indent=2) if args.json else format_scores(scores))
     elif command == "export":
         from action100m.interop import export
 

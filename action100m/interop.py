@@ -258,7 +258,7 @@ def flat_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _documents(store: ArtifactStore, video_ids: list[str] | None) -> list[dict[str, Any]]:
+def store_documents(store: ArtifactStore, video_ids: list[str] | None) -> list[dict[str, Any]]:
     """The named videos' documents (each must exist), or every document in the store."""
     chosen = video_ids
     if chosen is None:
@@ -286,7 +286,7 @@ def export(
     release's exact schema, with our extras beside it in ``{out}.pipeline.jsonl``."""
     if fmt not in ("action100m", "flat"):
         raise PermanentError(f"unknown export format {fmt!r}; choose action100m or flat")
-    documents = _documents(store, video_ids)
+    documents = store_documents(store, video_ids)
     if fmt == "flat":
         rows = [row for document in documents for row in flat_rows(document)]
         return write_records(rows, out, schema=None)
