@@ -42,6 +42,25 @@ PY
 echo "== action100m show $VIDEO_ID"
 action100m --store "$ACTION100M_STORE" show "$VIDEO_ID"
 
+EXPORT="$ACTION100M_STORE/exports/demo.parquet"
+echo "== action100m export (the release's format): $EXPORT"
+action100m --store "$ACTION100M_STORE" export --out "$EXPORT" "$VIDEO_ID" >/dev/null
+python - "$EXPORT" <<'PY'
+import sys
+
+import pyarrow.parquet as pq
+
+record = pq.read_table(sys.argv[1].removeprefix("file://")).to_pylist()[0]
+parents = {node["parent_id"] for node in record["nodes"]}
+root = record["nodes"][0]
+leaf = next(node for node in record["nodes"] if node["node_id"] not in parents)
+for name, node in (("root", root), ("a leaf", leaf)):
+    print(f"{name} [{node['start']:.2f}-{node['end']:.2f}] level {node['level']}")
+    for field in ("plm_caption", "plm_action", "llama3_caption"):
+        print(f"  {field:<15} {str(node[field])[:70]!r}")
+    print(f"  {'gpt':<15} {node['gpt']}")
+PY
+
 echo "== artifacts"
 echo "per-video document: $ACTION100M_STORE/videos/$VIDEO_ID/annotations.json"
 echo "stage folders:      $ACTION100M_STORE/videos/$VIDEO_ID/{embed,segment,caption,aggregate}/"

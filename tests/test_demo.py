@@ -49,6 +49,8 @@ def test_make_demo_runs_the_dag_offline_and_prints_the_tree(
     assert "run report: 1 done, 0 skipped, 0 failed" in out
     assert "done (aggregate skipped)" in out and "no LLM configured for aggregation" in out
     assert "demo_cooking  (12.0 s, " in out  # the result tree
+    assert "== action100m export (the release's format)" in out  # and its release fields
+    assert "  plm_action      " in out and "  llama3_caption  " in out
     store = ArtifactStore(f"file://{folder}/artifacts")
     document = store.read_json(store.document_uri("demo_cooking"))
     assert f"per-video document: {store.document_uri('demo_cooking')}" in out
