@@ -35,7 +35,7 @@ class _Section(BaseModel):
 class EmbedConfig(_Section):
     # dtype and decoder change results only in rounding, not in what is computed.
     runtime_fields: ClassVar[frozenset[str]] = frozenset(
-        {"batch_size", "device", "dtype", "decoder"}
+        {"batch_size", "device", "dtype", "decoder", "prefetch"}
     )
     model: str = "facebook/vjepa2-vitg-fpc64-384"
     frame_step: int = Field(4, ge=1, description="keep 1 of every N decoded frames")
@@ -46,6 +46,9 @@ class EmbedConfig(_Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     decoder: Literal["pyav", "decord"] = Field(
         "pyav", description="tried first; the other one takes over where it fails"
+    )
+    prefetch: int = Field(
+        128, ge=0, description="sampled frames decoded ahead in a thread (0: in series)"
     )
 
     @model_validator(mode="after")
