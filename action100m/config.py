@@ -35,7 +35,7 @@ class _Section(BaseModel):
 class EmbedConfig(_Section):
     # dtype and decoder change results only in rounding, not in what is computed.
     runtime_fields: ClassVar[frozenset[str]] = frozenset(
-        {"batch_size", "device", "dtype", "decoder", "prefetch"}
+        {"batch_size", "device", "dtype", "decoder", "prefetch", "attn_implementation", "compile"}
     )
     model: str = "facebook/vjepa2-vitg-fpc64-384"
     frame_step: int = Field(4, ge=1, description="keep 1 of every N decoded frames")
@@ -50,6 +50,10 @@ class EmbedConfig(_Section):
     prefetch: int = Field(
         128, ge=0, description="sampled frames decoded ahead in a thread (0: in series)"
     )
+    # Rounding only, like dtype: transformers' default (auto: sdpa, which picks flash or cuDNN
+    # kernels on a GPU by itself), its own loop (eager), or the flash-attn package's kernel.
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    compile: bool = Field(False, description="torch.compile the encoder on its first windows")
 
     @model_validator(mode="after")
     def _windows_cover_every_frame(self) -> EmbedConfig:

@@ -142,3 +142,36 @@ def test_only_the_frames_of_windows_in_flight_are_kept(
     assert buffers == [1, 1]  # every batch read from one buffer, allocated once
     assert peak[0] <= prefetch + 3, peak[0]
     assert alive[0] == 0
+
+
+def test_attention_kernels_and_compile_give_the_same_vectors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The tiny V-JEPA 2 on the CPU: transformers' own attention loop, SDPA and the compiled
+    encoder agree with the default load (rounding aside), and say which kernel they run. The
+    compiled one is traced by TorchDynamo but run eagerly: inductor's C++ build takes a
+    minute on this CPU (it agreed too when run once; on a GPU ``benchmarks/encoder_gpu.py``)."""
+    import torch
+
+    compile_module = torch.nn.Module.compile
+    monkeypatch.setattr(
+        torch.nn.Module, "compile", lambda self: compile_module(self, backend="eager")
+    )
+    model = "tiny-random/vjepa2"
+    windows = np.random.default_rng(3).integers(0, 255, (2, 16, 64, 64, 3), dtype=np.uint8)
+    default = VJEPA2Encoder(model, "cpu")
+    expected = default.encode(windows)
+    assert default.model.config._attn_implementation == "sdpa"
+    for attn, compiled in (("eager", False), ("sdpa", False), ("auto", True)):
+        encoder = VJEPA2Encoder(model, "cpu", attn_implementation=attn, compile=compiled)
+        assert encoder.model.config._attn_implementation == (attn if attn != "auto" else "sdpa")
+        assert (encoder.model.encoder._compiled_call_impl is not None) == compiled
+        np.testing.assert_allclose(encoder.encode(windows), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_an_attention_kernel_not_installed_is_one_settings_line() -> None:
+    with pytest.raises(ConfigError) as caught:
+        VJEPA2Encoder("tiny-random/vjepa2", "cpu", attn_implementation="flash_attention_2")
+    message = str(caught.value)
+    assert message.startswith("embed.attn_implementation=flash_attention_2 is not available")
+    assert "\n" not in message

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from action100m.errors import ConfigError
 from action100m.models import load_once, pick_device, quiet_transformers, resolve_model
 
 if TYPE_CHECKING:
@@ -51,7 +52,14 @@ def build_tiny_vjepa2(path: Path) -> None:
 class VJEPA2Encoder:
     """Loads once; ``encode`` turns windows of frames into one vector per frame."""
 
-    def __init__(self, model: str, device: str = "auto", dtype: str = "auto") -> None:
+    def __init__(
+        self,
+        model: str,
+        device: str = "auto",
+        dtype: str = "auto",
+        attn_implementation: str = "auto",
+        compile: bool = False,
+    ) -> None:
         import torch
         from transformers import AutoModel
 
@@ -61,7 +69,21 @@ class VJEPA2Encoder:
             dtype = "bfloat16" if self.device == "cuda" else "float32"
         self.dtype = getattr(torch, dtype)
         path = resolve_model(model, {"vjepa2": build_tiny_vjepa2})
-        self.model = AutoModel.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
+        kernel = (
+            {} if attn_implementation == "auto" else {"attn_implementation": attn_implementation}
+        )
+        if attn_implementation == "flash_attention_2":
+            from transformers.utils import is_flash_attn_2_available
+
+            if not is_flash_attn_2_available():
+                raise ConfigError(
+                    "embed.attn_implementation=flash_attention_2 is not available here (it needs "
+                    "the flash-attn package and a CUDA GPU); use auto or sdpa"
+                )
+        loaded = AutoModel.from_pretrained(path, dtype=self.dtype, **kernel)
+        self.model = loaded.to(self.device).eval()
+        if compile:  # compiled on the first windows, reused for the rest of the process
+            self.model.encoder.compile()
         # Only the encoder runs (skip_predictor); free the predictor's memory.
         self.model.predictor = torch.nn.Identity()
         config = self.model.config
@@ -74,7 +96,14 @@ class VJEPA2Encoder:
         self.std = torch.tensor(IMAGENET_STD, device=self.device)
         self._staging: torch.Tensor | None = None  # pinned upload buffer (CUDA)
         self._uploaded: torch.cuda.Event | None = None  # its last copy to the device
-        log.info("V-JEPA 2 %s loaded on %s (%s)", model, self.device, dtype)
+        log.info(
+            "V-JEPA 2 %s loaded on %s (%s, attention %s%s)",
+            model,
+            self.device,
+            dtype,
+            self.model.config._attn_implementation,
+            ", compiled" if compile else "",
+        )
 
     def centre_crop(self, frame: np.ndarray) -> np.ndarray:
         """The ``crop`` x ``crop`` centre of one (H, W, 3) frame whose shortest side is
@@ -170,7 +199,10 @@ class Features:
 
 def load_encoder(cfg: EmbedConfig) -> VJEPA2Encoder:
     """The encoder ``cfg`` names, loaded once per process."""
-    identity = (cfg.model, cfg.device, cfg.dtype)
+    identity = (cfg.model, cfg.device, cfg.dtype, cfg.attn_implementation, cfg.compile)
     return load_once(
-        "vjepa2", identity, lambda: VJEPA2Encoder(cfg.model, cfg.device, cfg.dtype), cfg.model
+        "vjepa2",
+        identity,
+        lambda: VJEPA2Encoder(*identity[:-1], compile=cfg.compile),
+        cfg.model,
     )
