@@ -2,7 +2,8 @@
 
 The processor resizes the shortest side to ``crop * 256 / 224``, centre-crops ``crop`` and applies
 ImageNet normalisation; torchvision (which its video processor needs) does not load beside the CPU
-torch, so the same steps are done here. Frames arrive already resized by the decoder.
+torch, so the same steps are done here. Frames arrive resized by the decoder and centre-cropped by
+the stage (``centre_crop``): only the crop travels to the device.
 """
 
 from __future__ import annotations

@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 if TYPE_CHECKING:
     from action100m.stages.base import Stage
 
-# gpu: a model on this host's GPU; gpu_service: requests to a GPU server (runs on any host, its
-# own pool sized to the server's capacity); llm: requests to the LLM API (its rate limits); cpu:
-# this host only.
+# gpu: a model on this host's GPU; gpu_service: requests to a GPU server (counts against the GPU
+# budget, runs on any host); llm: requests to the LLM API (its rate limits); cpu: this host only.
 Resource = Literal["cpu", "gpu", "gpu_service", "llm"]
 
 

@@ -18,7 +18,6 @@ VIDEO_GROUP = "video"
 STAGES = STAGE_NAMES  # the library's list, in order: one task per stage in each video's group
 GPU_POOL = "gpu"
 LLM_POOL = "llm"
-VLM_POOL = "vlm"  # caption tasks: requests to the vLLM server, not a slot of a GPU worker
 # Slots of the `llm` pool where the deployment sets them (compose's .env, scripts/airflow_env.sh);
 # aggregate tasks split the account's rate limits by it.
 LLM_POOL_SLOTS_ENV = "LLM_POOL_SLOTS"
@@ -26,10 +25,12 @@ GPU_QUEUE = "gpu"
 STORE_CONN_ID = "action100m_store"
 LLM_CONN_IDS = {"openai": "openai_default", "anthropic": "anthropic_default"}
 VLLM_CONN_ID = "vllm_default"
+# Caption tasks only send requests to the vLLM server: a slot of its own pool (VLM_POOL_SLOTS,
+# sized to the server's capacity), not one of the GPU workers' gpu pool.
+VLM_POOL = "vlm"
 
 # Where each kind of stage runs: a model on the GPU needs a GPU host (queue) and a GPU slot
-# (pool); a GPU server's client a slot of that server's pool (vlm: VLM_POOL_SLOTS, sized to the
-# server's capacity); the LLM's client a slot of the llm pool.
+# (pool); a GPU server's client needs only the slot; the LLM's client a slot of the llm pool.
 RESOURCE_OPTIONS: dict[str, dict[str, Any]] = {
     "gpu": {"pool": GPU_POOL, "queue": GPU_QUEUE},
     "gpu_service": {"pool": VLM_POOL},
