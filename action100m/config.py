@@ -35,7 +35,7 @@ class _Section(BaseModel):
 class EmbedConfig(_Section):
     # dtype and decoder change results only in rounding, not in what is computed.
     runtime_fields: ClassVar[frozenset[str]] = frozenset(
-        {"batch_size", "device", "dtype", "decoder"}
+        {"batch_size", "device", "dtype", "decoder", "prefetch", "attn_implementation", "compile"}
     )
     model: str = "facebook/vjepa2-vitg-fpc64-384"
     frame_step: int = Field(4, ge=1, description="keep 1 of every N decoded frames")
@@ -47,6 +47,13 @@ class EmbedConfig(_Section):
     decoder: Literal["pyav", "decord"] = Field(
         "pyav", description="tried first; the other one takes over where it fails"
     )
+    prefetch: int = Field(
+        128, ge=0, description="sampled frames decoded ahead in a thread (0: in series)"
+    )
+    # Rounding only, like dtype: transformers' default (auto: sdpa, which picks flash or cuDNN
+    # kernels on a GPU by itself), its own loop (eager), or the flash-attn package's kernel.
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    compile: bool = Field(False, description="torch.compile the encoder on its first windows")
 
     @model_validator(mode="after")
     def _windows_cover_every_frame(self) -> EmbedConfig:
@@ -70,7 +77,12 @@ class CaptionConfig(_Section):
     model: str = "cpatonn/Qwen3-VL-4B-Instruct-AWQ-4bit"
     base_url: str = "http://localhost:8000/v1"
     api_key_env: str = "VLLM_API_KEY"
-    concurrency: int = Field(16, ge=1)
+    # Requests in flight per caption task. vLLM batches the requests it holds: the 4B model's KV
+    # cache (147 kB a token) fits about 60 segment requests of ~3.5k tokens in 0.5 of an 80 GB
+    # GPU, so 16 from a lone task left most of each batch empty; 64 fill it, and with the vlm
+    # pool's 4 tasks the surplus waits in vLLM's queue, ready as a slot frees. ~10 MB of frames
+    # each on the worker.
+    concurrency: int = Field(64, ge=1)
     frames: int = Field(32, ge=1, description="frames per segment caption")
     size: int = Field(320, ge=16, description="frame side in pixels")
     max_new_tokens: int = Field(1024, ge=1)

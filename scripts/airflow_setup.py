@@ -1,6 +1,6 @@
 """Prepare an Airflow home for action100m: metadata database, pools, connections. Idempotent.
 
-    python scripts/airflow_setup.py [--pool gpu=1 --pool llm=4] [--skip-migrate]
+    python scripts/airflow_setup.py [--pool gpu=1 --pool vlm=4 --pool llm=4] [--skip-migrate]
 
 Run it with the environment of ``scripts/airflow_env.sh`` (or any ``AIRFLOW_HOME`` /
 ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN``). Connections are created or updated from the usual
@@ -26,9 +26,11 @@ from typing import Any
 DEFAULT_POOLS = {  # compose and scripts/airflow_env.sh set the variables
     "gpu": int(os.environ.get("GPU_POOL_SLOTS") or 1),
     "llm": int(os.environ.get("LLM_POOL_SLOTS") or 4),
+    "vlm": int(os.environ.get("VLM_POOL_SLOTS") or 4),
 }
 POOL_DESCRIPTIONS = {
-    "gpu": "action100m embed and caption: one slot per GPU",
+    "gpu": "action100m embed: one slot per GPU worker",
+    "vlm": "action100m caption: tasks at once per vLLM server (x caption.concurrency requests)",
     "llm": "action100m aggregate: concurrent LLM tasks (each keeps 1/slots of the rate limits)",
 }
 

@@ -51,7 +51,7 @@ def test_bad_settings_are_one_clear_error(overrides: list[str]) -> None:
 
 def test_stage_keys_chain_and_ignore_runtime_settings() -> None:
     base = load_settings(environ={})
-    faster = load_settings(overrides=["embed.batch_size=32", "caption.concurrency=64"], environ={})
+    faster = load_settings(overrides=["embed.batch_size=32", "caption.concurrency=128"], environ={})
     assert all(stage_key(base, s) == stage_key(faster, s) for s in ("embed", "caption"))
     other_captioner = load_settings(overrides=["caption.model=x/y"], environ={})
     assert stage_key(other_captioner, "segment") == stage_key(base, "segment")

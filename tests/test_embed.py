@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +12,8 @@ from action100m.config import load_settings
 from action100m.errors import ConfigError
 from action100m.models.vjepa2 import VJEPA2Encoder
 from action100m.pipeline import run_embed
-from action100m.stages.embed import embed_frames, window_starts
+from action100m.stages.embed import embed_frames, per_window, window_starts
+from action100m.stages.embed_stream import windows_of
 from action100m.store import ArtifactStore
 
 
@@ -38,7 +39,7 @@ def test_overlapping_windows_average_per_frame(total: int, batch_size: int) -> N
         return np.stack([index, np.broadcast_to(start, index.shape)], axis=-1)
 
     frames = (np.full((2, 2, 3), i, np.uint8) for i in range(total))
-    out = embed_frames(frames, encode, window=64, stride=8, batch_size=batch_size)
+    out = embed_frames(frames, per_window(encode), window=64, stride=8, batch_size=batch_size)
     assert out.shape == (total, 2)
     assert np.allclose(out[:, 0], np.arange(total))
     starts = window_starts(total, 64, 8)
@@ -95,22 +96,24 @@ def test_a_window_the_encoder_cannot_split_into_tubelets_is_refused(
 
 
 @pytest.mark.parametrize(("window", "stride", "batch_size"), [(64, 8, 4), (16, 4, 1), (8, 8, 3)])
+@pytest.mark.parametrize("prefetch", [0, 16])
 def test_only_the_frames_of_windows_in_flight_are_kept(
-    window: int, stride: int, batch_size: int
+    window: int, stride: int, batch_size: int, prefetch: int
 ) -> None:
-    """A long video streams through with a bounded number of frames alive at once: each frame
-    the generator yields is counted until it is freed, and the peak is set by the window, the
-    stride and the batch, not by the 2,000 frames of the video."""
+    """A long video streams through in bounded memory: each frame the generator yields is freed
+    once copied into the frame buffer (at most the prefetch queue's worth are alive), and the
+    buffer the encoder reads from is the same size for 2,000 frames as for 200."""
     import weakref
 
     alive = [0]
     peak = [0]
+    spans: list[int] = []
 
     def freed() -> None:
         alive[0] -= 1
 
-    def frames() -> Iterator[np.ndarray]:
-        for i in range(2000):
+    def frames(count: int) -> Iterator[np.ndarray]:
+        for i in range(count):
             frame = np.full((2, 2, 3), i % 256, np.uint8)
             alive[0] += 1
             peak[0] = max(peak[0], alive[0])
@@ -118,13 +121,57 @@ def test_only_the_frames_of_windows_in_flight_are_kept(
             yield frame
             del frame
 
-    def encode(windows: np.ndarray) -> np.ndarray:
-        peak[0] = max(peak[0], alive[0])
-        return windows[:, :, 0, 0, :1].astype(np.float32)
+    def submit(span: np.ndarray, offsets: Sequence[int], length: int) -> np.ndarray:
+        spans.append(id(span.base))
+        return windows_of(span, offsets, length)[:, :, 0, 0, :1].astype(np.float32)
 
-    out = embed_frames(frames(), encode, window=window, stride=stride, batch_size=batch_size)
-    assert out.shape == (2000, 1)
-    assert np.allclose(out[:, 0], np.arange(2000) % 256)
-    bound = window + stride * batch_size
-    assert window < peak[0] <= bound, (peak[0], bound)
+    buffers = []
+    for count in (200, 2000):
+        spans.clear()
+        out = embed_frames(
+            frames(count),
+            submit,
+            window=window,
+            stride=stride,
+            batch_size=batch_size,
+            prefetch=prefetch,
+        )
+        assert out.shape == (count, 1)
+        assert np.allclose(out[:, 0], np.arange(count) % 256)
+        buffers.append(len(set(spans)))
+    assert buffers == [1, 1]  # every batch read from one buffer, allocated once
+    assert peak[0] <= prefetch + 3, peak[0]
     assert alive[0] == 0
+
+
+def test_attention_kernels_and_compile_give_the_same_vectors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The tiny V-JEPA 2 on the CPU: transformers' own attention loop, SDPA and the compiled
+    encoder agree with the default load (rounding aside), and say which kernel they run. The
+    compiled one is traced by TorchDynamo but run eagerly: inductor's C++ build takes a
+    minute on this CPU (it agreed too when run once; on a GPU ``benchmarks/encoder_gpu.py``)."""
+    import torch
+
+    compile_module = torch.nn.Module.compile
+    monkeypatch.setattr(
+        torch.nn.Module, "compile", lambda self: compile_module(self, backend="eager")
+    )
+    model = "tiny-random/vjepa2"
+    windows = np.random.default_rng(3).integers(0, 255, (2, 16, 64, 64, 3), dtype=np.uint8)
+    default = VJEPA2Encoder(model, "cpu")
+    expected = default.encode(windows)
+    assert default.model.config._attn_implementation == "sdpa"
+    for attn, compiled in (("eager", False), ("sdpa", False), ("auto", True)):
+        encoder = VJEPA2Encoder(model, "cpu", attn_implementation=attn, compile=compiled)
+        assert encoder.model.config._attn_implementation == (attn if attn != "auto" else "sdpa")
+        assert (encoder.model.encoder._compiled_call_impl is not None) == compiled
+        np.testing.assert_allclose(encoder.encode(windows), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_an_attention_kernel_not_installed_is_one_settings_line() -> None:
+    with pytest.raises(ConfigError) as caught:
+        VJEPA2Encoder("tiny-random/vjepa2", "cpu", attn_implementation="flash_attention_2")
+    message = str(caught.value)
+    assert message.startswith("embed.attn_implementation=flash_attention_2 is not available")
+    assert "\n" not in message

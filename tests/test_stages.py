@@ -261,6 +261,7 @@ def test_weights_that_cannot_be_had_are_one_permanent_line(
     build_tiny_vjepa2(no_weights)
     for weights in no_weights.glob("*.safetensors"):
         weights.unlink()
+    capsys.readouterr()  # save_pretrained's progress bar is not the command's output
     base = ["-q", "--store", str(tmp_path / "store"), "--profile", "tiny"]
     for folder in (empty, no_weights):
         assert main([*base, "--set", f"embed.model={folder}", "segment", str(short_video)]) == 2

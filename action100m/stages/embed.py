@@ -3,115 +3,45 @@
 Windows of ``window`` sampled frames start every ``stride`` frames; the tail a stride leaves gets
 its own window ending at the last frame; a video shorter than one window is one window padded with
 its last frame. Each window's tokens are mean-pooled over space per tubelet, given to the frames
-the tubelet covers, and overlapping windows are averaged. Frames are streamed: only the frames of
-the windows in flight are held, so memory stays flat however long the video is.
+the tubelet covers, and overlapping windows are averaged. Frames are streamed (``embed_stream``):
+only the centre crops of the windows in flight are held, so memory stays flat however long the
+video is, and decoding runs ahead in a thread while the encoder works.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 import numpy as np
 
 from action100m.config import EmbedConfig
 from action100m.errors import ConfigError, VideoError
-from action100m.models.vjepa2 import VJEPA2Encoder, load_encoder
+from action100m.models.vjepa2 import load_encoder
 from action100m.sources import save_metadata
 from action100m.stages.base import Runtime, Stage, StageContext, StageOutput
+from action100m.stages.embed_stream import (
+    FrameFeatureAccumulator,
+    Pending,
+    embed_frames,
+    per_window,
+    window_starts,
+)
 from action100m.video import VideoInfo, iter_sampled_frames, probe
 
 log = logging.getLogger(__name__)
 
 
-def window_starts(num_frames: int, window: int, stride: int) -> list[int]:
-    """Start index of every window: regular strides, plus a tail window ending at the last frame."""
-    if num_frames <= window:
-        return [0]
-    starts = list(range(0, num_frames - window + 1, stride))
-    if starts[-1] + window < num_frames:
-        starts.append(num_frames - window)
-    return starts
+class FrameEncoder(Protocol):
+    """What the stage needs of an encoder (``VJEPA2Encoder``; the benchmark's stand-in)."""
 
+    resize_size: int
+    tubelet_size: int
 
-class FrameFeatureAccumulator:
-    """Averages per-frame vectors over every window that covers a frame."""
+    def centre_crop(self, frame: np.ndarray) -> np.ndarray: ...
 
-    def __init__(self) -> None:
-        self.sums: np.ndarray | None = None
-        self.counts = np.zeros(0, np.int32)
-
-    def add(self, start: int, features: np.ndarray, valid: int) -> None:
-        end = start + valid
-        if self.sums is None:
-            self.sums = np.zeros((0, features.shape[-1]), np.float64)
-        if end > len(self.counts):
-            grow = end - len(self.counts)
-            self.sums = np.concatenate([self.sums, np.zeros((grow, self.sums.shape[1]))])
-            self.counts = np.concatenate([self.counts, np.zeros(grow, np.int32)])
-        self.sums[start:end] += features[:valid]
-        self.counts[start:end] += 1
-
-    def result(self) -> np.ndarray:
-        if self.sums is None or not (self.counts > 0).all():
-            raise ValueError("some frame had no window: the stride must not exceed the window")
-        return (self.sums / self.counts[:, None]).astype(np.float32)
-
-
-def embed_frames(
-    frames: Iterable[np.ndarray],
-    encode: Callable[[np.ndarray], np.ndarray],
-    *,
-    window: int,
-    stride: int,
-    batch_size: int,
-    on_batch: Callable[[int], None] | None = None,
-) -> np.ndarray:
-    """Stream ``frames`` through ``encode`` in windows; return (num_frames, D) float32."""
-    buffer: list[np.ndarray] = []
-    buffer_start = 0  # index of buffer[0] among all frames
-    next_start = 0
-    pending: list[int] = []
-    total = 0
-    acc = FrameFeatureAccumulator()
-
-    def flush(starts: list[int], padded_to: int | None = None) -> None:
-        windows = []
-        for start in starts:
-            clip = buffer[start - buffer_start : start - buffer_start + window]
-            if padded_to is not None:
-                clip = clip + [clip[-1]] * (padded_to - len(clip))
-            windows.append(np.stack(clip))
-        features = encode(np.stack(windows))
-        for start, feats in zip(starts, features, strict=True):
-            acc.add(start, feats, min(window, total - start))
-        if on_batch:
-            on_batch(len(starts))
-
-    for frame in frames:
-        buffer.append(frame)
-        total += 1
-        while next_start + window <= total:
-            pending.append(next_start)
-            next_start += stride
-        if len(pending) >= batch_size:
-            flush(pending)
-            pending = []
-            # Keep what the next windows and a possible tail window (last `window` frames) need.
-            keep_from = min(next_start, max(total - window, 0))
-            del buffer[: keep_from - buffer_start]
-            buffer_start = keep_from
-
-    if total == 0:
-        raise ValueError("no frames to embed")
-    if total < window:
-        flush([0], padded_to=window)
-        return acc.result()
-    last_regular = next_start - stride
-    tail = [total - window] if last_regular + window < total else []
-    if pending or tail:
-        flush(pending + tail)
-    return acc.result()
+    def submit(self, span: np.ndarray, offsets: Sequence[int], window: int) -> Pending: ...
 
 
 def _require_length(video_id: str, seconds: float, minimum: float) -> None:
@@ -140,7 +70,7 @@ class EmbedStage(Stage):
             if info.duration is not None:  # fail before any decoding when the file says so
                 _require_length(video_id, info.duration, ctx.settings.segment.min_duration)
             encoder = load_encoder(cfg)
-            times, features = _embed_file(path, video_id, cfg, info, encoder)
+            times, features = embed_file(path, video_id, cfg, info, encoder)
         # The last sampled frame stands for the frames skipped after it.
         decoded = times[-1] + cfg.frame_step / info.fps
         _require_length(video_id, decoded, ctx.settings.segment.min_duration)
@@ -159,17 +89,18 @@ class EmbedStage(Stage):
         )
 
 
-def _embed_file(
-    path: str, video_id: str, cfg: EmbedConfig, info: VideoInfo, encoder: VJEPA2Encoder
+def embed_file(
+    path: str, video_id: str, cfg: EmbedConfig, info: VideoInfo, encoder: FrameEncoder
 ) -> tuple[list[float], np.ndarray]:
-    """(sampled frame times, per-frame vectors) of the local file ``path``."""
+    """(sampled frame times, per-frame vectors) of the local file ``path``: decoded
+    ``cfg.prefetch`` frames ahead in a thread while the encoder works."""
     if cfg.window % encoder.tubelet_size:
         raise ConfigError(
             f"embed.window ({cfg.window}) must be a multiple of the encoder's tubelet size "
             f"({encoder.tubelet_size})"
         )
     times: list[float] = []
-    expected = max(1, int(info.num_frames / cfg.frame_step))
+    expected = max(1, -(-info.num_frames // cfg.frame_step))  # sampled: every step-th from 0
     n_windows = len(window_starts(expected, cfg.window, cfg.stride))
     done = [0]
 
@@ -182,17 +113,20 @@ def _embed_file(
             path, video_id, cfg.frame_step, encoder.resize_size, cfg.decoder, info
         ):
             times.append(pts)
-            yield frame
+            yield encoder.centre_crop(frame)  # only the pixels the encoder sees travel on
 
     features = embed_frames(
         frames(),
-        encoder.encode,
+        encoder.submit,
         window=cfg.window,
         stride=cfg.stride,
         batch_size=cfg.batch_size,
         on_batch=progress,
+        expected_frames=expected,
+        prefetch=cfg.prefetch,
     )
     return times, features
 
 
 STAGE = EmbedStage()
+__all__ = ["STAGE", "FrameFeatureAccumulator", "embed_frames", "per_window", "window_starts"]

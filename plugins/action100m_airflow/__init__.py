@@ -25,12 +25,15 @@ GPU_QUEUE = "gpu"
 STORE_CONN_ID = "action100m_store"
 LLM_CONN_IDS = {"openai": "openai_default", "anthropic": "anthropic_default"}
 VLLM_CONN_ID = "vllm_default"
+# Caption tasks only send requests to the vLLM server: a slot of its own pool (VLM_POOL_SLOTS,
+# sized to the server's capacity), not one of the GPU workers' gpu pool.
+VLM_POOL = "vlm"
 
 # Where each kind of stage runs: a model on the GPU needs a GPU host (queue) and a GPU slot
 # (pool); a GPU server's client needs only the slot; the LLM's client a slot of the llm pool.
 RESOURCE_OPTIONS: dict[str, dict[str, Any]] = {
     "gpu": {"pool": GPU_POOL, "queue": GPU_QUEUE},
-    "gpu_service": {"pool": GPU_POOL},
+    "gpu_service": {"pool": VLM_POOL},
     "llm": {"pool": LLM_POOL},
     "cpu": {},
 }
