@@ -26,7 +26,13 @@ from typing import Any
 
 from action100m.errors import PermanentError, VideoError
 from action100m.layout import check_video_id
-from action100m.sources import check_allowed, fill_template, looks_like_location, resolve_video
+from action100m.sources import (
+    check_allowed,
+    fill_template,
+    is_fetchable,
+    looks_like_location,
+    resolve_video,
+)
 from action100m.status import is_complete
 from action100m.store import ArtifactStore, normalise_uri
 
@@ -86,7 +92,9 @@ def resolve_batch(
             fill_template(metadata_template, video_id, "metadata") if metadata_template else None
         )
         if allowed is not None:
-            uri = check_allowed(uri, allowed, f"video {video_id}: source")
+            # A web source is the fetch stage's to refuse, by its host (fetch.allowed_hosts).
+            if not is_fetchable(uri):
+                uri = check_allowed(uri, allowed, f"video {video_id}: source")
             if metadata:
                 metadata = check_allowed(metadata, allowed, f"video {video_id}: metadata")
         batch[video_id] = {"video_id": video_id, "uri": uri, "metadata": metadata}

@@ -35,7 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="every stage, for each video")
-    run.add_argument("videos", nargs="+", help="paths, URIs or IDs (IDs need --source)")
+    run.add_argument(
+        "videos", nargs="+", help="paths, URIs, YouTube IDs or URLs (fetched), or IDs with --source"
+    )
     run.add_argument("--source", help="URI template for IDs, e.g. s3://bucket/{video_id}.mp4")
     run.add_argument("--metadata", help="URI template of per-video metadata JSON")
 
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _video(args: argparse.Namespace) -> Video:
     """The video a stage subcommand names: a bare ID needs no source once embed has run."""
-    if not looks_like_location(args.video) and not args.source:
+    if not looks_like_location(args.video) and not args.source and args.command != "fetch":
         video_id, uri = args.video_id or args.video, None
     else:
         resolved, uri = resolve_video(args.video, args.source)

@@ -10,11 +10,12 @@ and later stages only. Secrets are not settings: see :mod:`action100m.services`.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from action100m.errors import ConfigError
 
@@ -127,6 +128,63 @@ class AggregateConfig(_Section):
     )
 
 
+YOUTUBE_HOSTS = (
+    "youtube.com",
+    "www.youtube.com",
+    "m.youtube.com",
+    "music.youtube.com",
+    "youtu.be",
+    "www.youtube-nocookie.com",
+)
+
+
+class FetchConfig(_Section):
+    """The fetch stage (yt-dlp): what it downloads and from where. Only ``max_height``,
+    ``subtitle_langs`` and the ASR choice shape its output (the stage key)."""
+
+    runtime_fields: ClassVar[frozenset[str]] = frozenset(
+        {"allowed_hosts", "rate_limit", "sleep_requests", "retries", "retry_wait",
+         "socket_timeout", "asr_base_url", "asr_api_key_env", "asr_device"}
+    )  # fmt: skip
+    max_height: int = Field(480, ge=144, description="download at most this many lines")
+    subtitle_langs: list[str] = Field(
+        default_factory=lambda: ["en"], description="automatic captions, in this order"
+    )
+    # Hosts URLs may be fetched from (a comma-separated string is split): a run's parameters
+    # must not make a worker fetch internal addresses. The deployment's, not a run's.
+    allowed_hosts: list[str] = Field(default_factory=lambda: list(YOUTUBE_HOSTS))
+    rate_limit: int | None = Field(None, ge=1, description="bytes per second per download")
+    sleep_requests: float = Field(0.0, ge=0, description="seconds between HTTP requests")
+    retries: int = Field(3, ge=0, description="tries again after 429, 5xx and network errors")
+    retry_wait: float = Field(5.0, ge=0, description="first wait between tries, doubling")
+    socket_timeout: float = Field(30.0, gt=0)
+    asr: bool = Field(False, description="speech recognition where a video has no subtitles")
+    asr_backend: Literal["api", "transformers"] = "transformers"
+    asr_model: str = "openai/whisper-large-v3-turbo"
+    asr_base_url: str | None = None
+    asr_api_key_env: str = "OPENAI_API_KEY"
+    asr_chunk_seconds: float = Field(30.0, gt=1, le=600, description="audio per request")
+    asr_device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def identity(self) -> dict[str, Any]:
+        found = super().identity()
+        if not self.asr:  # the recogniser's settings shape nothing while it is off
+            found = {k: v for k, v in found.items() if not k.startswith("asr_")}
+        return found
+
+    @field_validator("subtitle_langs", "allowed_hosts", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part for part in re.split(r"[\s,]+", value) if part]
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _lower(cls, value: list[str]) -> list[str]:
+        return [host.lower().strip(".") for host in value]
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -136,6 +194,7 @@ class Settings(BaseModel):
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
     caption: CaptionConfig = Field(default_factory=CaptionConfig)
     aggregate: AggregateConfig = Field(default_factory=AggregateConfig)
+    fetch: FetchConfig = Field(default_factory=FetchConfig)
 
     def section(self, name: str) -> _Section:
         """The settings section a stage reads (``embed``, ``caption``, ...)."""

@@ -21,6 +21,8 @@ export ACTION100M_PRELOAD="${ACTION100M_PRELOAD:-1}"  # plugins/action100m_prelo
 export ACTION100M_PROFILE="${ACTION100M_PROFILE:-tiny}"
 # Slots of the llm pool; aggregate tasks split the LLM rate limits by it (aggregate.rate_share).
 export LLM_POOL_SLOTS="${LLM_POOL_SLOTS:-4}"
+# Slots of the download pool: fetch tasks (yt-dlp) at once.
+export DOWNLOAD_POOL_SLOTS="${DOWNLOAD_POOL_SLOTS:-4}"
 export ACTION100M_CACHE="${ACTION100M_CACHE:-$ACTION100M_DEMO/models}"
 # `airflow standalone` starts `airflow` subprocesses: the venv's bin must be on PATH.
 if [ -d "$ACTION100M_REPO/.venv/bin" ]; then

@@ -73,6 +73,7 @@ def dags() -> dict[str, Any]:
 def test_per_video_tasks_pools_queues_and_retries(dags: dict[str, Any]) -> None:
     dag = dags["action100m"]
     expected = {
+        "video.fetch": ("download", "default"),
         "video.embed": ("gpu", "gpu"),
         "video.segment": ("default_pool", "default"),
         "video.caption": ("gpu", "default"),
@@ -85,9 +86,10 @@ def test_per_video_tasks_pools_queues_and_retries(dags: dict[str, Any]) -> None:
         assert task.retries >= 2 and task.retry_exponential_backoff > 1, task_id
         assert task.execution_timeout and task.execution_timeout <= timedelta(hours=4), task_id
         assert task.map_index_template == "{{ video_id }}", task_id
-    embed, segment = dag.get_task("video.embed"), dag.get_task("video.segment")
-    assert segment.upstream_task_ids == {"video.embed"}
-    assert embed.upstream_task_ids == {"resolve_videos"}
+    fetch, embed = dag.get_task("video.fetch"), dag.get_task("video.embed")
+    assert dag.get_task("video.segment").upstream_task_ids == {"video.embed"}
+    assert embed.upstream_task_ids == {"video.fetch"}
+    assert fetch.upstream_task_ids == {"resolve_videos"}
     report = dag.get_task("report")
     assert report.trigger_rule == "all_done"
     assert report.upstream_task_ids == {"video.publish"}
@@ -225,6 +227,7 @@ def test_the_video_group_is_the_library_stage_list(dags: dict[str, Any]) -> None
         assert task.execution_timeout == timedelta(minutes=spec.timeout_minutes)
         assert (task.pool == "gpu") == spec.resource.startswith("gpu"), spec
         assert (task.queue == "gpu") == (spec.resource == "gpu"), spec
+        assert (task.pool == "download") == (spec.resource == "download"), spec
 
 
 @pytest.mark.usefixtures("plugins_on_path")

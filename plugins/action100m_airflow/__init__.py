@@ -18,6 +18,9 @@ VIDEO_GROUP = "video"
 STAGES = STAGE_NAMES  # the library's list, in order: one task per stage in each video's group
 GPU_POOL = "gpu"
 LLM_POOL = "llm"
+DOWNLOAD_POOL = "download"  # concurrent downloads (fetch): the video sites' limits
+FETCH_CONN_ID = "action100m_fetch"  # the fetch stage's proxy and cookies
+FETCH_COOKIES_VARIABLE = "action100m_fetch_cookies"
 # Slots of the `llm` pool where the deployment sets them (compose's .env, scripts/airflow_env.sh);
 # aggregate tasks split the account's rate limits by it.
 LLM_POOL_SLOTS_ENV = "LLM_POOL_SLOTS"
@@ -32,6 +35,7 @@ RESOURCE_OPTIONS: dict[str, dict[str, Any]] = {
     "gpu": {"pool": GPU_POOL, "queue": GPU_QUEUE},
     "gpu_service": {"pool": GPU_POOL},
     "llm": {"pool": LLM_POOL},
+    "download": {"pool": DOWNLOAD_POOL},
     "cpu": {},
 }
 # Each stage's task options, from the library's stage list: pool, queue and a timeout per try.

@@ -51,7 +51,9 @@ def build_runtime(params: dict[str, Any]) -> Any:
         environ=environ,
         deployment=deployment,
     )
-    own = Services.from_environment(vlm_key_env=settings.caption.api_key_env)
+    own = Services.from_environment(
+        vlm_key_env=settings.caption.api_key_env, asr_key_env=settings.fetch.asr_api_key_env
+    )
     return Runtime(settings, store, own.overlay(connection_keys))
 
 
