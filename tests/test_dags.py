@@ -281,3 +281,31 @@ def test_the_backfill_summary_says_why_a_video_is_still_missing(tmp_path: Any) -
     assert text == (
         f"bare (published without every stage (aggregate: {reason})), never (not published)"
     )
+
+
+@pytest.mark.usefixtures("plugins_on_path")
+def test_the_fetch_proxy_and_cookies_come_from_a_connection_and_hosts_from_the_deployment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fetch stage's proxy and cookies reach it as secrets from ``action100m_fetch``; a
+    run's parameters cannot widen ``fetch.allowed_hosts``."""
+    from action100m.errors import ConfigError
+
+    cookies = "# Netscape HTTP Cookie File\n.youtube.com\tTRUE\t/\tTRUE\t0\tSID\tcookie-secret\n"
+    fetch = {"conn_type": "http", "host": "proxy.internal", "port": 3128, "login": "user",
+             "password": "proxy-secret", "extra": {"cookies": cookies}}  # fmt: skip
+    monkeypatch.setenv("AIRFLOW_CONN_ACTION100M_FETCH", json.dumps(fetch))
+    monkeypatch.setenv("ACTION100M_FETCH__ALLOWED_HOSTS", "www.youtube.com,media.internal")
+    before = dict(os.environ)
+    from action100m_airflow.tasks import build_runtime
+
+    runtime = build_runtime({"profile": "tiny"})
+    assert dict(os.environ) == before
+    access = runtime.services.fetch
+    assert access.proxy is not None and access.cookies is not None
+    assert access.proxy.get_secret_value() == "http://user:proxy-secret@proxy.internal:3128"
+    assert access.cookies.get_secret_value() == cookies
+    assert "secret" not in repr(runtime.services)
+    assert runtime.settings.fetch.allowed_hosts == ["www.youtube.com", "media.internal"]
+    with pytest.raises(ConfigError, match="fetch.allowed_hosts is the deployment's"):
+        build_runtime({"profile": "tiny", "overrides": ["fetch.allowed_hosts=10.0.0.1"]})

@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import wave
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from llm_server import LLMServer
 from media_server import MediaServer, Reply
@@ -252,51 +249,3 @@ def test_cookies_reach_the_site_and_never_a_log(
     assert secret not in caplog.text
     assert f"SID={secret}" in site.cookies  # the page and the video were asked with them
     assert fetched(store, "howto") and not any("cookies" in p for p in fetched(store, "howto"))
-
-
-def talking_video(path: Path, wav: Path, seconds: float) -> None:
-    """An H.264 + AAC MP4: moving scenes, and the WAV's speech from 0.5 s on."""
-    import av
-
-    from action100m.samples import scene_frame
-
-    with wave.open(str(wav)) as source:
-        rate = source.getframerate()
-        pcm = np.frombuffer(source.readframes(source.getnframes()), "<i2") / 32768
-    audio = np.zeros(int(seconds * rate), np.float32)
-    speech = pcm[: len(audio) - rate // 2]
-    audio[rate // 2 : rate // 2 + len(speech)] = speech
-    with av.open(str(path), "w") as out:
-        video = out.add_stream("libx264", rate=12)
-        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
-        sound = out.add_stream("aac", rate=rate)
-        sound.layout = "mono"
-        for index in range(int(seconds * 12)):
-            frame = scene_frame(index // 24, index / 12, 64, 48)
-            for packet in video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                out.mux(packet)
-        for packet in video.encode():
-            out.mux(packet)
-        for start in range(0, len(audio), 1024):
-            piece = av.AudioFrame.from_ndarray(audio[None, start : start + 1024].copy(),
-                                               format="fltp", layout="mono")  # fmt: skip
-            piece.sample_rate, piece.pts = rate, start
-            for packet in sound.encode(piece):
-                out.mux(packet)
-        for packet in sound.encode():
-            out.mux(packet)
-
-
-@pytest.fixture(scope="module")
-def speech_clip(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    """Four seconds of moving scenes with a sentence spoken by espeak-ng."""
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (make system-deps)")
-    import subprocess
-
-    folder = tmp_path_factory.mktemp("speech")
-    wav = folder / "speech.wav"
-    sentence = "Fold the paper in half and press the crease."
-    subprocess.run(["espeak-ng", "-w", str(wav), sentence], check=True, timeout=60)
-    talking_video(folder / "talk.mp4", wav, 4.0)
-    return (folder / "talk.mp4").read_bytes()

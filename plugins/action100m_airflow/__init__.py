@@ -28,6 +28,7 @@ GPU_QUEUE = "gpu"
 STORE_CONN_ID = "action100m_store"
 LLM_CONN_IDS = {"openai": "openai_default", "anthropic": "anthropic_default"}
 VLLM_CONN_ID = "vllm_default"
+ASR_CONN_ID = "asr_default"
 
 # Where each kind of stage runs: a model on the GPU needs a GPU host (queue) and a GPU slot
 # (pool); a GPU server's client needs only the slot; the LLM's client a slot of the llm pool.
