@@ -176,3 +176,26 @@ def test_a_failing_transcription_endpoint_fails_the_video_in_one_line(
     assert str(caught.value).startswith("video talk: speech recognition")
     assert "\n" not in str(caught.value)
     assert fetched(store, "talk") == []  # nothing marked done: a retry downloads again
+
+
+def test_speech_is_recognised_by_an_in_process_whisper(
+    talk_site: MediaServer, store: ArtifactStore
+) -> None:
+    """A tiny random Whisper (built from a small config, loaded with ``from_pretrained``): its
+    words mean nothing, its segments' times come back shifted by each piece's offset."""
+    from action100m import models
+
+    settings = fetch_settings(store, "fetch.asr=true", "fetch.asr_backend=transformers",
+                              "fetch.asr_model=tiny-random/whisper", "fetch.asr_chunk_seconds=2",
+                              "fetch.asr_device=cpu")  # fmt: skip
+    loads = models.LOADS["whisper"]
+    record = run_named("fetch", settings, store, Video("talk", talk_site.url("talk")))
+    transcript = store.read_json(store.metadata_uri("talk"))["transcript"]
+    times = [float(line["time"]) for line in transcript]
+    assert transcript and all(
+        line["time"] == str(round(t, 2)) for line, t in zip(transcript, times, strict=True)
+    )
+    assert times == sorted(times) and times[0] < 2.0 <= times[-1] < 4.0  # both pieces
+    assert store.read_json(f"{record.uri}/info.json")["transcript"] == "asr:tiny-random/whisper"
+    run_named("fetch", settings, store, Video("talk2", talk_site.url("talk")))
+    assert models.LOADS["whisper"] == loads + 1  # loaded once for both videos

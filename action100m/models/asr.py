@@ -68,15 +68,15 @@ def transcribe(
     path: str, video_id: str, cfg: FetchConfig, endpoint: Endpoint
 ) -> list[tuple[float, str]]:
     """``[(start seconds, text)]`` of the speech in the file at ``path``."""
-    audio = load_audio(path, video_id)
+    audio, seconds = load_audio(path, video_id), cfg.asr_chunk_seconds
     if cfg.asr_backend == "api":
         recognise = _api(video_id, cfg, endpoint)
     else:
         from action100m.models.whisper import load_whisper
 
-        recognise = load_whisper(cfg).segments
+        recognise, seconds = load_whisper(cfg).segments, min(seconds, 30.0)  # Whisper's window
     found: list[tuple[float, str]] = []
-    for offset, piece in chunks(audio, cfg.asr_chunk_seconds):
+    for offset, piece in chunks(audio, seconds):
         found += [(offset + start, text) for start, text in recognise(piece)]
     log.info("video %s: speech recognised (%s, %s): %d segment(s) in %.0f s of audio", video_id,
              cfg.asr_backend, cfg.asr_model, len(found), len(audio) / RATE)  # fmt: skip
