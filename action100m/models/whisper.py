@@ -55,7 +55,7 @@ def build_tiny_whisper(path: Path) -> None:
         tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
     )
     tokenizer.save_pretrained(path)
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+    ids: dict[str, int] = {t: int(tokenizer.convert_tokens_to_ids(t)) for t in SPECIAL_TOKENS}  # type: ignore[arg-type]
     assert ids["<|notimestamps|>"] + 1 == tokenizer.convert_tokens_to_ids("<|0.00|>")
     config = WhisperConfig(
         vocab_size=len(tokenizer), num_mel_bins=80, d_model=32, encoder_layers=1,
@@ -93,7 +93,8 @@ class WhisperRecogniser:
         self.features = AutoFeatureExtractor.from_pretrained(path)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         dtype = torch.float16 if self.device == "cuda" else torch.float32
-        self.model = Whisper.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        model: Any = Whisper.from_pretrained(path, dtype=dtype)
+        self.model = model.to(self.device).eval()
         self.dtype = dtype
         self.begin = int(self.model.generation_config.no_timestamps_token_id) + 1
 
@@ -112,7 +113,7 @@ class WhisperRecogniser:
         for segment in out["segments"][0]:
             start = float(segment["start"])
             words = [t for t in segment["tokens"].tolist() if t < self.begin]  # no timestamps
-            text = " ".join(self.tokenizer.decode(words, skip_special_tokens=True).split())
+            text = " ".join(str(self.tokenizer.decode(words, skip_special_tokens=True)).split())
             if text and start < len(piece) / RATE:
                 found.append((start, text))
         return found
