@@ -55,7 +55,7 @@ def build_tiny_whisper(path: Path) -> None:
         tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
     )
     tokenizer.save_pretrained(path)
-    ids: dict[str, int] = {t: int(tokenizer.convert_tokens_to_ids(t)) for t in SPECIAL_TOKENS}  # type: ignore[arg-type]
+    ids: dict[str, Any] = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     assert ids["<|notimestamps|>"] + 1 == tokenizer.convert_tokens_to_ids("<|0.00|>")
     config = WhisperConfig(
         vocab_size=len(tokenizer), num_mel_bins=80, d_model=32, encoder_layers=1,
