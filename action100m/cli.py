@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--source", help="URI template for IDs, e.g. s3://bucket/{video_id}.mp4")
     run.add_argument("--metadata", help="URI template of per-video metadata JSON")
+    run.add_argument(
+        "--transcripts", help="HowTo100M's raw_caption.json: the fetched videos' transcripts"
+    )
 
     for stage in pipeline_stages.stages():
         command = commands.add_parser(stage.name, help=f"{stage.help} (after what it needs)")
@@ -187,6 +190,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _run(runtime: Runtime, args: argparse.Namespace) -> int:
     failed = 0
+    if args.transcripts:
+        from action100m.batch import file_transcripts
+
+        ids = [resolve_video(video, args.source)[0] for video in args.videos]
+        file_transcripts(runtime.store, args.transcripts, ids)
     for video in args.videos:
         try:
             summary = run_video(

@@ -249,3 +249,27 @@ def test_cookies_reach_the_site_and_never_a_log(
     assert secret not in caplog.text
     assert f"SID={secret}" in site.cookies  # the page and the video were asked with them
     assert fetched(store, "howto") and not any("cookies" in p for p in fetched(store, "howto"))
+
+
+def test_howto100m_transcripts_are_filed_from_raw_caption_and_used(
+    site: MediaServer, store: ArtifactStore, tmp_path: Path
+) -> None:
+    """HowTo100M's raw_caption.json (gzip here), read streaming once for the listed videos: the
+    fetch stage takes the filed transcript instead of the page's subtitles."""
+    import gzip
+
+    from action100m.batch import file_transcripts
+    from action100m.transcripts import read_raw_captions
+
+    captions = {f"other{i:04d}": {"start": [0.0], "end": [1.0], "text": ["x"]} for i in range(300)}
+    captions["howto"] = {"start": [0.4, 2.125], "end": [2.0, 3.0], "text": ["fold it", "again"]}
+    raw = tmp_path / "raw_caption.json.gz"
+    raw.write_bytes(gzip.compress(json.dumps(captions).encode()))
+    expected = [{"time": "0.4", "text": "fold it"}, {"time": "2.12", "text": "again"}]
+    with gzip.open(raw, "rt") as stream:  # any chunk size reads the same
+        assert dict(read_raw_captions(stream, ["howto"], chunk=7)) == {"howto": expected}
+    assert file_transcripts(store, str(raw), ["howto", "missing"]) == 1
+    assert file_transcripts(store, str(raw), ["howto"]) == 0  # filed already
+    record = run_named("fetch", fetch_settings(store), store, Video("howto", site.url("howto")))
+    assert store.read_json(store.metadata_uri("howto"))["transcript"] == expected
+    assert store.read_json(f"{record.uri}/info.json")["transcript"] == "given"
