@@ -108,6 +108,9 @@ def options(cfg: FetchConfig, folder: Path, access: FetchAccess) -> dict[str, An
         "overwrites": False,
         "cachedir": False,
     }
+    deno = _deno()
+    if deno:  # YouTube's player needs JavaScript run (yt-dlp-ejs); found beside us, not on PATH
+        params["js_runtimes"] = {"deno": {"path": deno}}
     if access.proxy is not None:
         params["proxy"] = access.proxy.get_secret_value()
     if access.cookies is not None:
@@ -116,6 +119,19 @@ def options(cfg: FetchConfig, folder: Path, access: FetchAccess) -> dict[str, An
         cookies.write_text(access.cookies.get_secret_value())
         params["cookiefile"] = str(cookies)
     return params
+
+
+def _deno() -> str | None:
+    """The Deno binary yt-dlp runs YouTube's scripts with: on PATH, else the ``deno`` package's."""
+    found = shutil.which("deno")
+    if found:
+        return found
+    try:
+        import deno  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    path = deno.find_deno_bin()
+    return str(path) if path else None
 
 
 def download(
@@ -138,7 +154,7 @@ def download(
             if info.get("is_live") or info.get("live_status") in ("is_live", "is_upcoming"):
                 raise PermanentError(f"video {video_id}: {url} is a live stream, not a video")
             track = pick(info) if pick else None
-            subtitles = ydl.urlopen(track).read() if track else None
+            subtitles = _subtitles(ydl, video_id, track) if track else None
             info = ydl.process_ie_result(info, download=True)
         except (YoutubeDLError, OSError) as exc:
             raise failure(video_id, url, exc) from None
@@ -148,6 +164,22 @@ def download(
     if not files or not files[0].is_file() or files[0].stat().st_size == 0:
         raise ServiceError(f"video {video_id}: yt-dlp finished {url} without a file")
     return Downloaded(files[0], info), subtitles
+
+
+def _subtitles(ydl: Any, video_id: str, url: str) -> bytes | None:
+    """A subtitle track's bytes; one the site refuses (404, 403) is done without, one it
+    throttles (429, 5xx) fails the try like the video would."""
+    from yt_dlp.networking.exceptions import HTTPError
+
+    try:
+        data: bytes = ydl.urlopen(url).read()
+    except HTTPError as exc:
+        if exc.status in RETRYABLE_STATUS or exc.status >= 500:
+            raise
+        log.warning("video %s: subtitles refused (HTTP %s); going on without", video_id,
+                    exc.status)  # fmt: skip
+        return None
+    return data
 
 
 def _single(video_id: str, info: dict[str, Any] | None) -> dict[str, Any]:

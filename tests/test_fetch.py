@@ -273,3 +273,12 @@ def test_howto100m_transcripts_are_filed_from_raw_caption_and_used(
     record = run_named("fetch", fetch_settings(store), store, Video("howto", site.url("howto")))
     assert store.read_json(store.metadata_uri("howto"))["transcript"] == expected
     assert store.read_json(f"{record.uri}/info.json")["transcript"] == "given"
+
+
+def test_a_refused_subtitle_track_leaves_the_video_without_a_transcript(
+    site: MediaServer, store: ArtifactStore
+) -> None:
+    site.script("clip.en.vtt", Reply.status(404))
+    record = run_named("fetch", fetch_settings(store), store, Video("howto", site.url("howto")))
+    assert "transcript" not in store.read_json(store.metadata_uri("howto"))
+    assert store.read_json(f"{record.uri}/info.json")["transcript"] == "none"
