@@ -165,7 +165,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         # Asked for by name, a stage that cannot run (aggregate without an LLM) is an error, not
         # a skip (`run` skips it with the reason).
         records = run_until(command, runtime, _video(args))
-        print(records[command].uri)
+        if records[command].uri:  # fetch has nothing to do for a file
+            print(records[command].uri)
     elif command == "show":
         return _show(settings, store, args)
     elif command == "import":
