@@ -282,3 +282,14 @@ def test_a_refused_subtitle_track_leaves_the_video_without_a_transcript(
     record = run_named("fetch", fetch_settings(store), store, Video("howto", site.url("howto")))
     assert "transcript" not in store.read_json(store.metadata_uri("howto"))
     assert store.read_json(f"{record.uri}/info.json")["transcript"] == "none"
+
+
+def test_a_fetched_video_goes_to_an_s3_store_in_one_upload(
+    site: MediaServer, clip: bytes, s3_server: dict[str, str]
+) -> None:
+    store = ArtifactStore(f"s3://{s3_server['bucket']}/store")
+    settings = fetch_settings(store)
+    record = run_named("fetch", settings, store, Video("howto", site.url("howto")))
+    assert record.uri == store.stage_dir("howto", "fetch", record.uri.rsplit("/", 1)[-1])
+    assert store.read_bytes(f"{record.uri}/video.mp4") == clip and store.is_done(record.uri)
+    assert store.read_json(store.metadata_uri("howto"))["title"].startswith("Folding paper")
