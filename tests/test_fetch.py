@@ -293,3 +293,15 @@ def test_a_fetched_video_goes_to_an_s3_store_in_one_upload(
     assert record.uri == store.stage_dir("howto", "fetch", record.uri.rsplit("/", 1)[-1])
     assert store.read_bytes(f"{record.uri}/video.mp4") == clip and store.is_done(record.uri)
     assert store.read_json(store.metadata_uri("howto"))["title"].startswith("Folding paper")
+
+
+def test_a_site_that_is_down_is_worth_a_retry(store: ArtifactStore) -> None:
+    import socket
+
+    with socket.socket() as free:  # a loopback port nobody listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    with pytest.raises(ServiceError, match=r"^video down: cannot fetch http://127.0.0.1:\d+/down"):
+        run_named("fetch", fetch_settings(store, "fetch.retries=1"), store,
+                  Video("down", f"http://127.0.0.1:{port}/down"))  # fmt: skip
+    assert fetched(store, "down") == []
