@@ -128,19 +128,12 @@ class AggregateConfig(_Section):
     )
 
 
-YOUTUBE_HOSTS = (
-    "youtube.com",
-    "www.youtube.com",
-    "m.youtube.com",
-    "music.youtube.com",
-    "youtu.be",
-    "www.youtube-nocookie.com",
-)
+YOUTUBE_HOSTS = ("youtube.com", "www.youtube.com", "m.youtube.com", "music.youtube.com",
+                 "youtu.be", "www.youtube-nocookie.com")  # fmt: skip
 
 
 class FetchConfig(_Section):
-    """The fetch stage (yt-dlp): what it downloads and from where. Only ``max_height``,
-    ``subtitle_langs`` and the ASR choice shape its output (the stage key)."""
+    """The fetch stage (yt-dlp); only the height, languages and ASR choice make its key."""
 
     runtime_fields: ClassVar[frozenset[str]] = frozenset(
         {"allowed_hosts", "rate_limit", "sleep_requests", "retries", "retry_wait",
@@ -150,8 +143,7 @@ class FetchConfig(_Section):
     subtitle_langs: list[str] = Field(
         default_factory=lambda: ["en"], description="automatic captions, in this order"
     )
-    # Hosts URLs may be fetched from (a comma-separated string is split): a run's parameters
-    # must not make a worker fetch internal addresses. The deployment's, not a run's.
+    # The deployment's (never a run's): a run must not make a worker fetch internal addresses.
     allowed_hosts: list[str] = Field(default_factory=lambda: list(YOUTUBE_HOSTS))
     rate_limit: int | None = Field(None, ge=1, description="bytes per second per download")
     sleep_requests: float = Field(0.0, ge=0, description="seconds between HTTP requests")
@@ -174,15 +166,9 @@ class FetchConfig(_Section):
 
     @field_validator("subtitle_langs", "allowed_hosts", mode="before")
     @classmethod
-    def _split(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part for part in re.split(r"[\s,]+", value) if part]
-        return value
-
-    @field_validator("allowed_hosts")
-    @classmethod
-    def _lower(cls, value: list[str]) -> list[str]:
-        return [host.lower().strip(".") for host in value]
+    def _split(cls, value: Any) -> Any:  # a comma-separated string (--set, the environment)
+        parts = re.split(r"[\s,]+", value) if isinstance(value, str) else value
+        return [str(p).lower().strip(".") for p in parts if p] if isinstance(parts, list) else parts
 
 
 class Settings(BaseModel):

@@ -62,9 +62,9 @@ def parse_webvtt(text: str) -> list[dict[str, str]]:
 
 def _match(tracks: dict[str, Any], lang: str) -> str | None:
     """The key of ``tracks`` for ``lang``: exact, else a regional variant (``en`` -> ``en-US``)."""
-    if lang in tracks:
-        return lang
-    return next((key for key in tracks if key.lower().startswith(lang.lower() + "-")), None)
+    lang = lang.lower()
+    exact = next((key for key in tracks if key.lower() == lang), None)
+    return exact or next((key for key in tracks if key.lower().startswith(lang + "-")), None)
 
 
 def pick_track(info: dict[str, Any], langs: Iterable[str]) -> dict[str, str] | None:
