@@ -12,6 +12,9 @@ FROM apache/airflow:${AIRFLOW_VERSION}-python${PYTHON_VERSION} AS cpu
 # user (uid 50000, group 0 as the official image does), so a fresh named volume mounted on it
 # starts writable and Hugging Face weights can be downloaded into it.
 USER root
+# ffmpeg: the fetch stage (yt-dlp) merges a site's separate video and audio streams with it.
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends ffmpeg \
+    && rm -rf /var/lib/apt/lists/*
 RUN mkdir -p /opt/airflow/cache/huggingface /opt/airflow/cache/action100m \
     && chown -R airflow:0 /opt/airflow/cache \
     && chmod -R g+rwX /opt/airflow/cache

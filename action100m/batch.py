@@ -10,6 +10,8 @@ The Airflow DAGs call these; so can any other orchestrator. Nothing here imports
   :func:`plan_window`: the next bounded slice of a manifest (a backfill run and its continuation).
 - :func:`read_video_list` / :func:`write_video_list`: a shard's IDs as a store object, so only its URI
   travels through XCom and the triggered run's conf (where: ``store.shard_list_uri``).
+- :func:`file_transcripts`: HowTo100M's own ASR (``raw_caption.json``, read streaming, once) filed
+  as the listed videos' transcripts, which the fetch stage uses instead of subtitles.
 - the run report that follows a batch is :mod:`action100m.report`.
 """
 
@@ -26,9 +28,16 @@ from typing import Any
 
 from action100m.errors import PermanentError, VideoError
 from action100m.layout import check_video_id
-from action100m.sources import check_allowed, fill_template, looks_like_location, resolve_video
+from action100m.sources import (
+    check_allowed,
+    fill_template,
+    is_fetchable,
+    looks_like_location,
+    resolve_video,
+)
 from action100m.status import is_complete
 from action100m.store import ArtifactStore, normalise_uri
+from action100m.transcripts import read_raw_captions
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +95,9 @@ def resolve_batch(
             fill_template(metadata_template, video_id, "metadata") if metadata_template else None
         )
         if allowed is not None:
-            uri = check_allowed(uri, allowed, f"video {video_id}: source")
+            # A web source is the fetch stage's to refuse, by its host (fetch.allowed_hosts).
+            if not is_fetchable(uri):
+                uri = check_allowed(uri, allowed, f"video {video_id}: source")
             if metadata:
                 metadata = check_allowed(metadata, allowed, f"video {video_id}: metadata")
         batch[video_id] = {"video_id": video_id, "uri": uri, "metadata": metadata}
@@ -200,3 +211,36 @@ def shard(items: Sequence[str], size: int) -> list[list[str]]:
     if size < 1:
         raise PermanentError(f"shard_size must be at least 1, got {size}")
     return [list(items[start : start + size]) for start in range(0, len(items), size)]
+
+
+def file_transcripts(
+    store: ArtifactStore, uri: str, video_ids: Iterable[str], allowed: Sequence[str] | None = None
+) -> int:
+    """File each listed video's transcript from HowTo100M's ``raw_caption.json`` at ``uri``
+    (``.gz`` and the like decompressed) as ``videos/{id}/transcript.json``, where none is filed
+    yet: the fetch stage then uses it instead of subtitles. The file (gigabytes) is read once,
+    streaming, and only until every wanted video was found. Returns how many were filed."""
+    uri = normalise_uri(uri) if allowed is None else check_allowed(uri, allowed, "transcripts")
+    wanted = [
+        vid for vid in dict.fromkeys(video_ids) if not store.exists(store.transcript_uri(vid))
+    ]
+    if not wanted:
+        return 0
+    parent, _, _ = uri.rpartition("/")
+    reader = ArtifactStore(parent, store.options_for(uri))
+    if not reader.exists(uri):
+        raise PermanentError(f"transcripts {uri} do not exist")
+    filed = 0
+    path = reader.fs._strip_protocol(uri)
+    with (
+        reader.fs.open(path, "rb", compression="infer") as raw,
+        io.TextIOWrapper(raw, encoding="utf-8") as stream,
+    ):
+        try:
+            for video_id, lines in read_raw_captions(stream, wanted):
+                store.write_json(store.transcript_uri(video_id), lines)
+                filed += 1
+        except ValueError as exc:
+            raise PermanentError(f"transcripts {uri}: {exc}") from None
+    log.info("transcripts %s: %d of %d video(s) filed", uri, filed, len(wanted))
+    return filed

@@ -35,9 +35,14 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="every stage, for each video")
-    run.add_argument("videos", nargs="+", help="paths, URIs or IDs (IDs need --source)")
+    run.add_argument(
+        "videos", nargs="+", help="paths, URIs, YouTube IDs or URLs (fetched), or IDs with --source"
+    )
     run.add_argument("--source", help="URI template for IDs, e.g. s3://bucket/{video_id}.mp4")
     run.add_argument("--metadata", help="URI template of per-video metadata JSON")
+    run.add_argument(
+        "--transcripts", help="HowTo100M's raw_caption.json: the fetched videos' transcripts"
+    )
 
     for stage in pipeline_stages.stages():
         command = commands.add_parser(stage.name, help=f"{stage.help} (after what it needs)")
@@ -138,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _video(args: argparse.Namespace) -> Video:
     """The video a stage subcommand names: a bare ID needs no source once embed has run."""
-    if not looks_like_location(args.video) and not args.source:
+    if not looks_like_location(args.video) and not args.source and args.command != "fetch":
         video_id, uri = args.video_id or args.video, None
     else:
         resolved, uri = resolve_video(args.video, args.source)
@@ -160,7 +165,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         # Asked for by name, a stage that cannot run (aggregate without an LLM) is an error, not
         # a skip (`run` skips it with the reason).
         records = run_until(command, runtime, _video(args))
-        print(records[command].uri)
+        if records[command].uri:  # fetch has nothing to do for a file
+            print(records[command].uri)
     elif command == "show":
         return _show(settings, store, args)
     elif command == "import":
@@ -185,6 +191,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _run(runtime: Runtime, args: argparse.Namespace) -> int:
     failed = 0
+    if args.transcripts:
+        from action100m.batch import file_transcripts
+
+        ids = [resolve_video(video, args.source)[0] for video in args.videos]
+        file_transcripts(runtime.store, args.transcripts, ids)
     for video in args.videos:
         try:
             summary = run_video(

@@ -10,11 +10,12 @@ and later stages only. Secrets are not settings: see :mod:`action100m.services`.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from action100m.errors import ConfigError
 
@@ -139,6 +140,49 @@ class AggregateConfig(_Section):
     )
 
 
+YOUTUBE_HOSTS = ("youtube.com", "www.youtube.com", "m.youtube.com", "music.youtube.com",
+                 "youtu.be", "www.youtube-nocookie.com")  # fmt: skip
+
+
+class FetchConfig(_Section):
+    """The fetch stage (yt-dlp); only the height, languages and ASR choice make its key."""
+
+    runtime_fields: ClassVar[frozenset[str]] = frozenset(
+        {"allowed_hosts", "rate_limit", "sleep_requests", "retries", "retry_wait",
+         "socket_timeout", "asr_base_url", "asr_api_key_env", "asr_device"}
+    )  # fmt: skip
+    max_height: int = Field(480, ge=144, description="download at most this many lines")
+    subtitle_langs: list[str] = Field(
+        default_factory=lambda: ["en"], description="automatic captions, in this order"
+    )
+    # The deployment's (never a run's): a run must not make a worker fetch internal addresses.
+    allowed_hosts: list[str] = Field(default_factory=lambda: list(YOUTUBE_HOSTS))
+    rate_limit: int | None = Field(None, ge=1, description="bytes per second per download")
+    sleep_requests: float = Field(0.0, ge=0, description="seconds between HTTP requests")
+    retries: int = Field(3, ge=0, description="tries again after 429, 5xx and network errors")
+    retry_wait: float = Field(5.0, ge=0, description="first wait between tries, doubling")
+    socket_timeout: float = Field(30.0, gt=0)
+    asr: bool = Field(False, description="speech recognition where a video has no subtitles")
+    asr_backend: Literal["api", "transformers"] = "transformers"
+    asr_model: str = "openai/whisper-large-v3-turbo"
+    asr_base_url: str | None = None
+    asr_api_key_env: str = "OPENAI_API_KEY"
+    asr_chunk_seconds: float = Field(30.0, gt=1, le=600, description="audio per request")
+    asr_device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def identity(self) -> dict[str, Any]:
+        found = super().identity()
+        if not self.asr:  # the recogniser's settings shape nothing while it is off
+            found = {k: v for k, v in found.items() if not k.startswith("asr_")}
+        return found
+
+    @field_validator("subtitle_langs", "allowed_hosts", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:  # a comma-separated string (--set, the environment)
+        parts = re.split(r"[\s,]+", value) if isinstance(value, str) else value
+        return [str(p).lower().strip(".") for p in parts if p] if isinstance(parts, list) else parts
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -148,6 +192,7 @@ class Settings(BaseModel):
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
     caption: CaptionConfig = Field(default_factory=CaptionConfig)
     aggregate: AggregateConfig = Field(default_factory=AggregateConfig)
+    fetch: FetchConfig = Field(default_factory=FetchConfig)
 
     def section(self, name: str) -> _Section:
         """The settings section a stage reads (``embed``, ``caption``, ...)."""

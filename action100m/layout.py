@@ -5,8 +5,10 @@ for a URI instead of joining path parts itself. The layout under ``{root}``::
 
     videos/{video_id}/
         {stage}/{key}/...          a stage's output; ``_SUCCESS`` written last
+        source/{key}/video.mp4, info.json   the fetch stage's download (IDs and URLs only)
         caption/cache/{model}.json the caption request cache (survives a failed try)
         metadata.json              title, description, transcript as the user gave them
+        transcript.json            a transcript filed by a backfill (HowTo100M's ASR), for fetch
         annotations.json           the per-video document (written by publish)
         status.json                the video's status record (written by publish, after it)
         viewer.html                the self-contained tree viewer (written by publish)
@@ -32,6 +34,9 @@ DOCUMENT_FILE = "annotations.json"
 STATUS_FILE = "status.json"
 METADATA_FILE = "metadata.json"
 VIEWER_FILE = "viewer.html"
+TRANSCRIPT_FILE = "transcript.json"
+# A stage whose folder is not named after it: what fetch keeps is the video's source.
+STAGE_FOLDERS = {"fetch": "source"}
 
 
 def check_video_id(video_id: str) -> str:
@@ -79,7 +84,7 @@ class StoreLayout:
         return self.join("videos", check_video_id(video_id))
 
     def stage_dir(self, video_id: str, stage: str, key: str) -> str:
-        return f"{self.video_dir(video_id)}/{stage}/{key}"
+        return f"{self.video_dir(video_id)}/{STAGE_FOLDERS.get(stage, stage)}/{key}"
 
     def success_uri(self, folder: str) -> str:
         return f"{folder}/{SUCCESS}"
@@ -92,6 +97,9 @@ class StoreLayout:
 
     def metadata_uri(self, video_id: str) -> str:
         return f"{self.video_dir(video_id)}/{METADATA_FILE}"
+
+    def transcript_uri(self, video_id: str) -> str:
+        return f"{self.video_dir(video_id)}/{TRANSCRIPT_FILE}"
 
     def viewer_uri(self, video_id: str) -> str:
         return f"{self.video_dir(video_id)}/{VIEWER_FILE}"

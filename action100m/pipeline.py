@@ -91,6 +91,11 @@ def run_until(
     for stage in reversed(stages()):
         if stage.name in wanted:
             wanted.update(need for need in stage.needs if need in unfinished)
+    # An optional stage (fetch) runs where the stage after it does: it makes that one's input.
+    ordered = stages()
+    for index, stage in enumerate(ordered[:-1]):
+        if stage.optional and ordered[index + 1].name in wanted:
+            wanted.add(stage.name)
     records = {
         stage.name: run_stage(stage, runtime, video, required=required and stage.name == last)
         for stage in stages()

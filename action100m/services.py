@@ -10,14 +10,20 @@ them from the connections. Nothing here writes the environment.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, SecretStr
+
+from action100m.errors import ConfigError
 
 Provider = Literal["openai", "anthropic"]
 KEY_ENV: dict[str, str] = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 BASE_URL_ENV: dict[str, str] = {"openai": "OPENAI_BASE_URL", "anthropic": "ANTHROPIC_BASE_URL"}
 VLM_KEY_ENV = "VLLM_API_KEY"
+# Outside Airflow: a proxy URL (credentials may be in it) and a Netscape cookies file for fetch.
+FETCH_PROXY_ENV = "ACTION100M_FETCH_PROXY"
+FETCH_COOKIES_ENV = "ACTION100M_FETCH_COOKIES"
 
 
 class Endpoint(BaseModel):
@@ -38,13 +44,29 @@ class Endpoint(BaseModel):
         )
 
 
+class FetchAccess(BaseModel):
+    """What the fetch stage hands yt-dlp that must never be shown: a proxy URL and the text of
+    a Netscape cookies file."""
+
+    model_config = ConfigDict(frozen=True)
+
+    proxy: SecretStr | None = None
+    cookies: SecretStr | None = None
+
+    def over(self, base: FetchAccess) -> FetchAccess:
+        return FetchAccess(proxy=self.proxy or base.proxy, cookies=self.cookies or base.cookies)
+
+
 class Services(BaseModel):
-    """Where the LLM (per provider) and the captioning server are, with their keys."""
+    """Where the LLM (per provider), the captioning server and the speech recogniser are, with
+    their keys; the fetch stage's proxy and cookies."""
 
     model_config = ConfigDict(frozen=True)
 
     llm: dict[str, Endpoint] = {}
     vlm: Endpoint = Endpoint()
+    asr: Endpoint = Endpoint()
+    fetch: FetchAccess = FetchAccess()
 
     def llm_endpoint(self, provider: str) -> Endpoint:
         return self.llm.get(provider) or Endpoint()
@@ -60,17 +82,23 @@ class Services(BaseModel):
 
     def overlay(self, other: Services) -> Services:
         """A copy where ``other``'s given endpoints and keys replace this one's."""
-        merged = self.with_vlm(other.vlm)
+        merged = self.with_vlm(other.vlm).model_copy(
+            update={"asr": other.asr.over(self.asr), "fetch": other.fetch.over(self.fetch)}
+        )
         for provider, endpoint in other.llm.items():
             merged = merged.with_llm(provider, endpoint)
         return merged
 
     @classmethod
     def from_environment(
-        cls, environ: dict[str, str] | None = None, vlm_key_env: str = VLM_KEY_ENV
+        cls,
+        environ: dict[str, str] | None = None,
+        vlm_key_env: str = VLM_KEY_ENV,
+        asr_key_env: str = KEY_ENV["openai"],
     ) -> Services:
         """The providers' usual variables; an empty variable counts as unset (compose passes
-        ``OPENAI_BASE_URL=`` when none is configured)."""
+        ``OPENAI_BASE_URL=`` when none is configured). The fetch stage's cookies: the file
+        ``ACTION100M_FETCH_COOKIES`` names, read when a download starts."""
         env = os.environ if environ is None else environ
 
         def value(name: str) -> str | None:
@@ -84,4 +112,21 @@ class Services(BaseModel):
             provider: Endpoint(base_url=value(BASE_URL_ENV[provider]), api_key=secret(key))
             for provider, key in KEY_ENV.items()
         }
-        return cls(llm=llm, vlm=Endpoint(api_key=secret(vlm_key_env)))
+        cookies = value(FETCH_COOKIES_ENV)
+        fetch = FetchAccess(
+            proxy=secret(FETCH_PROXY_ENV),
+            cookies=SecretStr(_read_cookies(cookies)) if cookies else None,
+        )
+        return cls(
+            llm=llm, vlm=Endpoint(api_key=secret(vlm_key_env)),
+            asr=Endpoint(api_key=secret(asr_key_env)), fetch=fetch,
+        )  # fmt: skip
+
+
+def _read_cookies(path: str) -> str:
+    try:
+        return Path(path).expanduser().read_text()
+    except OSError as exc:
+        raise ConfigError(
+            f"{FETCH_COOKIES_ENV}: cannot read {path}: {exc.strerror or exc}"
+        ) from None

@@ -16,7 +16,7 @@ import string
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from action100m.errors import PermanentError, VideoError
 from action100m.layout import check_video_id
@@ -34,6 +34,7 @@ METADATA_FIELDS: dict[str, tuple[type, ...]] = {
     "upload_date": (str,),
     "transcript": (list,),
 }
+YOUTUBE_ID = re.compile(r"[A-Za-z0-9_-]{11}")
 MAX_TEXT = 100_000  # characters of one metadata string
 MAX_TRANSCRIPT_LINES = 50_000
 
@@ -122,17 +123,55 @@ def fill_template(template: str, video_id: str, what: str) -> str:
     return template.format(video_id=check_video_id(video_id))
 
 
+def is_fetchable(uri: str | None) -> bool:
+    """Whether ``uri`` is a web page or file the fetch stage downloads (``http(s)://``), as
+    opposed to a file or an object store URI that embed reads directly."""
+    return bool(uri) and urlsplit(str(uri)).scheme in ("http", "https")
+
+
+def youtube_id(url: str) -> str | None:
+    """The video ID of a YouTube URL (watch, youtu.be, shorts, embed, live), else None."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if host == "youtu.be" or host.endswith(".youtu.be"):
+        found = parts.path.strip("/").split("/")[0]
+    elif host == "youtube.com" or host.endswith((".youtube.com", ".youtube-nocookie.com")):
+        query = parse_qs(parts.query).get("v")
+        path = parts.path.strip("/").split("/")
+        found = query[0] if query else path[1] if len(path) > 1 and path[0] in (
+            "shorts", "embed", "live", "v") else ""  # fmt: skip
+    else:
+        return None
+    return found if YOUTUBE_ID.fullmatch(found) else None
+
+
+def watch_url(video_id: str) -> str:
+    return f"https://www.youtube.com/watch?v={video_id}"
+
+
 def resolve_video(video: str, source_template: str | None = None) -> tuple[str, str]:
-    """``(video_id, uri)`` for a path, a URI, or a bare ID resolved through ``source_template``
-    (e.g. ``s3://bucket/howto100m/{video_id}.mp4``). A path's ID is its file stem. Every ID
-    passes :func:`~action100m.layout.check_video_id`."""
+    """``(video_id, uri)`` for a path, a URI, or a bare ID: resolved through ``source_template``
+    (e.g. ``s3://bucket/howto100m/{video_id}.mp4``), else, for a YouTube ID (HowTo100M's IDs),
+    its watch page, which the fetch stage downloads. A path's ID is its file stem, a YouTube
+    URL's its video ID. Every ID passes :func:`~action100m.layout.check_video_id`."""
+    if is_fetchable(video):
+        name = (
+            youtube_id(video)
+            or Path(unquote(urlsplit(video).path)).stem
+            or urlsplit(video).hostname
+        )
+        return check_video_id(str(name)), video.strip()
     if looks_like_location(video):
         uri = normalise_uri(video)
         return check_video_id(Path(uri.split("://", 1)[1]).stem), uri
     check_video_id(video)
-    if not source_template:
-        raise VideoError(video, "a bare video ID needs a source template with {video_id}")
-    return video, normalise_uri(fill_template(source_template, video, "source"))
+    if source_template:
+        return video, normalise_uri(fill_template(source_template, video, "source"))
+    if YOUTUBE_ID.fullmatch(video):
+        return video, watch_url(video)
+    raise VideoError(
+        video, "a bare video ID needs a source template with {video_id} (or is a YouTube ID)"
+    )
 
 
 def save_metadata(store: ArtifactStore, video_id: str, uri: str | None) -> str | None:

@@ -129,6 +129,27 @@ class ArtifactStore(StoreLayout):
         else:
             self._call("write", uri, self.fs.pipe_file, uri, data)
 
+    def put_file(self, local_path: str | os.PathLike[str], uri: str) -> None:
+        """Copy a local file to ``uri`` the way :meth:`write_bytes` writes: under a temporary
+        name then renamed (local), or one upload that appears whole or not at all (S3), without
+        holding it in memory (a downloaded video)."""
+        if not self.is_local:
+            self._call("upload", uri, self.fs.put_file, os.fspath(local_path), uri)
+            return
+        path = Path(self.fs._strip_protocol(uri))
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(local_path, tmp)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise StoreError(
+                f"store {self.root}: cannot write {uri}: {exc.strerror or exc}"
+            ) from exc
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+
     def read_json(self, uri: str) -> Any:
         return json.loads(self.read_bytes(uri))
 

@@ -23,6 +23,8 @@ export ACTION100M_PROFILE="${ACTION100M_PROFILE:-tiny}"
 export LLM_POOL_SLOTS="${LLM_POOL_SLOTS:-4}"
 # Slots of the vlm pool: caption tasks at once against the vLLM server.
 export VLM_POOL_SLOTS="${VLM_POOL_SLOTS:-4}"
+# Slots of the download pool: fetch tasks (yt-dlp) at once.
+export DOWNLOAD_POOL_SLOTS="${DOWNLOAD_POOL_SLOTS:-4}"
 export ACTION100M_CACHE="${ACTION100M_CACHE:-$ACTION100M_DEMO/models}"
 # `airflow standalone` starts `airflow` subprocesses: the venv's bin must be on PATH.
 if [ -d "$ACTION100M_REPO/.venv/bin" ]; then

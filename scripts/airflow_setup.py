@@ -27,11 +27,13 @@ DEFAULT_POOLS = {  # compose and scripts/airflow_env.sh set the variables
     "gpu": int(os.environ.get("GPU_POOL_SLOTS") or 1),
     "llm": int(os.environ.get("LLM_POOL_SLOTS") or 4),
     "vlm": int(os.environ.get("VLM_POOL_SLOTS") or 4),
+    "download": int(os.environ.get("DOWNLOAD_POOL_SLOTS") or 4),
 }
 POOL_DESCRIPTIONS = {
     "gpu": "action100m embed: one slot per GPU worker",
     "vlm": "action100m caption: tasks at once per vLLM server (x caption.concurrency requests)",
     "llm": "action100m aggregate: concurrent LLM tasks (each keeps 1/slots of the rate limits)",
+    "download": "action100m fetch: concurrent downloads from the video sites (yt-dlp)",
 }
 
 

@@ -22,6 +22,7 @@ import boto3
 from celery_stack import CeleryStack
 
 from action100m.samples import make_video
+from action100m.stages import PIPELINE
 
 DAG_ID = "action100m"
 RUN_ID = "celery_topology"
@@ -127,7 +128,7 @@ def test_compose_topology_on_celery_survives_a_dead_gpu_worker(
         stack.stop()
 
     # Each task ran on the worker of its queue; only embed goes to the GPU queue.
-    assert len(tis) == 2 + len(VIDEOS) * 5
+    assert len(tis) == 2 + len(VIDEOS) * len(PIPELINE)  # resolve, report; a task per stage
     for ti in tis:
         label = (ti["task_id"], ti["rendered_map_index"])
         assert ti["state"] == "success", label

@@ -70,6 +70,7 @@ def test_init_creates_pools_connections_and_bucket(compose: dict[str, Any]) -> N
     init = _command(services["airflow-init"])
     assert "airflow db migrate" in init and "scripts/airflow_setup.py" in init
     assert "--pool gpu=" in init and "--pool llm=" in init and "--pool vlm=" in init
+    assert "--pool download=" in init
     assert "mc mb" in services["minio-init"]["entrypoint"]
     setup = (ROOT / "scripts" / "airflow_setup.py").read_text()
     for conn_id in ("action100m_store", "openai_default", "anthropic_default", "vllm_default"):

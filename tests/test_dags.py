@@ -73,6 +73,7 @@ def dags() -> dict[str, Any]:
 def test_per_video_tasks_pools_queues_and_retries(dags: dict[str, Any]) -> None:
     dag = dags["action100m"]
     expected = {
+        "video.fetch": ("download", "default"),
         "video.embed": ("gpu", "gpu"),
         "video.segment": ("default_pool", "default"),
         "video.caption": ("vlm", "default"),
@@ -85,9 +86,10 @@ def test_per_video_tasks_pools_queues_and_retries(dags: dict[str, Any]) -> None:
         assert task.retries >= 2 and task.retry_exponential_backoff > 1, task_id
         assert task.execution_timeout and task.execution_timeout <= timedelta(hours=4), task_id
         assert task.map_index_template == "{{ video_id }}", task_id
-    embed, segment = dag.get_task("video.embed"), dag.get_task("video.segment")
-    assert segment.upstream_task_ids == {"video.embed"}
-    assert embed.upstream_task_ids == {"resolve_videos"}
+    fetch, embed = dag.get_task("video.fetch"), dag.get_task("video.embed")
+    assert dag.get_task("video.segment").upstream_task_ids == {"video.embed"}
+    assert embed.upstream_task_ids == {"video.fetch"}
+    assert fetch.upstream_task_ids == {"resolve_videos"}
     report = dag.get_task("report")
     assert report.trigger_rule == "all_done"
     assert report.upstream_task_ids == {"video.publish"}
@@ -225,6 +227,7 @@ def test_the_video_group_is_the_library_stage_list(dags: dict[str, Any]) -> None
         assert task.execution_timeout == timedelta(minutes=spec.timeout_minutes)
         assert (task.pool == "gpu") == (spec.resource == "gpu"), spec
         assert (task.queue == "gpu") == (spec.resource == "gpu"), spec
+        assert (task.pool == "download") == (spec.resource == "download"), spec
 
 
 @pytest.mark.usefixtures("plugins_on_path")
@@ -278,3 +281,31 @@ def test_the_backfill_summary_says_why_a_video_is_still_missing(tmp_path: Any) -
     assert text == (
         f"bare (published without every stage (aggregate: {reason})), never (not published)"
     )
+
+
+@pytest.mark.usefixtures("plugins_on_path")
+def test_the_fetch_proxy_and_cookies_come_from_a_connection_and_hosts_from_the_deployment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fetch stage's proxy and cookies reach it as secrets from ``action100m_fetch``; a
+    run's parameters cannot widen ``fetch.allowed_hosts``."""
+    from action100m.errors import ConfigError
+
+    cookies = "# Netscape HTTP Cookie File\n.youtube.com\tTRUE\t/\tTRUE\t0\tSID\tcookie-secret\n"
+    fetch = {"conn_type": "http", "host": "proxy.internal", "port": 3128, "login": "user",
+             "password": "proxy-secret", "extra": {"cookies": cookies}}  # fmt: skip
+    monkeypatch.setenv("AIRFLOW_CONN_ACTION100M_FETCH", json.dumps(fetch))
+    monkeypatch.setenv("ACTION100M_FETCH__ALLOWED_HOSTS", "www.youtube.com,media.internal")
+    before = dict(os.environ)
+    from action100m_airflow.tasks import build_runtime
+
+    runtime = build_runtime({"profile": "tiny"})
+    assert dict(os.environ) == before
+    access = runtime.services.fetch
+    assert access.proxy is not None and access.cookies is not None
+    assert access.proxy.get_secret_value() == "http://user:proxy-secret@proxy.internal:3128"
+    assert access.cookies.get_secret_value() == cookies
+    assert "secret" not in repr(runtime.services)
+    assert runtime.settings.fetch.allowed_hosts == ["www.youtube.com", "media.internal"]
+    with pytest.raises(ConfigError, match="fetch.allowed_hosts is the deployment's"):
+        build_runtime({"profile": "tiny", "overrides": ["fetch.allowed_hosts=10.0.0.1"]})

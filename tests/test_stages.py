@@ -67,13 +67,13 @@ def fingerprint_stage(monkeypatch: pytest.MonkeyPatch) -> None:
     module = types.ModuleType("action100m.stages.fingerprint")
     module.STAGE = FingerprintStage()  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    extended = (*PIPELINE[:2], StageSpec("fingerprint", "cpu", 5), *PIPELINE[2:])
+    extended = (*PIPELINE[:3], StageSpec("fingerprint", "cpu", 5), *PIPELINE[3:])
     monkeypatch.setattr(stages_module, "PIPELINE", extended)
 
 
 def test_the_command_line_has_one_subcommand_per_stage_in_order() -> None:
     names = [spec.name for spec in PIPELINE]
-    assert names == ["embed", "segment", "caption", "aggregate", "publish"]
+    assert names == ["fetch", "embed", "segment", "caption", "aggregate", "publish"]
     commands = _subcommands()
     assert [c for c in commands if c in names] == names
 

@@ -18,8 +18,9 @@ if TYPE_CHECKING:
     from action100m.stages.base import Stage
 
 # gpu: a model on this host's GPU; gpu_service: requests to a GPU server (counts against the GPU
-# budget, runs on any host); llm: requests to the LLM API (its rate limits); cpu: this host only.
-Resource = Literal["cpu", "gpu", "gpu_service", "llm"]
+# budget, runs on any host); llm: requests to the LLM API (its rate limits); download: requests
+# to the video sites (their rate limits and bot checks); cpu: this host only.
+Resource = Literal["cpu", "download", "gpu", "gpu_service", "llm"]
 
 
 class StageSpec(NamedTuple):
@@ -29,6 +30,7 @@ class StageSpec(NamedTuple):
 
 
 PIPELINE: tuple[StageSpec, ...] = (
+    StageSpec("fetch", "download", 60),
     StageSpec("embed", "gpu", 120),
     StageSpec("segment", "cpu", 30),
     StageSpec("caption", "gpu_service", 240),

@@ -15,8 +15,10 @@ import contextlib
 import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -52,18 +54,22 @@ class Runtime:
     def from_environment(
         cls, settings: Settings, store: ArtifactStore, environ: dict[str, str] | None = None
     ) -> Runtime:
-        services = Services.from_environment(environ, settings.caption.api_key_env)
+        services = Services.from_environment(
+            environ, settings.caption.api_key_env, settings.fetch.asr_api_key_env
+        )
         return cls(settings, store, services)
 
 
 @dataclass
 class StageOutput:
     """What ``process`` hands the runner: files to write (a name -> a JSON value, an array
-    (``.npy``) or bytes), and small stats for ``_SUCCESS`` and the log."""
+    (``.npy``), bytes, or a local file's ``Path``), and small stats for ``_SUCCESS`` and the log.
+    ``scratch``: a local folder the runner removes once the output is written (or has failed)."""
 
     artifacts: dict[str, Any]
     stats: dict[str, Any] = field(default_factory=dict)
     uri: str | None = None  # what stands for the output where not the folder (publish: document)
+    scratch: str | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +141,14 @@ class Stage:
     settings_section: ClassVar[str | None] = None
     # False: the stage never counts as done before and writes where it wants (publish).
     keyed: ClassVar[bool] = True
+    # True: only some videos need the stage (fetch: IDs and URLs, not files): its missing output
+    # never leaves a video unfinished; the stage reading it says so where it is missing.
+    optional: ClassVar[bool] = False
+
+    def applies(self, video: Video) -> bool:
+        """Whether the stage has work for this video at all (the runner passes over it
+        otherwise, as reused with no output). Only an ``optional`` stage may say no."""
+        return True
 
     def unavailable(self, runtime: Runtime) -> str | None:
         """Why the stage cannot run in this deployment (None: it can); the runner skips it."""
@@ -246,7 +260,9 @@ def load_tree(settings: Settings, store: ArtifactStore, video_id: str) -> Tree:
 
 
 def _write(store: ArtifactStore, uri: str, value: Any) -> None:
-    if isinstance(value, np.ndarray):
+    if isinstance(value, Path):
+        store.put_file(value, uri)
+    elif isinstance(value, np.ndarray):
         store.write_npy(uri, value)
     elif isinstance(value, bytes):
         store.write_bytes(uri, value)
@@ -265,6 +281,8 @@ def unfinished_stages(runtime: Runtime, video_id: str) -> dict[str, str]:
         folder = output_dir(runtime, stage, video_id)
         if store.is_done(folder):
             why[stage.name] = stage.pending(store.done_info(folder))
+        elif stage.optional:
+            why[stage.name] = None
         else:
             why[stage.name] = stage.unavailable(runtime) or f"{stage.name} has not finished"
     for stage in reversed(keyed):
@@ -288,6 +306,8 @@ def run_stage(
     A stage this deployment cannot run (``unavailable``) is skipped with the reason, or, when
     ``required`` (asked for by name), fails with it as a :class:`PermanentError`."""
     store, video_id, started = runtime.store, video.video_id, time.monotonic()
+    if stage.optional and not stage.applies(video):
+        return StageRecord(stage.name, None, True, 0.0)
     folder = output_dir(runtime, stage, video_id)
     ctx = StageContext(runtime, video, folder)
     stage.before(ctx)
@@ -309,7 +329,11 @@ def run_stage(
             )
     output = stage.process(ctx)
     seconds = round(time.monotonic() - started, 3)
-    store_output(runtime, stage, video_id, output, seconds=seconds)
+    try:
+        store_output(runtime, stage, video_id, output, seconds=seconds)
+    finally:
+        if output.scratch:
+            shutil.rmtree(output.scratch, ignore_errors=True)
     stage.after(ctx, output)
     facts = ", ".join(f"{k} {v}" for k, v in output.stats.items() if not isinstance(v, dict))
     log.info("video %s: %s done in %.1f s (%s) -> %s", video_id, stage.name, seconds, facts, folder)

@@ -28,6 +28,7 @@ from action100m.stages.embed_stream import (
     per_window,
     window_starts,
 )
+from action100m.stages.fetch import fetched_source
 from action100m.video import VideoInfo, iter_sampled_frames, probe
 
 log = logging.getLogger(__name__)
@@ -63,9 +64,10 @@ class EmbedStage(Stage):
 
     def process(self, ctx: StageContext) -> StageOutput:
         cfg, video_id = ctx.settings.embed, ctx.video_id
-        if ctx.video.uri is None:
+        source = fetched_source(ctx)  # a web page's video, as the fetch stage stored it
+        if source is None:
             raise VideoError(video_id, "embed needs the video's source (a path or a URI)")
-        with ctx.store.local_copy(ctx.video.uri, video_id) as path:
+        with ctx.store.local_copy(source, video_id) as path:
             info = probe(path, video_id)
             if info.duration is not None:  # fail before any decoding when the file says so
                 _require_length(video_id, info.duration, ctx.settings.segment.min_duration)
@@ -76,8 +78,8 @@ class EmbedStage(Stage):
         _require_length(video_id, decoded, ctx.settings.segment.min_duration)
         frames = {
             "video_id": video_id,
-            "source": ctx.video.uri,
-            "source_fingerprint": ctx.store.fingerprint(ctx.video.uri),
+            "source": source,
+            "source_fingerprint": ctx.store.fingerprint(source),
             "duration": max(info.duration or decoded, times[-1]),
             "fps": info.fps,
             "frame_step": cfg.frame_step,

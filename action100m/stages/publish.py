@@ -23,6 +23,7 @@ from action100m.stages.base import (
     StageContext,
     StageOutput,
     load_tree,
+    output_dir,
     read_finished,
     unfinished_stages,
 )
@@ -36,7 +37,9 @@ def video_status(runtime: Runtime, video_id: str) -> VideoStatus:
     """Which stages have finished for the video under these settings, and why the others have
     not (:func:`~action100m.stages.base.unfinished_stages`)."""
     skipped = unfinished_stages(runtime, video_id)
-    keyed = [stage.name for stage in stages() if stage.keyed]
+    # An optional stage (fetch) is listed where it ran: a file's video never needed it.
+    keyed = [stage.name for stage in stages() if stage.keyed and (
+        not stage.optional or runtime.store.is_done(output_dir(runtime, stage, video_id)))]  # fmt: skip
     done = {name: name not in skipped for name in keyed}
     return VideoStatus(video_id, done, skipped, runtime.store.document_uri(video_id), time.time())
 

@@ -18,6 +18,9 @@ VIDEO_GROUP = "video"
 STAGES = STAGE_NAMES  # the library's list, in order: one task per stage in each video's group
 GPU_POOL = "gpu"
 LLM_POOL = "llm"
+DOWNLOAD_POOL = "download"  # concurrent downloads (fetch): the video sites' limits
+FETCH_CONN_ID = "action100m_fetch"  # the fetch stage's proxy and cookies
+FETCH_COOKIES_VARIABLE = "action100m_fetch_cookies"
 # Slots of the `llm` pool where the deployment sets them (compose's .env, scripts/airflow_env.sh);
 # aggregate tasks split the account's rate limits by it.
 LLM_POOL_SLOTS_ENV = "LLM_POOL_SLOTS"
@@ -28,6 +31,7 @@ VLLM_CONN_ID = "vllm_default"
 # Caption tasks only send requests to the vLLM server: a slot of its own pool (VLM_POOL_SLOTS,
 # sized to the server's capacity), not one of the GPU workers' gpu pool.
 VLM_POOL = "vlm"
+ASR_CONN_ID = "asr_default"
 
 # Where each kind of stage runs: a model on the GPU needs a GPU host (queue) and a GPU slot
 # (pool); a GPU server's client needs only the slot; the LLM's client a slot of the llm pool.
@@ -35,6 +39,7 @@ RESOURCE_OPTIONS: dict[str, dict[str, Any]] = {
     "gpu": {"pool": GPU_POOL, "queue": GPU_QUEUE},
     "gpu_service": {"pool": VLM_POOL},
     "llm": {"pool": LLM_POOL},
+    "download": {"pool": DOWNLOAD_POOL},
     "cpu": {},
 }
 # Each stage's task options, from the library's stage list: pool, queue and a timeout per try.

@@ -27,7 +27,7 @@ from action100m_airflow.tasks import failures_reported
 log = logging.getLogger("action100m.airflow")
 
 FORWARDED_PARAMS = ("source", "metadata", "profile", "overrides")
-BACKFILL_PARAMS = ("manifest", "shard_size", "skip_done", "max_shards")
+BACKFILL_PARAMS = ("manifest", "shard_size", "skip_done", "max_shards", "transcripts")
 PLAN_TASK_ID = "plan_shards"
 PLAN_KEY = "plan"
 TRIGGER_TASK_ID = "trigger_shard"
@@ -50,7 +50,13 @@ def plan_shards() -> list[dict[str, Any]]:
     """One ``{trigger_run_id, conf}`` per shard of the next bounded slice of the manifest; the
     shard's IDs go to the store and only their URI into the conf. The plan's figures (and where
     a continuation starts) are pushed as the XCom ``plan``."""
-    from action100m.batch import max_videos_per_run, plan_window, read_manifest, write_video_list
+    from action100m.batch import (
+        file_transcripts,
+        max_videos_per_run,
+        plan_window,
+        read_manifest,
+        write_video_list,
+    )
     from action100m.sources import allowed_locations
 
     context = get_current_context()
@@ -69,6 +75,9 @@ def plan_shards() -> list[dict[str, Any]]:
         ids = read_manifest(manifest, store.options_for(manifest), allowed=allowed)
         skip_done = bool(params.get("skip_done", True))
         shards, next_offset, scanned = plan_window(store, ids, offset, size, max_shards, skip_done)
+        transcripts = str(params.get("transcripts") or "").strip()
+        if transcripts:  # HowTo100M's own ASR, filed for the fetch stage of each planned video
+            file_transcripts(store, transcripts, [v for vids in shards for v in vids], allowed)
         uris = [store.shard_list_uri(run_id, index + 1) for index in range(len(shards))]
         for uri, videos in zip(uris, shards, strict=True):
             write_video_list(store, uri, videos)

@@ -10,6 +10,10 @@ models as a settings layer. No secret is ever logged.
   and S3 credentials from the usual AWS variables.
 - ``openai_default`` / ``anthropic_default``: password = API key; host or extra ``base_url`` = an
   OpenAI-compatible endpoint; extra ``model``. ``vllm_default``: the captioning vLLM server.
+  ``asr_default``: the speech recogniser of the fetch stage (``fetch.asr_backend=api``).
+- ``action100m_fetch``: the fetch stage's proxy (extra ``proxy``, or host/port/login/password)
+  and cookies (extra ``cookies``: a Netscape cookies file's text); the cookies may instead be
+  the variable ``action100m_fetch_cookies``. Both are masked in task logs.
 """
 
 from __future__ import annotations
@@ -17,12 +21,19 @@ from __future__ import annotations
 import logging
 import os
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from airflow.sdk import BaseHook, Connection
 from airflow.sdk.exceptions import AirflowNotFoundException
 
-from action100m_airflow import LLM_CONN_IDS, STORE_CONN_ID, VLLM_CONN_ID
+from action100m_airflow import (
+    ASR_CONN_ID,
+    FETCH_CONN_ID,
+    FETCH_COOKIES_VARIABLE,
+    LLM_CONN_IDS,
+    STORE_CONN_ID,
+    VLLM_CONN_ID,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +141,67 @@ def model_services(requested_provider: str | None) -> tuple[dict[str, Any], Any]
             services = services.with_vlm(Endpoint(api_key=SecretStr(vllm.password)))
         log.debug("captioning server from connection %s: %s", VLLM_CONN_ID,
                  _safe(settings["caption"].get("base_url")))  # fmt: skip
-    return settings, services
+    asr = optional_connection(ASR_CONN_ID)
+    if asr is not None:
+        found = _endpoint_settings(asr)
+        settings["fetch"] = {
+            f"asr_{name}": value for name, value in found.items() if name in ("base_url", "model")
+        }
+        if asr.password:
+            services = services.model_copy(
+                update={"asr": Endpoint(api_key=SecretStr(asr.password)).over(services.asr)}
+            )
+    return settings, services.model_copy(update={"fetch": fetch_access()})
+
+
+def fetch_access() -> Any:
+    """The fetch stage's proxy and cookies from the ``action100m_fetch`` connection (and the
+    ``action100m_fetch_cookies`` variable), masked in the task log, never logged here."""
+    from pydantic import SecretStr
+
+    from action100m.services import FetchAccess
+
+    proxy = cookies = None
+    conn = optional_connection(FETCH_CONN_ID)
+    if conn is not None:
+        extra = conn.extra_dejson
+        proxy = extra.get("proxy") or _proxy_url(conn)
+        cookies = extra.get("cookies")
+    if not cookies:
+        cookies = _variable(FETCH_COOKIES_VARIABLE)
+    for secret in (proxy, cookies):
+        if secret:
+            _mask(secret)
+    return FetchAccess(
+        proxy=SecretStr(proxy) if proxy else None,
+        cookies=SecretStr(cookies) if cookies else None,
+    )
+
+
+def _proxy_url(conn: Connection) -> str | None:
+    if not conn.host:
+        return None
+    parts = urlsplit(conn.host if "://" in conn.host else f"{conn.schema or 'http'}://{conn.host}")
+    auth = f"{quote(conn.login or '', safe='')}:{quote(conn.password or '', safe='')}@"
+    netloc = (auth if conn.login else "") + (parts.hostname or "")
+    port = conn.port or parts.port
+    return parts._replace(netloc=netloc + (f":{port}" if port else "")).geturl()
+
+
+def _variable(key: str) -> str | None:
+    from airflow.sdk import Variable
+
+    try:
+        value = Variable.get(key, default=None)
+    except Exception:  # outside a task (no supervisor to ask), or no variables at all
+        return None
+    return str(value) if value else None
+
+
+def _mask(secret: str) -> None:
+    from airflow.sdk.log import mask_secret
+
+    mask_secret(secret)
 
 
 def _endpoint_settings(conn: Connection) -> dict[str, str]:

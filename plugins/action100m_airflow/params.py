@@ -65,6 +65,13 @@ def backfill_params(environ: dict[str, str] | None = None) -> dict[str, Param]:
             "Airflow's [core] max_map_length; the rest of the manifest goes to a continuation "
             "backfill run this run triggers.",
         ),
+        "transcripts": Param(
+            None,
+            type=["null", "string"],
+            title="Transcripts (HowTo100M raw_caption.json)",
+            description="Optional URI of HowTo100M's raw_caption.json: each planned video's "
+            "transcript is taken from it (read once, streaming) instead of the site's subtitles.",
+        ),
         "offset": Param(
             0,
             type="integer",

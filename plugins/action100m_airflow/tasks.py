@@ -40,6 +40,7 @@ def build_runtime(params: dict[str, Any]) -> Any:
     redact_logs()  # whatever a library logs in this task, keys in URLs are masked
     raw = params.get("overrides") or {}
     user = raw if isinstance(raw, dict) else parse_assignments([str(item) for item in raw])
+    refuse_deployment_settings(user)
     store = ArtifactStoreHook().get_store()
     deployment, connection_keys = model_services(user.get("aggregate", {}).get("provider"))
     environ = dict(os.environ)  # a copy: the share below is for these settings only
@@ -51,8 +52,23 @@ def build_runtime(params: dict[str, Any]) -> Any:
         environ=environ,
         deployment=deployment,
     )
-    own = Services.from_environment(vlm_key_env=settings.caption.api_key_env)
+    own = Services.from_environment(
+        vlm_key_env=settings.caption.api_key_env, asr_key_env=settings.fetch.asr_api_key_env
+    )
     return Runtime(settings, store, own.overlay(connection_keys))
+
+
+def refuse_deployment_settings(overrides: dict[str, Any]) -> None:
+    """Whoever may trigger a run may not choose where workers fetch from: ``fetch.allowed_hosts``
+    is the deployment's (``ACTION100M_FETCH__ALLOWED_HOSTS``), never a run parameter."""
+    from action100m.errors import ConfigError
+
+    fetch = overrides.get("fetch")
+    if isinstance(fetch, dict) and "allowed_hosts" in fetch:
+        raise ConfigError(
+            "fetch.allowed_hosts is the deployment's setting (ACTION100M_FETCH__ALLOWED_HOSTS), "
+            "not a run parameter"
+        )
 
 
 def share_llm_limits(environ: dict[str, str]) -> None:
