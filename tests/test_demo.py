@@ -150,7 +150,8 @@ def test_airflow_standalone_lists_the_dag_with_its_form_and_runs_it(
         deadline, state = time.monotonic() + 240, "queued"
         while state not in ("success", "failed") and time.monotonic() < deadline:
             time.sleep(2)
-            state = ui.request("GET", f"/api/v2/dags/action100m/dagRuns/{run_id}")["state"]
+            with contextlib.suppress(TimeoutError):  # standalone's SQLite stalls under load
+                state = ui.request("GET", f"/api/v2/dags/action100m/dagRuns/{run_id}")["state"]
         assert state == "success", f"run {run_id} ended {state}; see {ui.log} and {ui.home}/logs"
     store = ArtifactStore(f"file://{folder}/artifacts")
     assert store.exists(store.document_uri("standalone_clip"))
