@@ -14,7 +14,7 @@ from typing import Any
 
 from action100m import stages as pipeline_stages
 from action100m.config import load_settings
-from action100m.errors import Action100MError, redact_logs
+from action100m.errors import Action100MError, PermanentError, redact_logs
 from action100m.pipeline import run_until, run_video
 from action100m.sources import fill_template, looks_like_location, resolve_video
 from action100m.stages.base import Runtime, Video
@@ -72,7 +72,14 @@ def _parser() -> argparse.ArgumentParser:
         "export", help="dataset export (.parquet, .json or .jsonl by the extension of --out)"
     )
     export.add_argument("--format", choices=["action100m", "flat"], default="action100m")
-    export.add_argument("--out", required=True)
+    export.add_argument(
+        "--out",
+        required=True,
+        help="a file, or a folder ending in / for shards with an index (incremental)",
+    )
+    export.add_argument(
+        "--shard-mb", type=int, default=256, help="shards roll over past this size (folder --out)"
+    )
     export.add_argument("videos", nargs="*", help="video IDs (default: every document)")
     evaluate = commands.add_parser(
         "eval",
@@ -182,6 +189,13 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         scores = compare(load_trees(args.reference), load_trees(args.candidate))
         print(json.dumps(scores, indent=2) if args.json else format_scores(scores))
+    elif command == "export" and args.out.endswith("/"):
+        from action100m.shards import export_shards
+
+        if args.format != "action100m":
+            raise PermanentError("a folder export (--out ending in /) writes --format action100m")
+        summary = export_shards(store, args.out, args.videos or None, args.shard_mb * 2**20)
+        print(json.dumps(summary))
     elif command == "export":
         from action100m.interop import export
 
