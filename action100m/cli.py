@@ -18,7 +18,7 @@ from action100m.errors import Action100MError, PermanentError, redact_logs
 from action100m.pipeline import run_until, run_video
 from action100m.sources import fill_template, looks_like_location, resolve_video
 from action100m.stages.base import Runtime, Video
-from action100m.store import ArtifactStore
+from action100m.store import ArtifactStore, normalise_uri
 
 log = logging.getLogger("action100m")
 
@@ -81,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
         "--shard-mb", type=int, default=256, help="shards roll over past this size (folder --out)"
     )
     export.add_argument("videos", nargs="*", help="video IDs (default: every document)")
+    report = commands.add_parser(
+        "report", help="--dataset: an HTML page about a whole store, export file or shards folder"
+    )
+    report.add_argument("--dataset", action="store_true", required=True)
+    report.add_argument("--from", dest="location", help="default: the store (--store)")
+    report.add_argument("--out", required=True, help="the HTML file to write")
     evaluate = commands.add_parser(
         "eval",
         help="compare two sets of trees (a store, or a release-format file) on shared videos",
@@ -184,6 +190,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         for video_id in imported:
             print(video_id)
+    elif command == "report":
+        from action100m.shards import iter_records, store_usage
+        from action100m.viewer.dataset import dataset_stats, render_dataset
+
+        location = args.location or store.root
+        stats = dataset_stats(iter_records(location), store_usage(location))
+        page = render_dataset(stats, f"Dataset report: {location}")
+        uri = normalise_uri(args.out)
+        ArtifactStore(uri.rsplit("/", 1)[0]).write_bytes(uri, page.encode())
+        print(uri)
     elif command == "eval":
         from action100m.evaluate import compare, format_scores, load_trees
 

@@ -184,3 +184,36 @@ def _drop_videos(out: ArtifactStore, index: dict[str, Any], name: str, videos: s
                 writer.write_table(table.filter(mask))
         out.put_file(target, uri)
         entry.update(videos=keep, bytes=target.stat().st_size)
+
+
+def iter_records(location: str) -> Iterator[dict[str, Any]]:
+    """Release records one at a time from a store, a release file, or a folder of shards."""
+    path = Path(location.removeprefix("file://"))
+    if path.suffix in (".parquet", ".json", ".jsonl"):
+        from action100m.release import read_records
+
+        yield from read_records(location)
+        return
+    folder = ArtifactStore(normalise_uri(location).rstrip("/"))
+    if folder.exists(folder.join(INDEX)):
+        for name in sorted(read_index(folder)["shards"]):
+            with folder.fs.open(folder.fs._strip_protocol(folder.join(name)), "rb") as handle:
+                for batch in pq.ParquetFile(handle).iter_batches(batch_size=16):
+                    yield from batch.to_pylist()
+        return
+    for video_id in _video_ids(folder, None):
+        uri = folder.document_uri(video_id)
+        if folder.exists(uri):
+            yield official_record(folder.read_json(uri))
+
+
+def store_usage(location: str) -> Iterator[dict[str, Any]]:
+    """Every finished Stage 3 ``usage.json`` of a store (none for a file or shards)."""
+    store = ArtifactStore(normalise_uri(location).rstrip("/"))
+    if Path(location).suffix or store.exists(store.join(INDEX)):
+        return
+    for folder in store.list(store.videos_dir()):
+        for key_folder in store.list(f"{folder}/aggregate"):
+            uri = f"{key_folder}/usage.json"
+            if store.is_done(key_folder) and store.exists(uri):
+                yield store.read_json(uri)

@@ -10,10 +10,10 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
+from action100m import shards
 from action100m.cli import main
 from action100m.interop import import_file
 from action100m.release import SCHEMA, read_records
-from action100m import shards
 from action100m.shards import GROUP_VIDEOS, export_shards, read_index
 from action100m.store import ArtifactStore
 
