@@ -14,11 +14,11 @@ from typing import Any
 
 from action100m import stages as pipeline_stages
 from action100m.config import load_settings
-from action100m.errors import Action100MError, redact_logs
+from action100m.errors import Action100MError, PermanentError, redact_logs
 from action100m.pipeline import run_until, run_video
 from action100m.sources import fill_template, looks_like_location, resolve_video
 from action100m.stages.base import Runtime, Video
-from action100m.store import ArtifactStore
+from action100m.store import ArtifactStore, normalise_uri
 
 log = logging.getLogger("action100m")
 
@@ -72,8 +72,21 @@ def _parser() -> argparse.ArgumentParser:
         "export", help="dataset export (.parquet, .json or .jsonl by the extension of --out)"
     )
     export.add_argument("--format", choices=["action100m", "flat"], default="action100m")
-    export.add_argument("--out", required=True)
+    export.add_argument(
+        "--out",
+        required=True,
+        help="a file, or a folder ending in / for shards with an index (incremental)",
+    )
+    export.add_argument(
+        "--shard-mb", type=int, default=256, help="shards roll over past this size (folder --out)"
+    )
     export.add_argument("videos", nargs="*", help="video IDs (default: every document)")
+    report = commands.add_parser(
+        "report", help="--dataset: an HTML page about a whole store, export file or shards folder"
+    )
+    report.add_argument("--dataset", action="store_true", required=True)
+    report.add_argument("--from", dest="location", help="default: the store (--store)")
+    report.add_argument("--out", required=True, help="the HTML file to write")
     evaluate = commands.add_parser(
         "eval",
         help="compare two sets of trees (a store, or a release-format file) on shared videos",
@@ -177,11 +190,28 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         for video_id in imported:
             print(video_id)
+    elif command == "report":
+        from action100m.shards import iter_records, store_usage
+        from action100m.viewer.dataset import dataset_stats, render_dataset
+
+        location = args.location or store.root
+        stats = dataset_stats(iter_records(location), store_usage(location))
+        page = render_dataset(stats, f"Dataset report: {location}")
+        uri = normalise_uri(args.out)
+        ArtifactStore(uri.rsplit("/", 1)[0]).write_bytes(uri, page.encode())
+        print(uri)
     elif command == "eval":
         from action100m.evaluate import compare, format_scores, load_trees
 
         scores = compare(load_trees(args.reference), load_trees(args.candidate))
         print(json.dumps(scores, indent=2) if args.json else format_scores(scores))
+    elif command == "export" and args.out.endswith("/"):
+        from action100m.shards import export_shards
+
+        if args.format != "action100m":
+            raise PermanentError("a folder export (--out ending in /) writes --format action100m")
+        summary = export_shards(store, args.out, args.videos or None, args.shard_mb * 2**20)
+        print(json.dumps(summary))
     elif command == "export":
         from action100m.interop import export
 

@@ -120,6 +120,9 @@ class AggregateConfig(_Section):
     # A prompt module in the release's layout (action100m/llm/templates.py); None: ours. It must
     # lie under the store or ACTION100M_ALLOWED_SOURCES, as every file a run reads.
     prompt_file: str | None = None
+    # "whole": the transcript in the shared metadata where it fits (the paper's prompt);
+    # "piecewise": each node with the lines spoken during it (a shorter prefix, ~35% cheaper).
+    transcript: Literal["whole", "piecewise"] = "whole"
     # The provider's structured output (OpenAI/vLLM json_schema, Anthropic forced tool use) from
     # the prompt's RESPONSE_STRUCTURE; off for endpoints that support neither.
     structured_output: bool = True

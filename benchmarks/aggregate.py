@@ -120,9 +120,12 @@ def _settings(store: ArtifactStore, aggregate: dict | None = None) -> Settings:
     return load_settings(store=store.root, environ={}, overrides={"aggregate": aggregate or {}})
 
 
-def run_path(record: dict, reference: str, provider: str, budget: int | None) -> tuple[dict, float]:
-    """Stage 3 with the default settings (and ``budget`` if given) against the scripted server,
-    which answers each node with the release's own annotation."""
+def run_path(
+    record: dict, reference: str, provider: str, budget: int | None, **extra: object
+) -> tuple[dict, float]:
+    """Stage 3 with the default settings (and ``budget`` and ``extra`` aggregate settings if
+    given) against the scripted server, which answers each node with the release's own
+    annotation."""
     by_span = {prompts.span(r["start"], r["end"]): r for r in record["nodes"]}
 
     def responder(request: Request) -> Reply | None:
@@ -146,6 +149,7 @@ def run_path(record: dict, reference: str, provider: str, budget: int | None) ->
         }
         if budget is not None:
             overrides["max_prompt_tokens"] = budget
+        overrides.update(extra)
         settings = _settings(store, overrides)
         import_file(settings, store, reference, annotations=False)
         started = time.perf_counter()
@@ -222,6 +226,10 @@ def main() -> None:
                 whole, _ = run_path(record, args.reference, provider, args.max_prompt_tokens)
             whole_usage = Usage.from_json(whole)
             line(f"{label}, whole captions, prompt caching", whole_usage, price)
+            pieces, _ = run_path(
+                record, args.reference, provider, args.max_prompt_tokens, transcript="piecewise"
+            )
+            line(f"{label}, piecewise transcript, prompt caching", Usage.from_json(pieces), price)
             tokens = (usage.input_tokens + usage.output_tokens) / hours
             naive_tokens = (naive.input_tokens + naive.output_tokens) / hours
             print(

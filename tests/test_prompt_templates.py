@@ -180,3 +180,12 @@ def test_structured_output_can_be_switched_off(settings, store, llm) -> None:
     run_aggregate(settings, store, VIDEO)
     assert all("response_format" not in r.body for r in llm.requests)
     assert all(n["error"] is None for n in annotations(settings, store).values())
+
+
+def test_a_piecewise_transcript_keeps_speech_out_of_the_shared_prefix(settings, store, llm) -> None:
+    settings.aggregate.transcript = "piecewise"
+    write_inputs(settings, store)  # a short timed transcript: whole by default
+    run_aggregate(settings, store, VIDEO)
+    prompts = [r.prompt for r in llm.requests]
+    assert all("given piecewise" in p for p in prompts)
+    assert any("Speech during it" in p for p in prompts)

@@ -235,9 +235,10 @@ def _yaml(value: dict[str, Any]) -> str:
 class PromptBuilder:
     """Renders the part shared by a video's nodes once, and each node's tree within the budget.
 
-    The shared part holds the metadata and the global context. A transcript too long for its
-    share whose lines all carry times is shown piecewise instead, each node with the lines
-    spoken during it, so the prefix every request pays for (cached or not) stays short."""
+    The shared part holds the metadata and the global context. A transcript whose lines all carry
+    times is shown piecewise instead, each node with the lines spoken during it, when it is too
+    long for its share or ``whole_transcript`` is off (``aggregate.transcript=piecewise``: the
+    prefix every request pays for, cached or not, stays short)."""
 
     def __init__(
         self,
@@ -246,6 +247,7 @@ class PromptBuilder:
         metadata: dict[str, Any],
         max_tokens: int,
         templates: PromptTemplates | None = None,
+        whole_transcript: bool = True,
     ) -> None:
         self.tree, self.captions = tree, captions
         self.templates = templates or load_templates()
@@ -255,7 +257,7 @@ class PromptBuilder:
         meta_budget = int(budget * METADATA_SHARE)
         whole = render_metadata(tree, metadata, 10**9)
         timed = bool(lines) and all(stamp is not None for stamp, _ in lines)
-        piecewise = timed and estimate_tokens(whole) > meta_budget
+        piecewise = timed and (not whole_transcript or estimate_tokens(whole) > meta_budget)
         self.speech = sorted(lines, key=lambda line: line[0] or 0.0) if piecewise else []
         meta = render_metadata(tree, metadata, meta_budget, not piecewise)
         if piecewise:

@@ -186,7 +186,8 @@ class AggregateStage(Stage):
         captions = ctx.read_input("caption", "captions.json").get("nodes", {})
         metadata = load_metadata(ctx.store, video_id)
         templates = prompt_templates(cfg, ctx.store.root)
-        builder = PromptBuilder(tree, captions, metadata, cfg.max_prompt_tokens, templates)
+        whole = cfg.transcript == "whole"
+        builder = PromptBuilder(tree, captions, metadata, cfg.max_prompt_tokens, templates, whole)
         targets = annotation_targets(tree.nodes, cfg)
         session = _session(ctx.settings, ctx.store, ctx.runtime.services)
         started = time.monotonic()
