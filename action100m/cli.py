@@ -94,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("reference", help="a store, or a .parquet/.json/.jsonl release file")
     evaluate.add_argument("candidate", help="the same, to score against the reference")
     evaluate.add_argument("--json", action="store_true", help="the scores as JSON")
+    evaluate.add_argument(
+        "--embedding-model", help="a text-embedding model (repo id or folder): cosine similarity"
+    )
     return parser
 
 
@@ -203,7 +206,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif command == "eval":
         from action100m.evaluate import compare, format_scores, load_trees
 
-        scores = compare(load_trees(args.reference), load_trees(args.candidate))
+        embedder = None
+        if args.embedding_model:
+            from action100m.models.text_embedding import TextEmbedder
+
+            embedder = TextEmbedder(args.embedding_model)
+        scores = compare(load_trees(args.reference), load_trees(args.candidate), embedder)
         print(json.dumps(scores, indent=2) if args.json else format_scores(scores))
     elif command == "export" and args.out.endswith("/"):
         from action100m.shards import export_shards

@@ -11,7 +11,8 @@ have:
   share with one of at least 0.5;
 - shape: nodes per minute and depth, on each side;
 - text: for each reference node and its best candidate at IoU >= 0.5, a token F1 (SQuAD-style
-  bag-of-words overlap; no model download) of every release field both have.
+  bag-of-words overlap; no model download) of every release field both have, and with
+  ``--embedding-model`` the cosine similarity of their mean-pooled embeddings.
 Scores are means over nodes pooled across videos (boundary counts summed before the ratios).
 """
 
@@ -137,9 +138,13 @@ def _ratios(matched: int, ref: int, cand: int) -> dict[str, float]:
 
 
 def compare(
-    reference: dict[str, dict[str, Any]], candidate: dict[str, dict[str, Any]]
+    reference: dict[str, dict[str, Any]],
+    candidate: dict[str, dict[str, Any]],
+    embedder: Any = None,
 ) -> dict[str, Any]:
-    """Every metric of the module's docstring over the videos both sides have."""
+    """Every metric of the module's docstring over the videos both sides have; with
+    ``embedder`` (:class:`~action100m.models.text_embedding.TextEmbedder`), also the cosine
+    similarity of each field's matched texts."""
     shared = sorted(reference.keys() & candidate.keys())
     if not shared:
         raise PermanentError(
@@ -150,6 +155,7 @@ def compare(
     counts = {(lv, t): [0, 0, 0] for lv in levels for t in TOLERANCES}  # matched, ref, cand
     ious: list[float] = []
     texts: dict[str, list[float]] = {name: [] for name in TEXT_FIELDS}
+    pairs: dict[str, list[tuple[str, str]]] = {name: [] for name in TEXT_FIELDS}
     shapes: dict[str, list[dict[str, float]]] = {"reference": [], "candidate": []}
     for video in shared:
         ref, cand = reference[video]["nodes"], candidate[video]["nodes"]
@@ -171,6 +177,13 @@ def compare(
                 mine, theirs = _field(node, path), _field(cand[int(index)], path)
                 if mine is not None and theirs is not None:
                     texts[name].append(token_f1(mine, theirs))
+                    if embedder is not None:
+                        pairs[name].append((mine, theirs))
+    cosine = (
+        {n: (float(np.mean(embedder.cosine(p))) if p else None) for n, p in pairs.items()}
+        if embedder is not None
+        else None
+    )
     return {
         "videos": len(shared),
         "boundaries": {
@@ -185,6 +198,7 @@ def compare(
         "shape": {side: _mean_shape(rows) for side, rows in shapes.items()},
         "text_token_f1": {n: (float(np.mean(v)) if v else None) for n, v in texts.items()},
         "text_pairs": {n: len(v) for n, v in texts.items()},
+        **({"text_cosine": cosine, "embedding_model": embedder.name} if cosine else {}),
     }
 
 
@@ -207,8 +221,12 @@ def format_scores(scores: dict[str, Any]) -> str:
     lines += ["", "shape                     reference  candidate"]
     ref, cand = scores["shape"]["reference"], scores["shape"]["candidate"]
     lines += [f"  {key:<24} {ref[key]:9.2f} {cand[key]:10.2f}" for key in ref]
-    lines += ["", "text (token F1, matched nodes)   score   pairs"]
+    cosine = scores.get("text_cosine") or {}
+    lines += ["", "text (matched nodes)           token F1  cosine   pairs"]
     for name, value in scores["text_token_f1"].items():
-        shown = "    -" if value is None else f"{value:.3f}"
-        lines.append(f"  {name:<30} {shown:>6} {scores['text_pairs'][name]:7d}")
+        f1 = "    -" if value is None else f"{value:.3f}"
+        cos = "    -" if cosine.get(name) is None else f"{cosine[name]:.3f}"
+        lines.append(f"  {name:<30} {f1:>6} {cos:>7} {scores['text_pairs'][name]:7d}")
+    if cosine:
+        lines.append(f"  (cosine: {scores['embedding_model']}, mean-pooled, on matched texts)")
     return "\n".join(lines)

@@ -109,3 +109,50 @@ def test_a_store_against_the_release_file_and_the_cli(
     assert "all@0.5s" in capsys.readouterr().out
     with pytest.raises(PermanentError, match="no video in common"):
         compare(load_trees(str(REFERENCE)), {"other": {"nodes": []}})
+
+
+@pytest.fixture(scope="module")
+def tiny_text_model(tmp_path_factory, release) -> str:
+    """A tiny random BERT and a word-level vocabulary of the sample, saved as a model folder."""
+    import re
+
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    words = sorted(
+        {w for n in release[VIDEO]["nodes"] for w in re.findall(r"[a-z]+", str(n).lower())}
+    )
+    (folder / "vocab.txt").write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])
+    )
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    config = BertConfig(vocab_size=len(words) + 5, hidden_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=37)  # fmt: skip
+    BertModel(config).save_pretrained(folder)
+    return str(folder)
+
+
+def test_cosine_of_a_configured_embedding_model(release, tiny_text_model, capsys, tmp_path) -> None:
+    from action100m.models.text_embedding import TextEmbedder
+
+    embedder = TextEmbedder(tiny_text_model)
+    release = copy.deepcopy(release)  # the top of the tree: quick on two shared cores
+    release[VIDEO]["nodes"] = [n for n in release[VIDEO]["nodes"] if n["level"] <= 4]
+    same = compare(release, release, embedder)["text_cosine"]
+    assert all(value == pytest.approx(1.0, abs=1e-5) for value in same.values())
+    changed = copy.deepcopy(release)
+    for node in changed[VIDEO]["nodes"]:
+        node["plm_action"] = "zzz unknown words"
+    cosine = compare(release, changed, embedder)["text_cosine"]
+    assert cosine["plm_action"] < 0.99 and cosine["plm_caption"] == pytest.approx(1.0, abs=1e-5)
+    top = tmp_path / "top.jsonl"
+    top.write_text(json.dumps(release[VIDEO]) + "\n")
+    assert main(["eval", str(top), str(top), "--embedding-model", tiny_text_model]) == 0
+    assert "(cosine: " in capsys.readouterr().out
+
+
+def test_an_embedding_model_that_cannot_be_had_is_one_line(tmp_path) -> None:
+    from action100m.models.text_embedding import TextEmbedder
+
+    with pytest.raises(PermanentError, match="text-embedding model .* neither cached"):
+        TextEmbedder(str(tmp_path / "nowhere"))
