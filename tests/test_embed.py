@@ -10,6 +10,7 @@ import pytest
 
 from action100m.config import load_settings
 from action100m.errors import ConfigError
+from action100m.models import vjepa2
 from action100m.models.vjepa2 import VJEPA2Encoder
 from action100m.pipeline import run_embed
 from action100m.stages.embed import embed_frames, per_window, window_starts
@@ -175,3 +176,25 @@ def test_an_attention_kernel_not_installed_is_one_settings_line() -> None:
     message = str(caught.value)
     assert message.startswith("embed.attn_implementation=flash_attention_2 is not available")
     assert "\n" not in message
+
+
+def test_weights_are_converted_once_and_kept(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A bf16 load converts the stored fp32 weights once, keeps the copy in ACTION100M_CACHE, and
+    later loads read it (half the bytes, nothing to convert) with the same vectors."""
+    import shutil
+
+    from safetensors import safe_open
+
+    monkeypatch.setenv("ACTION100M_CACHE", str(tmp_path))
+    windows = np.random.default_rng(5).integers(0, 255, (1, 16, 64, 64, 3), dtype=np.uint8)
+    first = VJEPA2Encoder("tiny-random/vjepa2", "cpu", dtype="bfloat16")
+    kept = tmp_path / "converted" / "tiny-random_vjepa2-bfloat16"
+    with safe_open(str(kept / "model.safetensors"), "pt") as weights:
+        name = next(iter(weights.keys()))
+        assert str(weights.get_tensor(name).dtype) == "torch.bfloat16"
+    shutil.rmtree(tmp_path / "tiny")  # the original is gone: only the converted copy can serve
+    monkeypatch.setattr(vjepa2, "resolve_model", lambda name, builders: "/nowhere")
+    second = VJEPA2Encoder("tiny-random/vjepa2", "cpu", dtype="bfloat16")
+    np.testing.assert_array_equal(second.encode(windows), first.encode(windows))

@@ -106,6 +106,32 @@ def resolve_model(name: str, builders: dict[str, Callable[[Path], None]]) -> str
     return str(target)
 
 
+def converted_dir(name: str, dtype: str) -> Path:
+    """Where a model's weights converted to ``dtype`` are kept (``ACTION100M_CACHE``)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name.strip("/"))
+    return cache_dir() / "converted" / f"{safe}-{dtype}"
+
+
+def save_converted(model: Any, target: Path) -> None:
+    """Save ``model`` (already in its target dtype) to ``target``, written beside it and renamed,
+    so the next load reads half the bytes and converts nothing; a failure only costs the cache."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    except OSError as exc:
+        log.warning("no converted copy of the weights in %s: %s", target.parent, exc)
+        return
+    try:
+        model.save_pretrained(scratch)
+        with contextlib.suppress(OSError):  # another process may have finished first
+            scratch.rename(target)
+        log.info("converted weights kept in %s for the next loads", target)
+    except (OSError, RuntimeError) as exc:
+        log.warning("no converted copy of the weights in %s: %s", target, exc)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def pick_device(requested: str) -> str:
     import torch
 

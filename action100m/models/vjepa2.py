@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from action100m.errors import ConfigError
-from action100m.models import load_once, pick_device, quiet_transformers, resolve_model
+from action100m.models import (
+    converted_dir,
+    load_once,
+    pick_device,
+    quiet_transformers,
+    resolve_model,
+    save_converted,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -81,7 +88,13 @@ class VJEPA2Encoder:
                     "embed.attn_implementation=flash_attention_2 is not available here (it needs "
                     "the flash-attn package and a CUDA GPU); use auto or sdpa"
                 )
-        loaded = AutoModel.from_pretrained(path, dtype=self.dtype, **kernel)
+        # Weights stored in another dtype (the hub's fp32) are converted once and kept.
+        converted = converted_dir(model, dtype) if dtype != "float32" else None
+        ready = converted is not None and (converted / "config.json").exists()
+        source = str(converted) if ready else path
+        loaded = AutoModel.from_pretrained(source, dtype=self.dtype, **kernel)
+        if converted is not None and not ready:
+            save_converted(loaded, converted)
         self.model = loaded.to(self.device).eval()
         if compile:  # compiled on the first windows, reused for the rest of the process
             self.model.encoder.compile()
