@@ -35,9 +35,9 @@ ANSWER_TOKENS = 247  # mean output tokens per call (the release's own answers)
 CACHED_SHARE = {"openai": 0.769, "anthropic": 0.793}  # input tokens read from the prompt cache
 DEFAULT_MINUTES = 6.7  # HowTo100M: 136k hours over 1.22M videos
 # USD per million tokens, list prices when written (the configured provider's come from settings).
-LIST_PRICES = {
-    "openai": {"model": "gpt-4o", "input": 2.5, "cached_input": 1.25, "output": 10.0},
-    "anthropic": {"model": "claude-sonnet", "input": 3.0, "cached_input": 0.30, "output": 15.0},
+LIST_PRICES: dict[str, tuple[str, dict[str, float]]] = {
+    "openai": ("gpt-4o", {"input": 2.5, "cached_input": 1.25, "output": 10.0}),
+    "anthropic": ("claude-sonnet", {"input": 3.0, "cached_input": 0.30, "output": 15.0}),
 }
 
 
@@ -119,8 +119,8 @@ def _prices(settings: Settings, provider: str) -> tuple[str, dict[str, float]]:
     cfg = settings.aggregate
     if provider == cfg.provider:
         return cfg.model, dict(cfg.prices)
-    listed = dict(LIST_PRICES[provider])
-    return str(listed.pop("model")), {k: float(v) for k, v in listed.items()}
+    model, prices = LIST_PRICES[provider]
+    return model, dict(prices)
 
 
 def build_forecast(
