@@ -30,9 +30,9 @@ log = logging.getLogger(__name__)
 # Measured on the release's sample (hySSAAw4t24, 917 nodes, 11.5 min; benchmarks/RESULTS.md).
 NODES_PER_MINUTE = 917 / 11.5  # ~80; the release's 2,000-video preview: ~82
 ANNOTATED_SHARE = 262 / 917  # non-leaf nodes of 4 s or more
-PROMPT_TOKENS = 2790  # mean input tokens per call (ours, default budgets)
-ANSWER_TOKENS = 247  # mean output tokens per call (the release's own answers)
-CACHED_SHARE = {"openai": 0.769, "anthropic": 0.793}  # input tokens read from the prompt cache
+PROMPT_TOKENS = 5983  # mean input tokens per call (ours, default budgets; 4.703M / 786 calls)
+ANSWER_TOKENS = 258  # mean output tokens per call (the release's own answers)
+CACHED_SHARE = {"openai": 0.898, "anthropic": 0.910}  # input tokens read from the prompt cache
 DEFAULT_MINUTES = 6.7  # HowTo100M: 136k hours over 1.22M videos
 # USD per million tokens, list prices when written (the configured provider's come from settings).
 LIST_PRICES: dict[str, tuple[str, dict[str, float]]] = {
