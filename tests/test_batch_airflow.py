@@ -106,3 +106,21 @@ def test_the_aggregate_task_can_resume_after_its_trigger() -> None:
     task = bag.dags["action100m"].get_task("video.aggregate")
     assert callable(getattr(task, "resume_after_batch", None))
     assert not hasattr(bag.dags["action100m"].get_task("video.caption"), "resume_after_batch")
+
+
+def test_a_spent_backfill_budget_pauses_the_chain(tmp_path, monkeypatch) -> None:
+    from action100m_airflow.backfill import _budget_spent
+
+    from action100m.store import ArtifactStore
+
+    store = ArtifactStore(tmp_path.as_uri())
+    monkeypatch.setenv("ACTION100M_STORE", store.root)
+    monkeypatch.delenv("AIRFLOW_CONN_ACTION100M_STORE", raising=False)
+    params = {"overrides": ["aggregate.budget_usd=1", "aggregate.budget_scope=hf"]}
+    assert _budget_spent(params) is None
+    store.write_json(f"{store.root}/budget/hf/a.json", {"spent_usd": 0.6})
+    assert _budget_spent(params) is None
+    store.write_json(f"{store.root}/budget/hf/b.json", {"spent_usd": 0.5})
+    reason = _budget_spent(params)
+    assert reason is not None and "$1.1000" in reason and "larger aggregate.budget_usd" in reason
+    assert _budget_spent({"overrides": ["aggregate.budget_usd=1"]}) is None  # no shared scope

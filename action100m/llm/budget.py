@@ -59,12 +59,8 @@ class Budget:
         """What the scope's other videos have recorded (re-read every ``REFRESH_S``)."""
         with self._lock:
             if self._others is None or time.monotonic() - self._read_at > REFRESH_S:
-                try:
-                    uris = [u for u in self.store.list(self.folder) if u.endswith(".json")]
-                except FileNotFoundError:
-                    uris = []
-                own = self._own_uri.rsplit("/", 1)[-1]
-                self._others = sum(self._read(u) for u in uris if u.rsplit("/", 1)[-1] != own)
+                total = spent_in_scope(self.store, self.scope)
+                self._others = total - self._read(self._own_uri)
                 self._read_at = time.monotonic()
             return self._others
 
@@ -91,3 +87,30 @@ class Budget:
             return  # no budget: no ledger
         total = round(self.recorded + spent_now, 6)
         self.store.write_json(self._own_uri, {"video_id": self.video_id, "spent_usd": total})
+
+
+def spent_in_scope(store: ArtifactStore, scope: str) -> float:
+    """What every video of ``scope`` has recorded."""
+    folder = f"{store.root.rstrip('/')}/budget/{scope}"
+    total = 0.0
+    for uri in store.list(folder):
+        if uri.endswith(".json"):
+            try:
+                total += float(store.read_json(uri).get("spent_usd", 0.0))
+            except (FileNotFoundError, ValueError, TypeError, AttributeError):
+                continue
+    return total
+
+
+def exhausted(store: ArtifactStore, cfg: AggregateConfig) -> str | None:
+    """Why more work in ``cfg.budget_scope`` would stop at once (its budget is spent), else None."""
+    if cfg.budget_usd is None or not cfg.budget_scope:
+        return None
+    spent = spent_in_scope(store, cfg.budget_scope)
+    if spent < cfg.budget_usd:
+        return None
+    return (
+        f"aggregate.budget_usd ${cfg.budget_usd:.2f} of budget scope {cfg.budget_scope!r} is "
+        f"spent (${spent:.4f}); to go on, trigger again with a larger aggregate.budget_usd (or "
+        "another aggregate.budget_scope): finished videos are skipped, answers bought are cached"
+    )

@@ -166,6 +166,8 @@ class ContinuationTriggerOperator(TriggerDagRunOperator):
                 f"{DAG_ID} run's report), then trigger {BACKFILL_DAG_ID} again: finished videos "
                 f"are skipped (or start at offset={next_offset})."
             )
+        if reason := _budget_spent(params):  # the chain pauses: the next shards would stop too
+            raise AirflowSkipException(f"not going on with the manifest: {reason}")
         self.trigger_run_id = continuation_run_id(run_id, int(next_offset))
         self.conf = {
             **{name: params.get(name) for name in (*BACKFILL_PARAMS, *FORWARDED_PARAMS)},
@@ -177,6 +179,15 @@ class ContinuationTriggerOperator(TriggerDagRunOperator):
             self.trigger_run_id,
         )  # fmt: skip
         return super().execute(context)
+
+
+def _budget_spent(params: dict[str, Any]) -> str | None:
+    """Why the backfill's shared Stage 3 budget (``aggregate.budget_scope``) is spent, or None."""
+    from action100m.llm.budget import exhausted
+    from action100m_airflow.tasks import build_runtime
+
+    runtime = build_runtime(params)
+    return exhausted(runtime.store, runtime.settings.aggregate)
 
 
 def missing_with_reasons(store: Any, video_ids: list[str], shown: int = 20) -> str:
