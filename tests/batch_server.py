@@ -46,6 +46,7 @@ class Job:
     results: dict[str, Any] | None = None  # custom_id -> ("ok", body) | ("error", msg) | expire
     status: str = "in_progress"
     created_at: float = field(default_factory=time.time)
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 class BatchServer:
@@ -98,11 +99,11 @@ class BatchServer:
         return list(self.jobs)
 
     # -- jobs ---------------------------------------------------------------------------------
-    def create(self, api: str, items: dict[str, dict[str, Any]]) -> Job:
+    def create(self, api: str, items: dict[str, dict[str, Any]], metadata: Any = None) -> Job:
         with self._lock:
             number = len(self.jobs) + 1
             prefix = "batch_" if api == "openai" else "msgbatch_"
-            job = Job(api, f"{prefix}{number:04d}", number, items)
+            job = Job(api, f"{prefix}{number:04d}", number, items, metadata=metadata or {})
             self.jobs.append(job)
         return job
 
@@ -161,7 +162,7 @@ def _openai_batch(server: BatchServer, job: Job) -> dict[str, Any]:
         "id": job.id, "object": "batch", "endpoint": "/v1/chat/completions", "errors": None,
         "input_file_id": "file-in", "completion_window": "24h", "status": job.status,
         "output_file_id": output_id, "error_file_id": error_id,
-        "created_at": int(job.created_at), "request_counts": counts, "metadata": {},
+        "created_at": int(job.created_at), "request_counts": counts, "metadata": job.metadata,
     }  # fmt: skip
 
 
@@ -226,13 +227,20 @@ def _route(server: BatchServer, method: str, path: str, headers: Any, raw: bytes
         body = json.loads(raw)
         lines = server.files[body["input_file_id"]].decode().splitlines()
         items = {(it := json.loads(line))["custom_id"]: it["body"] for line in lines if line}
-        return 200, _openai_batch(server, server.create("openai", items))
+        return 200, _openai_batch(server, server.create("openai", items, body.get("metadata")))
     if method == "POST" and path == "/v1/messages/batches":
         items = {r["custom_id"]: r["params"] for r in json.loads(raw)["requests"]}
         return 200, _anthropic_batch(server, server.create("anthropic", items))
     if method == "GET" and (found := re.fullmatch(r"/v1/files/([^/]+)/content", path)):
         data = server.files.get(found.group(1))
         return (200, data) if data is not None else (404, {"error": {"message": "no file"}})
+    if method == "GET" and path in ("/v1/batches", "/v1/messages/batches"):
+        api = "openai" if path == "/v1/batches" else "anthropic"
+        render = _openai_batch if api == "openai" else _anthropic_batch
+        data = [render(server, j) for j in reversed(server.jobs) if j.api == api]  # newest first
+        ids = [d["id"] for d in data]
+        return 200, {"object": "list", "data": data, "has_more": False,
+                     "first_id": ids[0] if ids else None, "last_id": ids[-1] if ids else None}  # fmt: skip
     found = re.fullmatch(r"/v1/(batches|messages/batches)/([^/]+)(/results)?", path)
     job = server.find(found.group(2)) if found and method == "GET" else None
     if found is None or job is None:

@@ -160,6 +160,34 @@ def test_a_retried_task_polls_the_same_job_and_never_resubmits(store, server) ->
     assert len(server.jobs) == 3
 
 
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_task_dying_between_submit_and_record_finds_its_job(
+    provider, store, server, monkeypatch
+) -> None:
+    from action100m.llm.batch_run import BatchRun
+
+    settings = batch_settings(store, server, provider)
+    write_inputs(settings, store)
+    record = BatchRun._record
+    calls = {"n": 0}
+
+    def dies_once(self: BatchRun, state: dict, job_id: str) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt("worker killed")  # after the provider created the job
+        record(self, state, job_id)
+
+    monkeypatch.setattr(BatchRun, "_record", dies_once)
+    with pytest.raises(KeyboardInterrupt):
+        _step(settings, store)
+    assert len(server.jobs) == 1
+    with pytest.raises(BatchPending) as resumed:
+        _step(settings, store)
+    assert resumed.value.job["id"] == server.jobs[0].id and len(server.jobs) == 1
+    run_aggregate(settings, store, VIDEO)
+    assert len(server.jobs) == 3
+
+
 def test_budget_stops_interactive_aggregation_and_a_larger_one_goes_on(store, caplog) -> None:
     with LLMServer() as llm:
         overrides = {"aggregate": {"base_url": llm.base_url, "model": "scripted", "targets": "all",

@@ -29,6 +29,8 @@ from action100m.services import Services
 
 OPENAI_ENDPOINT: Literal["/v1/chat/completions"] = "/v1/chat/completions"
 OPENAI_FINAL = ("completed", "failed", "expired", "cancelled")
+FIND_SLACK_S = 120.0  # clocks differ: a job may look created this much before its intent
+FIND_WINDOW_S = 900.0
 
 
 @dataclass
@@ -59,6 +61,8 @@ class BatchAPI(Protocol):
     def state(self, job_id: str) -> JobState: ...
 
     def results(self, job_id: str) -> JobResults: ...
+
+    def find(self, label: str, since: float, items: int) -> str | None: ...
 
 
 def _counts(value: Any) -> dict[str, int]:
@@ -108,6 +112,19 @@ class OpenAIBatch(OpenAIChat):
                 self._item(json.loads(line), out)
         return out
 
+    def find(self, label: str, since: float, items: int) -> str | None:
+        """The job submitted with ``label`` (its metadata) at ``since`` or later, if any."""
+
+        def search() -> str | None:
+            for batch in self.client.batches.list(limit=100):
+                if batch.created_at < since - FIND_SLACK_S:
+                    return None  # newest first: older ones cannot be it
+                if (batch.metadata or {}).get("action100m") == label:
+                    return str(batch.id)
+            return None
+
+        return self._guard(search)
+
     def _download(self, file_id: str) -> str:
         return self._guard(lambda: self.client.files.content(file_id).text)
 
@@ -131,6 +148,9 @@ class OpenAIBatch(OpenAIChat):
 
 
 class AnthropicBatch(AnthropicChat):
+    def find(self, label: str, since: float, items: int) -> str | None:
+        return self._guard(lambda: _anthropic_find(self.client, since, items))
+
     def submit(self, items: dict[str, ChatRequest], label: str) -> str:
         requests: Any = [
             {"custom_id": key, "params": self.params(request)} for key, request in items.items()
@@ -156,6 +176,22 @@ class AnthropicBatch(AnthropicChat):
             else:
                 out.errors[item.custom_id] = str(result.type)
         return out
+
+
+def _anthropic_find(client: Any, since: float, items: int) -> str | None:
+    """Message Batches carry no label: the newest batch created at ``since`` or later with as
+    many requests (a wrong match costs one more job, never a wrong answer: items are keyed by
+    their request's hash)."""
+    for batch in client.messages.batches.list(limit=100):
+        created = batch.created_at.timestamp()
+        if created < since - FIND_SLACK_S:
+            return None
+        if (
+            created <= since + FIND_WINDOW_S
+            and sum(_counts(batch.request_counts).values()) == items
+        ):
+            return str(batch.id)
+    return None
 
 
 def make_batch_api(cfg: AggregateConfig, services: Services | None = None) -> BatchAPI:

@@ -130,6 +130,7 @@ class BatchRun:
     def step(self) -> Step:
         """Poll the job out (collecting it once finished), else replay and submit the next."""
         state = self.load()
+        self._adopt(state)
         out = next((j for j in state["jobs"] if j["status"] == "submitted"), None)
         if out is not None:
             job_state = self.api.state(out["id"])
@@ -147,15 +148,44 @@ class BatchRun:
             return Step(results, None, session)
         if session.budget is not None:
             session.budget.check(session.paid.cost(session.cfg.effective_prices()))
-        number = len(state["jobs"]) + 1
-        job_id = self.api.submit(session.wanted, f"{self.video_id}-{number}")
-        job = {"id": job_id, "number": number, "status": "submitted", "items": len(session.wanted),
-               "keys": sorted(session.wanted), "submitted_at": time.time()}  # fmt: skip
-        state["jobs"].append(job)
-        self._save(state)
-        log.info("video %s: batch job %d (%s) submitted with %d request(s)", self.video_id,
-                 number, job_id, len(session.wanted))  # fmt: skip
+        job = self._submit(state, session.wanted)
         return Step(None, job, session)
+
+    def _submit(self, state: dict[str, Any], wanted: dict[str, ChatRequest]) -> dict[str, Any]:
+        """The next job, its intent recorded first: a task that dies between the provider's
+        answer and the state's write finds the job again (:meth:`_adopt`) instead of paying
+        for it twice."""
+        number = len(state["jobs"]) + 1
+        label = f"{self.video_id}-{number}"
+        state["submitting"] = {"label": label, "at": time.time(), "keys": sorted(wanted)}
+        self._save(state)
+        job_id = self.api.submit(wanted, label)
+        self._record(state, job_id)
+        job: dict[str, Any] = state["jobs"][-1]
+        log.info("video %s: batch job %d (%s) submitted with %d request(s)", self.video_id,
+                 number, job_id, len(wanted))  # fmt: skip
+        return job
+
+    def _record(self, state: dict[str, Any], job_id: str) -> None:
+        intent = state.pop("submitting")
+        state["jobs"].append({"id": job_id, "number": len(state["jobs"]) + 1,
+                              "status": "submitted", "items": len(intent["keys"]),
+                              "keys": intent["keys"], "submitted_at": intent["at"]})  # fmt: skip
+        self._save(state)
+
+    def _adopt(self, state: dict[str, Any]) -> None:
+        """A submission whose job was never recorded: the provider's job, if it has one."""
+        intent = state.get("submitting")
+        if not intent:
+            return
+        job_id = self.api.find(intent["label"], float(intent["at"]), len(intent["keys"]))
+        if job_id is None:  # it never reached the provider: the next step submits it
+            state.pop("submitting")
+            self._save(state)
+            return
+        log.warning("video %s: batch job %s was submitted by an attempt that died before "
+                    "recording it: polling it, not submitting again", self.video_id, job_id)  # fmt: skip
+        self._record(state, job_id)
 
     def _collect(self, job: dict[str, Any]) -> None:
         """A finished job's answers and errors into the store, then the job marked collected;
