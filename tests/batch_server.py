@@ -57,6 +57,7 @@ class BatchServer:
         self.jobs: list[Job] = []
         self.files: dict[str, bytes] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request
+        self.garbage_line = b""  # put before the output file's lines (b"{not json\n")
         self._fail: list[int] = []
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
@@ -145,7 +146,7 @@ def _openai_batch(server: BatchServer, job: Job) -> dict[str, Any]:
         counts.update(completed=len(ok), failed=len(bad))
         if ok:
             output_id = f"file-out-{job.id}"
-            server.files[output_id] = "".join(
+            server.files[output_id] = server.garbage_line + "".join(
                 json.dumps({"id": f"req_{k[:8]}", "custom_id": k, "error": None,
                             "response": {"status_code": 200, "request_id": "r", "body": v}}) + "\n"
                 for k, v in ok

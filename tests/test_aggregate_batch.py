@@ -111,6 +111,19 @@ def test_failed_expired_and_invalid_items_go_into_the_next_job(store, server) ->
     assert spent["requests"] == 3 * LONG + 1  # failed items cost nothing; the invalid draft did
 
 
+def test_a_dead_server_and_an_unreadable_output_line(store, server) -> None:
+    settings = batch_settings(store, server)
+    write_inputs(settings, store)
+    dead = batch_settings(store, server, base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(ServiceError, match=r"^openai: cannot connect") as down:
+        run_aggregate(dead, store, VIDEO)
+    assert "\n" not in str(down.value)
+    server.garbage_line = b"{not json\n"  # every output file: one line nobody can read
+    run_aggregate(settings, store, VIDEO)
+    assert [len(job.items) for job in server.jobs] == [LONG, LONG, LONG]
+    assert all(v["error"] is None for v in annotations(settings, store).values())
+
+
 def test_an_item_failing_in_every_job_fails_its_node_only(store, server) -> None:
     settings = batch_settings(store, server, batch_max_attempts=2)
     write_inputs(settings, store)

@@ -17,6 +17,7 @@ are the requests' cache keys. SDK errors become the pipeline's own (``_guard``).
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -27,6 +28,7 @@ from action100m.llm.clients import AnthropicChat, OpenAIChat, credentials
 from action100m.llm.messages import ChatRequest, Completion
 from action100m.services import Services
 
+log = logging.getLogger(__name__)
 OPENAI_ENDPOINT: Literal["/v1/chat/completions"] = "/v1/chat/completions"
 OPENAI_FINAL = ("completed", "failed", "expired", "cancelled")
 FIND_SLACK_S = 120.0  # clocks differ: a job may look created this much before its intent
@@ -109,7 +111,15 @@ class OpenAIBatch(OpenAIChat):
                 continue
             text = self._download(file_id)
             for line in filter(None, (raw.strip() for raw in text.splitlines())):
-                self._item(json.loads(line), out)
+                try:
+                    item = json.loads(line)
+                except ValueError:
+                    item = None
+                if not isinstance(item, dict):  # its item has no result: asked again next job
+                    log.warning("batch %s: unreadable line in file %s: %r", job_id, file_id,
+                                line[:120])  # fmt: skip
+                    continue
+                self._item(item, out)
         return out
 
     def find(self, label: str, since: float, items: int) -> str | None:
