@@ -203,3 +203,27 @@ def forecast_inputs(
             wanted.append((item, None))
     unique = {video_id: seconds for video_id, seconds in reversed(wanted)}  # the first wins
     return [forecast_video(settings, store, v, unique[v], default_minutes) for v in dict(wanted)]
+
+
+def forecast_plan(
+    settings: Settings, store: ArtifactStore, video_ids: list[str], sample: int = 200
+) -> str:
+    """The forecast of a backfill's planned videos, from an even sample of at most ``sample`` of
+    them (store reads per video), scaled to all; as text, assumptions included."""
+    if not video_ids:
+        return "nothing planned: no Stage 3 spend expected"
+    step = max(1, len(video_ids) // sample)
+    picked = video_ids[::step][:sample]
+    videos = [forecast_video(settings, store, v, None, DEFAULT_MINUTES) for v in picked]
+    factor = len(video_ids) / len(picked)
+    for video in videos:
+        video.minutes, video.nodes, video.targets = (
+            video.minutes * factor, video.nodes * factor, video.targets * factor)  # fmt: skip
+        video.draft_tokens *= factor
+    forecast = build_forecast(settings, videos)
+    if factor > 1:
+        forecast.assumptions.append(
+            f"a sample of {len(picked)} of the {len(video_ids)} planned videos, scaled"
+        )
+    text = format_forecast(forecast)
+    return text.replace(f"videos: {len(videos)},", f"videos: {len(video_ids)},", 1)

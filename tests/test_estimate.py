@@ -55,3 +55,13 @@ def test_cli_reads_manifests_and_shows_its_assumptions(store, tmp_path, capsys) 
     per_hour = {(r["provider"], r["mode"]): r["usd_per_video_hour"] for r in data["rows"]}
     assert per_hour[("openai", "batch")] < per_hour[("openai", "interactive")]
     assert any("nodes/min" in line for line in data["assumptions"])
+
+
+def test_a_backfill_plan_is_forecast_from_a_sample(store: ArtifactStore) -> None:
+    settings = load_settings(store=store.root, environ={})
+    for index in range(10):
+        store.write_json(store.metadata_uri(f"v{index}"), {"duration": 600})
+    text = estimate.forecast_plan(settings, store, [f"v{i}" for i in range(10)], sample=5)
+    assert text.startswith("videos: 10, 1.67 h")  # 10 x 10 min, from 5 of them
+    assert "a sample of 5 of the 10 planned videos, scaled" in text
+    assert estimate.forecast_plan(settings, store, []).startswith("nothing planned")

@@ -83,7 +83,8 @@ def _session(
     )
     batch = cfg.mode == "batch"
     client: ChatClient = make_batch_api(cfg, services) if batch else make_client(cfg, services)
-    budget = Budget(store, cfg, video_id, resume=not batch)
+    wanted = cfg.budget_usd is not None or cfg.budget_scope is not None
+    budget = Budget(store, cfg, video_id, resume=not batch) if wanted else None
     return Session(client, limiter, store, cfg, budget=budget)
 
 
