@@ -75,14 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["action100m", "flat"], default="action100m")
     export.add_argument("--out", required=True)
     export.add_argument("videos", nargs="*", help="video IDs (default: every document)")
-    estimate = commands.add_parser(
-        "estimate", help="forecast Stage 3's calls, tokens and dollars per provider and mode"
-    )
-    estimate.add_argument("inputs", nargs="+", metavar="MANIFEST|VIDEO",
-                          help="video IDs (ID=SECONDS for a duration), or manifests of IDs")  # fmt: skip
-    estimate.add_argument("--minutes", type=float, default=6.7,
-                          help="duration of videos without a tree or a known duration")  # fmt: skip
-    estimate.add_argument("--json", action="store_true")
+    _add_estimate(commands)
     evaluate = commands.add_parser(
         "eval",
         help="compare two sets of trees (a store, or a release-format file) on shared videos",
@@ -91,6 +84,17 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("candidate", help="the same, to score against the reference")
     evaluate.add_argument("--json", action="store_true", help="the scores as JSON")
     return parser
+
+
+def _add_estimate(commands: Any) -> None:
+    estimate = commands.add_parser(
+        "estimate", help="forecast Stage 3's calls, tokens and dollars per provider and mode"
+    )
+    estimate.add_argument("inputs", nargs="+", metavar="MANIFEST|VIDEO",
+                          help="video IDs (ID=SECONDS for a duration), or manifests of IDs")  # fmt: skip
+    estimate.add_argument("--minutes", type=float, default=6.7,
+                          help="duration of videos without a tree or a known duration")  # fmt: skip
+    estimate.add_argument("--json", action="store_true")
 
 
 def render_tree(document: dict[str, Any], width: int = 100) -> str:
