@@ -62,7 +62,7 @@ def test_the_trigger_polls_until_the_job_ends_and_stores_no_key(server: BatchSer
 
 def test_a_pending_job_defers_and_a_spent_budget_skips(server: BatchServer) -> None:
     from action100m_airflow.batch_defer import RESUME, BatchJobTrigger
-    from action100m_airflow.tasks import _run_or_defer
+    from action100m_airflow.tasks import _run_or_defer, failures_reported
     from airflow.sdk.exceptions import AirflowSkipException, TaskDeferred
 
     from action100m.config import load_settings
@@ -96,6 +96,8 @@ def test_a_pending_job_defers_and_a_spent_budget_skips(server: BatchServer) -> N
 
     with pytest.raises(AirflowSkipException, match=r"\$1\.02 spent"):
         _run_or_defer(spent, get_stage("aggregate"), runtime, None, context)
+    with pytest.raises(AirflowSkipException), failures_reported("aggregate", "v"):
+        _run_or_defer(spent, get_stage("aggregate"), runtime, None, context)  # not a failure
 
 
 def test_the_aggregate_task_can_resume_after_its_trigger() -> None:

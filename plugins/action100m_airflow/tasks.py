@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from airflow.sdk import get_current_context
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from action100m_airflow import DAG_ID, LLM_POOL_SLOTS_ENV, STAGES, VIDEO_GROUP
 from action100m_airflow.connections import ArtifactStoreHook, model_services
@@ -96,6 +96,8 @@ def failures_reported(stage: str, video_id: str | None) -> Iterator[None]:
 
     try:
         yield
+    except AirflowSkipException:  # a spent budget: the video stays pending, nothing failed
+        raise
     except Exception as exc:
         permanent = isinstance(exc, PermanentError | ConfigError)
         reason = _one_line(exc)
@@ -166,8 +168,6 @@ def _run_or_defer(run: Any, stage: Any, runtime: Any, target: Any, context: Any)
     task runs again when it ends); a spent ``aggregate.budget_usd`` skips the video's rest (it
     stays pending) with the message saying how much was spent and how to go on."""
     import dataclasses
-
-    from airflow.sdk.exceptions import AirflowSkipException
 
     from action100m.llm.batch_run import BatchPending
     from action100m.llm.budget import BudgetReached
