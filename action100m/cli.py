@@ -15,6 +15,7 @@ from typing import Any
 from action100m import stages as pipeline_stages
 from action100m.config import load_settings
 from action100m.errors import Action100MError, PermanentError, redact_logs
+from action100m.llm.budget import BudgetReached
 from action100m.pipeline import run_until, run_video
 from action100m.sources import fill_template, looks_like_location, resolve_video
 from action100m.stages.base import Runtime, Video
@@ -87,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--dataset", action="store_true", required=True)
     report.add_argument("--from", dest="location", help="default: the store (--store)")
     report.add_argument("--out", required=True, help="the HTML file to write")
+    _add_estimate(commands)
     evaluate = commands.add_parser(
         "eval",
         help="compare two sets of trees (a store, or a release-format file) on shared videos",
@@ -98,6 +100,17 @@ def _parser() -> argparse.ArgumentParser:
         "--embedding-model", help="a text-embedding model (repo id or folder): cosine similarity"
     )
     return parser
+
+
+def _add_estimate(commands: Any) -> None:
+    estimate = commands.add_parser(
+        "estimate", help="forecast Stage 3's calls, tokens and dollars per provider and mode"
+    )
+    estimate.add_argument("inputs", nargs="+", metavar="MANIFEST|VIDEO",
+                          help="video IDs (ID=SECONDS for a duration), or manifests of IDs")  # fmt: skip
+    estimate.add_argument("--minutes", type=float, default=6.7,
+                          help="duration of videos without a tree or a known duration")  # fmt: skip
+    estimate.add_argument("--json", action="store_true")
 
 
 def render_tree(document: dict[str, Any], width: int = 100) -> str:
@@ -220,6 +233,13 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise PermanentError("a folder export (--out ending in /) writes --format action100m")
         summary = export_shards(store, args.out, args.videos or None, args.shard_mb * 2**20)
         print(json.dumps(summary))
+    elif command == "estimate":
+        from action100m.estimate import build_forecast, forecast_inputs, format_forecast
+
+        videos = forecast_inputs(settings, store, args.inputs, args.minutes)
+        forecast = build_forecast(settings, videos, args.minutes)
+        as_json = {"rows": forecast.rows, "assumptions": forecast.assumptions}
+        print(json.dumps(as_json, indent=2) if args.json else format_forecast(forecast))
     elif command == "export":
         from action100m.interop import export
 
@@ -241,6 +261,9 @@ def _run(runtime: Runtime, args: argparse.Namespace) -> int:
                 source_template=args.source, services=runtime.services,
             )  # fmt: skip
             print(json.dumps(summary))
+        except BudgetReached as exc:  # the next videos would stop at once: the run stops here
+            print(f"action100m: stopped: {exc}", file=sys.stderr)
+            return 3
         except Action100MError as exc:  # one bad video never stops its siblings
             failed += 1
             print(f"action100m: error: {exc}", file=sys.stderr)

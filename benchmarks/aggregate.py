@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from batch_server import BatchServer  # noqa: E402
 from llm_server import LLMServer, Reply, Request  # noqa: E402
 
 from action100m.config import Settings, load_settings  # noqa: E402
@@ -158,6 +159,28 @@ def run_path(
         return store.read_json(f"{folder_uri}/usage.json"), elapsed
 
 
+def run_batch_path(
+    record: dict, reference: str, provider: str, price: dict
+) -> tuple[dict, int, float]:
+    """Stage 3 in ``aggregate.mode=batch`` through the scripted batch server (same answers):
+    ``(usage.json, jobs submitted, seconds)``; its cost is the stage's own, at the batch price."""
+    by_span = {prompts.span(r["start"], r["end"]): r for r in record["nodes"]}
+    with tempfile.TemporaryDirectory() as folder, BatchServer() as server:
+        server.llm.responder = lambda request: (
+            Reply.json(_answer(by_span[request.segment])) if request.segment in by_span else None
+        )
+        store = ArtifactStore(folder)
+        url = server.base_url if provider == "openai" else server.anthropic_base_url
+        settings = _settings(store, {"provider": provider, "model": "bench", "base_url": url,
+                                     "mode": "batch", "batch_poll_interval": 0.01,
+                                     "prices": price})  # fmt: skip
+        import_file(settings, store, reference, annotations=False)
+        started = time.perf_counter()
+        folder_uri = run_aggregate(settings, store, record["video_uid"])
+        elapsed = time.perf_counter() - started
+        return store.read_json(f"{folder_uri}/usage.json"), len(server.jobs), elapsed
+
+
 @contextlib.contextmanager
 def whole_captions() -> Iterator[None]:
     """Our prompt without cutting any caption at a sentence: the same content per shown node as
@@ -221,6 +244,14 @@ def main() -> None:
         line(f"{label}, no caching", uncached, price)
         line(f"{label}, prompt caching", usage, price)
         line(f"{label}, batch API (no caching)", uncached, price, BATCH)
+        batch, jobs, seconds = run_batch_path(record, args.reference, provider, price)
+        batch_usage = Usage.from_json(batch)
+        per_hour = line(f"{label}, aggregate.mode=batch (measured)", batch_usage, price, BATCH)
+        print(
+            f"{'':<48} batch: {jobs} jobs, usage.json cost ${batch['cost_usd']:.4f} "
+            f"(${batch['cost_usd'] / hours:.2f}/video-hour; line above {per_hour:.2f}), "
+            f"{seconds:.1f} s against the scripted server"
+        )
         if provider == "openai":
             with whole_captions():
                 whole, _ = run_path(record, args.reference, provider, args.max_prompt_tokens)

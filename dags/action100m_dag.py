@@ -18,6 +18,7 @@ from typing import Any
 
 from action100m_airflow import DAG_ID, STAGE_OPTIONS, STAGES, VIDEO_GROUP, task_defaults
 from action100m_airflow import tasks as pipeline_tasks
+from action100m_airflow.batch_defer import deferrable_task
 from action100m_airflow.params import run_params, videos_param, videos_uri_param
 from airflow.sdk import TriggerRule, dag, task, task_group
 
@@ -27,7 +28,10 @@ VIDEO_LABEL = "{{ video_id }}"
 def stage_task(stage: str) -> Any:
     """The task running one stage for one video; its map index shows the video ID."""
 
-    @task(task_id=stage, map_index_template=VIDEO_LABEL, **STAGE_OPTIONS[stage])
+    # aggregate may defer on a batch job (aggregate.mode=batch): a decorator that can resume.
+    decorator = deferrable_task if stage == "aggregate" else task
+
+    @decorator(task_id=stage, map_index_template=VIDEO_LABEL, **STAGE_OPTIONS[stage])
     def run(video: dict[str, Any]) -> dict[str, Any]:
         return pipeline_tasks.run_stage(stage, video)
 

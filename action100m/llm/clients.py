@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import anthropic
 import openai
@@ -29,6 +29,8 @@ from action100m.llm.ratelimit import (
     parse_retry_after,
 )
 from action100m.services import BASE_URL_ENV, KEY_ENV, Services
+
+T = TypeVar("T")
 
 __all__ = ["BASE_URL_ENV", "KEY_ENV", "ChatClient", "credentials", "make_client"]
 
@@ -83,7 +85,7 @@ class _Adapter:
         self.model = cfg.model
         self.base_url = base_url
 
-    def _guard(self, call: Callable[[], Completion]) -> Completion:
+    def _guard(self, call: Callable[[], T]) -> T:
         """SDK exceptions of either client as the pipeline's own (see ratelimit)."""
         try:
             return call()
@@ -126,7 +128,8 @@ class OpenAIChat(_Adapter):
             max_retries=0,
         )
 
-    def complete(self, request: ChatRequest) -> Completion:
+    def params(self, request: ChatRequest) -> dict[str, Any]:
+        """The body of a chat completions request (also a batch item's body)."""
         messages: list[Any] = [
             {"role": "system", "content": request.system},
             {"role": "user", "content": "\n\n".join(request.blocks)},
@@ -143,34 +146,35 @@ class OpenAIChat(_Adapter):
                 "type": "json_schema",
                 "json_schema": {"name": ANSWER_TOOL, "strict": True, "schema": request.schema},
             }
+        return {"model": self.model, "messages": messages, **options}
 
-        def call() -> Completion:
-            response = self.client.chat.completions.create(
-                model=self.model, messages=messages, **options
-            )
-            if isinstance(response, str):
-                raise _malformed(self.provider, response)
-            choices = getattr(response, "choices", None)
-            choice = choices[0] if isinstance(choices, list) and choices else None
-            message = getattr(choice, "message", None)
-            u = getattr(response, "usage", None)
-            details = getattr(u, "prompt_tokens_details", None)
-            usage = Usage(
-                requests=1,
-                input_tokens=_count(u, "prompt_tokens"),
-                cached_input_tokens=_count(details, "cached_tokens"),
-                output_tokens=_count(u, "completion_tokens"),
-            )
-            text = getattr(message, "content", None)
-            refusal = getattr(message, "refusal", None)
-            return Completion(
-                text=text if isinstance(text, str) else "",
-                usage=usage,
-                finish_reason=getattr(choice, "finish_reason", None),
-                refusal=refusal if isinstance(refusal, str) else None,
-            )
+    def completion(self, response: Any) -> Completion:
+        """A chat completion (the SDK's object) as the pipeline's :class:`Completion`."""
+        if isinstance(response, str):
+            raise _malformed(self.provider, response)
+        choices = getattr(response, "choices", None)
+        choice = choices[0] if isinstance(choices, list) and choices else None
+        message = getattr(choice, "message", None)
+        u = getattr(response, "usage", None)
+        details = getattr(u, "prompt_tokens_details", None)
+        usage = Usage(
+            requests=1,
+            input_tokens=_count(u, "prompt_tokens"),
+            cached_input_tokens=_count(details, "cached_tokens"),
+            output_tokens=_count(u, "completion_tokens"),
+        )
+        text = getattr(message, "content", None)
+        refusal = getattr(message, "refusal", None)
+        return Completion(
+            text=text if isinstance(text, str) else "",
+            usage=usage,
+            finish_reason=getattr(choice, "finish_reason", None),
+            refusal=refusal if isinstance(refusal, str) else None,
+        )
 
-        return self._guard(call)
+    def complete(self, request: ChatRequest) -> Completion:
+        body = self.params(request)
+        return self._guard(lambda: self.completion(self.client.chat.completions.create(**body)))
 
 
 class AnthropicChat(_Adapter):
@@ -188,7 +192,8 @@ class AnthropicChat(_Adapter):
             max_retries=0,
         )
 
-    def complete(self, request: ChatRequest) -> Completion:
+    def params(self, request: ChatRequest) -> dict[str, Any]:
+        """The body of a messages request (also a batch item's ``params``)."""
         first: list[dict[str, Any]] = [
             {"type": "text", "text": text, "cache_control": EPHEMERAL} for text in request.blocks
         ]
@@ -196,33 +201,35 @@ class AnthropicChat(_Adapter):
             {"role": "user", "content": first},
             *({"role": role, "content": text} for role, text in request.turns),
         ]
-
         tools: dict[str, Any] = {}
         if request.schema is not None:  # the answer as the input of one forced tool
             tool = {"name": ANSWER_TOOL, "description": TOOL_TEXT, "input_schema": request.schema}
             tools = {"tools": [tool], "tool_choice": {"type": "tool", "name": ANSWER_TOOL}}
+        return {
+            "model": self.model,
+            "max_tokens": request.max_tokens,
+            "system": [{"type": "text", "text": request.system}],
+            "messages": messages,
+            **tools,
+        }
 
-        def call() -> Completion:
-            response = self.client.messages.create(
-                model=self.model,
-                max_tokens=request.max_tokens,
-                system=[{"type": "text", "text": request.system}],
-                messages=messages,
-                **tools,
-            )
-            if isinstance(response, str):
-                raise _malformed(self.provider, response)
-            text = _anthropic_text(getattr(response, "content", None))
-            u = getattr(response, "usage", None)
-            read = _count(u, "cache_read_input_tokens")
-            written = _count(u, "cache_creation_input_tokens")
-            fresh, out = _count(u, "input_tokens"), _count(u, "output_tokens")
-            usage = Usage(1, fresh + read + written, read, written, out)
-            stop = getattr(response, "stop_reason", None)
-            refusal = text if stop == "refusal" else None
-            return Completion(text, usage, stop if isinstance(stop, str) else None, refusal)
+    def completion(self, response: Any) -> Completion:
+        """A message (the SDK's object) as the pipeline's :class:`Completion`."""
+        if isinstance(response, str):
+            raise _malformed(self.provider, response)
+        text = _anthropic_text(getattr(response, "content", None))
+        u = getattr(response, "usage", None)
+        read = _count(u, "cache_read_input_tokens")
+        written = _count(u, "cache_creation_input_tokens")
+        fresh, out = _count(u, "input_tokens"), _count(u, "output_tokens")
+        usage = Usage(1, fresh + read + written, read, written, out)
+        stop = getattr(response, "stop_reason", None)
+        refusal = text if stop == "refusal" else None
+        return Completion(text, usage, stop if isinstance(stop, str) else None, refusal)
 
-        return self._guard(call)
+    def complete(self, request: ChatRequest) -> Completion:
+        body = self.params(request)
+        return self._guard(lambda: self.completion(self.client.messages.create(**body)))
 
 
 def _anthropic_text(blocks: Any) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 
 from action100m.config import AggregateConfig
 from action100m.errors import PermanentError
+from action100m.llm.budget import Budget
 from action100m.llm.clients import ChatClient
 from action100m.llm.messages import ChatRequest, Completion, Usage
 from action100m.llm.prompts import REPAIR, PromptBuilder, estimate_tokens
@@ -37,6 +38,7 @@ class Session:
     usage: Usage = field(default_factory=Usage)  # every answer used, cached ones included
     paid: Usage = field(default_factory=Usage)  # requests sent in this run
     cache_hits: int = 0
+    budget: Budget | None = None
     abort: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -51,6 +53,10 @@ class Session:
         except (FileNotFoundError, ValueError, KeyError, TypeError):  # none, or unreadable: ask
             if self.abort.is_set():
                 raise PermanentError(f"{what}: stopped, another request failed for good") from None
+            if self.budget is not None:
+                with self.lock:
+                    spent = self.paid.cost(self.cfg.effective_prices())
+                self.budget.check(spent)
             tokens = estimate_tokens(request.text()) + request.max_tokens
             completion = self.limiter.call(lambda: self.client.complete(request), tokens, what)
             cached = False

@@ -22,7 +22,10 @@ from typing import Any
 
 from action100m.config import AggregateConfig, Settings
 from action100m.errors import PermanentError, ServiceError, StoreError
-from action100m.llm.clients import CONNECTION, credentials, make_client
+from action100m.llm.batch_api import make_batch_api
+from action100m.llm.batch_run import BatchPending, BatchRun, BatchSession
+from action100m.llm.budget import Budget, BudgetReached
+from action100m.llm.clients import CONNECTION, ChatClient, credentials, make_client
 from action100m.llm.prompts import PromptBuilder
 from action100m.llm.ratelimit import RateLimiter, RetryPolicy
 from action100m.llm.refine import Session, annotate_node
@@ -68,7 +71,9 @@ def llm_unavailable_reason(settings: Settings, services: Services | None = None)
     )
 
 
-def _session(settings: Settings, store: ArtifactStore, services: Services | None = None) -> Session:
+def _session(
+    settings: Settings, store: ArtifactStore, services: Services | None = None, video_id: str = ""
+) -> Session:
     cfg = settings.aggregate
     limiter = RateLimiter(
         cfg.requests_per_minute / cfg.rate_share,
@@ -76,14 +81,19 @@ def _session(settings: Settings, store: ArtifactStore, services: Services | None
         cfg.concurrency,
         RetryPolicy(max_retries=cfg.max_retries),
     )
-    return Session(make_client(cfg, services), limiter, store, cfg)
+    batch = cfg.mode == "batch"
+    client: ChatClient = make_batch_api(cfg, services) if batch else make_client(cfg, services)
+    wanted = cfg.budget_usd is not None or cfg.budget_scope is not None
+    budget = Budget(store, cfg, video_id, resume=not batch) if wanted else None
+    return Session(client, limiter, store, cfg, budget=budget)
 
 
 def _usage_summary(session: Session, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    prices = session.cfg.prices
+    prices = session.cfg.effective_prices()
     return {
         "provider": session.client.provider,
         "model": session.client.model,
+        "mode": session.cfg.mode,
         "nodes_annotated": sum(1 for r in results.values() if r["annotation"] is not None),
         "nodes_failed": sum(1 for r in results.values() if r["error"]),
         **session.usage.to_json(),
@@ -115,6 +125,7 @@ def _annotate_all(
     """Every target node in a bounded pool: ``(results by node id, errors worth a retry)``."""
     results: dict[str, dict[str, Any]] = {}
     transient: list[str] = []
+    stopped: BudgetReached | None = None
     with ThreadPoolExecutor(session.cfg.concurrency, thread_name_prefix="aggregate") as pool:
         futures: dict[Future[dict[str, Any]], Node] = {
             pool.submit(
@@ -128,6 +139,9 @@ def _annotate_all(
                 node = futures[future]
                 try:
                     results[node.node_id] = future.result()
+                except BudgetReached as exc:  # the others stop at their next request too
+                    stopped = exc
+                    results[node.node_id] = _failed(str(exc))
                 except (ServiceError, StoreError) as exc:
                     transient.append(str(exc))
                     results[node.node_id] = _failed(str(exc))
@@ -145,7 +159,34 @@ def _annotate_all(
             session.abort.set()
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+    if stopped is not None:
+        raise stopped
     return results, transient
+
+
+def _annotate_batch(
+    ctx: StageContext, session: Session, builder: PromptBuilder, targets: list[Node]
+) -> tuple[dict[str, dict[str, Any]], BatchSession]:
+    """Every target node through the batch API (:mod:`action100m.llm.batch_run`): steps until
+    done, waiting ``batch_poll_interval`` between polls, or raises BatchPending when the
+    runtime defers (Airflow)."""
+    cfg, video_id = session.cfg, ctx.video_id
+    run = BatchRun(session.client, session, builder, targets, ctx.folder, video_id)  # type: ignore[arg-type]
+    try:
+        while True:
+            step = run.step()
+            if step.results is not None:
+                return step.results, step.session
+            job = step.job or {}
+            message = (f"video {video_id}: batch job {job.get('number')} ({job.get('id')}) "
+                       f"{job.get('provider_status', 'submitted')}, {job.get('items')} request(s)")  # fmt: skip
+            if ctx.runtime.defer_batches:
+                raise BatchPending(message, job, cfg.batch_poll_interval)
+            log.info("%s; next poll in %.0f s", message, cfg.batch_poll_interval)
+            time.sleep(cfg.batch_poll_interval)
+    finally:
+        if run.session is not None and session.budget is not None:
+            session.budget.record(run.session.paid.cost(cfg.effective_prices()))
 
 
 def _log_usage(video_id: str, usage: dict[str, Any], failed: int, seconds: float) -> None:
@@ -189,7 +230,7 @@ class AggregateStage(Stage):
         whole = cfg.transcript == "whole"
         builder = PromptBuilder(tree, captions, metadata, cfg.max_prompt_tokens, templates, whole)
         targets = annotation_targets(tree.nodes, cfg)
-        session = _session(ctx.settings, ctx.store, ctx.runtime.services)
+        session = _session(ctx.settings, ctx.store, ctx.runtime.services, video_id)
         started = time.monotonic()
         log.info(
             "video %s: annotating %d of %d nodes (%s, >= %.1f s) with %s %s, %d rounds",
@@ -197,7 +238,15 @@ class AggregateStage(Stage):
             cfg.min_duration, cfg.provider, cfg.model,
             cfg.rounds,
         )  # fmt: skip
-        results, transient = _annotate_all(session, builder, targets, video_id)
+        transient: list[str] = []
+        if cfg.mode == "batch":
+            results, session = _annotate_batch(ctx, session, builder, targets)
+        else:
+            try:
+                results, transient = _annotate_all(session, builder, targets, video_id)
+            finally:
+                if session.budget is not None:
+                    session.budget.record(session.paid.cost(cfg.effective_prices()))
         failed = sum(1 for r in results.values() if r["error"])
         usage = _usage_summary(session, results)
         _log_usage(video_id, usage, failed, time.monotonic() - started)

@@ -49,6 +49,9 @@ class Runtime:
     settings: Settings
     store: ArtifactStore
     services: Services = field(default_factory=Services)
+    # Stage 3 in batch mode: raise BatchPending while a job is out (an orchestrator that can
+    # defer, e.g. Airflow's triggerer) instead of waiting for it in the process.
+    defer_batches: bool = False
 
     @classmethod
     def from_environment(

@@ -82,6 +82,7 @@ def plan_shards() -> list[dict[str, Any]]:
         for uri, videos in zip(uris, shards, strict=True):
             write_video_list(store, uri, videos)
     planned = sum(len(videos) for videos in shards)
+    _log_forecast(params, store, [v for vids in shards for v in vids])
     log.info(
         "manifest %s: %d video(s); entries %d-%d looked at: %d already done, %d to do in %d "
         "shard(s) of up to %d (at most %d shard(s) per run)%s",
@@ -166,6 +167,8 @@ class ContinuationTriggerOperator(TriggerDagRunOperator):
                 f"{DAG_ID} run's report), then trigger {BACKFILL_DAG_ID} again: finished videos "
                 f"are skipped (or start at offset={next_offset})."
             )
+        if reason := _budget_spent(params):  # the chain pauses: the next shards would stop too
+            raise AirflowSkipException(f"not going on with the manifest: {reason}")
         self.trigger_run_id = continuation_run_id(run_id, int(next_offset))
         self.conf = {
             **{name: params.get(name) for name in (*BACKFILL_PARAMS, *FORWARDED_PARAMS)},
@@ -177,6 +180,30 @@ class ContinuationTriggerOperator(TriggerDagRunOperator):
             self.trigger_run_id,
         )  # fmt: skip
         return super().execute(context)
+
+
+def _log_forecast(params: dict[str, Any], store: Any, video_ids: list[str]) -> None:
+    """Stage 3's expected calls, tokens and dollars for the planned videos, in the plan's log."""
+    from action100m.config import load_settings, parse_assignments
+    from action100m.estimate import forecast_plan
+
+    raw = params.get("overrides") or {}
+    user = raw if isinstance(raw, dict) else parse_assignments([str(item) for item in raw])
+    try:
+        settings = load_settings(profile=params.get("profile") or None, overrides=user,
+                                 store=store.root)  # fmt: skip
+        log.info("Stage 3 forecast:\n%s", forecast_plan(settings, store, video_ids))
+    except Exception as exc:  # a forecast never stops the plan
+        log.warning("no Stage 3 forecast: %s", exc)
+
+
+def _budget_spent(params: dict[str, Any]) -> str | None:
+    """Why the backfill's shared Stage 3 budget (``aggregate.budget_scope``) is spent, or None."""
+    from action100m.llm.budget import exhausted
+    from action100m_airflow.tasks import build_runtime
+
+    runtime = build_runtime(params)
+    return exhausted(runtime.store, runtime.settings.aggregate)
 
 
 def missing_with_reasons(store: Any, video_ids: list[str], shown: int = 20) -> str:

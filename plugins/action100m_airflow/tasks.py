@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from airflow.sdk import get_current_context
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from action100m_airflow import DAG_ID, LLM_POOL_SLOTS_ENV, STAGES, VIDEO_GROUP
 from action100m_airflow.connections import ArtifactStoreHook, model_services
@@ -96,6 +96,8 @@ def failures_reported(stage: str, video_id: str | None) -> Iterator[None]:
 
     try:
         yield
+    except AirflowSkipException:  # a spent budget: the video stays pending, nothing failed
+        raise
     except Exception as exc:
         permanent = isinstance(exc, PermanentError | ConfigError)
         reason = _one_line(exc)
@@ -148,7 +150,7 @@ def run_stage(stage: str, video: dict[str, Any]) -> dict[str, Any]:
         runtime = build_runtime(context["params"])
         log.info("%s video %s: starting (store %s)", stage, video_id, runtime.store.root)
         target = Video(video_id, video.get("uri"), video.get("metadata"))
-        record = run(get_stage(stage), runtime, target)
+        record = _run_or_defer(run, get_stage(stage), runtime, target, context)
         status = read_status(runtime.store, video_id) if stage == STAGES[-1] else None
     summary = {**video, "stages": {**video.get("stages", {}), stage: record.to_json()}}
     if status is not None:
@@ -159,6 +161,29 @@ def run_stage(stage: str, video: dict[str, Any]) -> dict[str, Any]:
     log.info("%s video %s: %s in %.1f s -> %s", stage, video_id, outcome, record.seconds,
              record.uri or "(nothing)")  # fmt: skip
     return summary
+
+
+def _run_or_defer(run: Any, stage: Any, runtime: Any, target: Any, context: Any) -> Any:
+    """Run the stage; Stage 3 in batch mode defers while its job is out (the trigger polls it, the
+    task runs again when it ends); a spent ``aggregate.budget_usd`` skips the video's rest (it
+    stays pending) with the message saying how much was spent and how to go on."""
+    import dataclasses
+
+    from action100m.llm.batch_run import BatchPending
+    from action100m.llm.budget import BudgetReached
+    from action100m_airflow.batch_defer import defer_for
+
+    cfg = runtime.settings.aggregate
+    if stage.name == "aggregate" and cfg.budget_usd is not None and not cfg.budget_scope:
+        cfg.budget_scope = str(context["params"].get("budget_scope") or context["run_id"])
+    try:
+        return run(stage, dataclasses.replace(runtime, defer_batches=stage.name == "aggregate"),
+                   target)  # fmt: skip
+    except BatchPending as pending:
+        log.info("%s; deferring (polled every %.0f s)", pending, pending.poll_interval)
+        raise defer_for(pending, cfg) from None
+    except BudgetReached as exc:
+        raise AirflowSkipException(str(exc)) from None
 
 
 def _pull_all(ti: Any, task_id: str, key: str = "return_value") -> list[dict[str, Any]]:
