@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,12 @@ from batch_server import BatchServer
 use_test_airflow_home()
 
 KEY = "sk-batch-secret"
+
+
+@pytest.fixture(autouse=True)
+def plugins_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plugins folder on sys.path, as Airflow puts it (a test alone has no DagBag to)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "plugins"))
 
 
 @pytest.fixture
