@@ -89,6 +89,7 @@ def test_run_through_the_scheduler_honours_pools_and_retries(
     _viewer_pages_of_the_finished_run(airflow, run_id, by_key)
     _a_failed_videos_tabs(airflow, run_id, index)
     _the_index_lists_runs_newest_first(airflow, run_id)
+    _the_first_hour_in_chromium(airflow, run_id, index, tmp_path_factory.mktemp("screens"))
 
 
 @pytest.mark.parametrize(
@@ -175,6 +176,31 @@ def _the_index_lists_runs_newest_first(airflow: AirflowStack, run_id: str) -> No
     row = page[page.index(f'<tr data-run-id="{html.escape(run_id)}">') :].split("</tr>")[0]
     assert '"status failed"' in row and "2 done, 0 skipped, 1 failed" in row, row
     assert f'href="/dags/action100m/runs/{quote(run_id, safe="")}"' in row, row
+
+
+def _the_first_hour_in_chromium(airflow: AirflowStack, run_id: str, index: int, out: Path) -> None:
+    """What a new user looks at, in a real browser: Airflow's list of a mapped task's instances
+    (labelled with the videos), then the plugin's index and the corrupt video's Captions tab.
+    Screenshots go to ``out``."""
+    from playwright.sync_api import expect
+    from viewer_helpers import chromium_page
+
+    run = quote(run_id, safe="")
+    with chromium_page() as page:
+        page.goto(f"{airflow.base_url}/dags/action100m/runs/{run}/tasks/video.embed/mapped")
+        for video in ("sched_a", "sched_b", "sched_broken"):  # not map indexes
+            expect(page.get_by_text(video, exact=True).first).to_be_visible(timeout=20_000)
+        page.screenshot(path=str(out / "1-mapped-embed-labelled.png"))
+        page.set_extra_http_headers({"Authorization": f"Bearer {airflow.token()}"})
+        page.goto(f"{airflow.base_url}/action100m/")
+        expect(page.locator(f'tr[data-run-id="{run_id}"] .status')).to_have_text("failed")
+        page.screenshot(path=str(out / "2-action100m-index.png"))
+        page.goto(f"{airflow.base_url}/action100m/ti/action100m/{run}/video.publish/{index}")
+        expect(page.locator("p.summary")).to_contain_text("Video sched_broken: an earlier stage")
+        page.get_by_role("link", name="the run report").click()
+        expect(page.locator('tr[data-video-id="sched_broken"] .status')).to_have_text("failed")
+        page.screenshot(path=str(out / "3-run-report.png"))
+        assert not page.errors
 
 
 # A stand-in for a scheduler whose task runner lives in a process group (a session) of its own,
