@@ -31,6 +31,7 @@ from action100m.errors import VideoError
 log = logging.getLogger(__name__)
 PREFIX = "/action100m"
 DAG_ID = "action100m"
+BACKFILL_DAG_ID = "action100m_backfill"
 
 
 def dags_to_authorise(path_params: Any, query_params: Any) -> list[str]:
@@ -140,32 +141,19 @@ def index(request: Request) -> str:
     """Runs newest first (Airflow's runs of both DAGs, with state, start, the report's video
     counts, links to the report and to the run in Airflow; then runs only the store knows), and
     every video with a document."""
-    from action100m_airflow import BACKFILL_DAG_ID
-    from action100m_airflow.run_state import dag_runs
+    from action100m_airflow.run_state import dag_runs, run_rows
 
     from action100m.layout import path_safe
     from action100m.viewer import render_index
 
     store, root = get_store(), request.scope.get("root_path", "")
-    ui = root.removesuffix(PREFIX)  # the Airflow UI is served beside the plugin
-    rows, seen = [], set()
-    for run in dag_runs([DAG_ID, BACKFILL_DAG_ID]):
-        run_id, dag_id = run["run_id"], run["dag_id"]
-        seen.add(path_safe(run_id))
-        uri = store.report_uri(run_id)
-        report = store.read_json(uri) if dag_id == DAG_ID and store.exists(uri) else {}
-        q = quote(run_id, safe="")
-        rows.append({**run, "counts": report.get("counts"),
-                     "start": f"{run['start_date']:%Y-%m-%d %H:%M:%S}" if run["start_date"] else None,
-                     "href": f"{root}/runs/{q}?dag_id={quote(dag_id)}",
-                     "airflow_href": f"{ui}/dags/{quote(dag_id)}/runs/{q}"})  # fmt: skip
+    runs = dag_runs([DAG_ID, BACKFILL_DAG_ID])
+    rows = run_rows(runs, store, root, root.removesuffix(PREFIX))
+    seen = {path_safe(run["run_id"]) for run in runs}
     for name in sorted(u.rstrip("/").rsplit("/", 1)[-1] for u in store.list(store.runs_dir())):
         if name not in seen:  # a run Airflow no longer lists (or one from the command line)
-            report = (
-                store.read_json(store.report_uri(name))
-                if store.exists(store.report_uri(name))
-                else {}
-            )
+            uri = store.report_uri(name)
+            report = store.read_json(uri) if store.exists(uri) else {}
             rows.append({"run_id": name, "counts": report.get("counts"),
                          "href": f"{root}/runs/{quote(name, safe='')}"})  # fmt: skip
     videos = [u.rstrip("/").rsplit("/", 1)[-1] for u in store.list(store.videos_dir())]
@@ -217,6 +205,8 @@ def run_report(request: Request, run_id: str, dag_id: str = DAG_ID) -> str:
     from action100m.viewer.report import node_count
 
     store = get_store()
+    if dag_id == BACKFILL_DAG_ID:  # its shards: the action100m runs it triggered
+        return backfill_report(request, run_id, store)
     uri = store.report_uri(run_id)
     if store.exists(uri):
         report, title = store.read_json(uri), f"run {run_id}"
@@ -225,6 +215,22 @@ def run_report(request: Request, run_id: str, dag_id: str = DAG_ID) -> str:
         title = f"run {run_id} (in progress)"
     nodes = {v["video_id"]: node_count(store, v["video_id"]) for v in report.get("videos", [])}
     return render_report(report, lambda v: _video_href(request, v), nodes, title)
+
+
+def backfill_report(request: Request, run_id: str, store: Any) -> str:
+    """A backfill run's Report tab: its shards (``action100m`` runs named after it), each with
+    its state, counts and links; its continuation runs have their own."""
+    from action100m_airflow.run_state import dag_runs, run_rows
+
+    from action100m.viewer.report import render_runs
+
+    root = request.scope.get("root_path", "")
+    prefix = f"{BACKFILL_DAG_ID}__{run_id}__"
+    found = dag_runs([DAG_ID], limit=1024, prefix=prefix)
+    shards = [run for run in found if "__" not in run["run_id"].removeprefix(prefix)]  # own only
+    shards.sort(key=lambda run: run["run_id"])
+    rows = run_rows(shards, store, root, root.removesuffix(PREFIX))
+    return render_runs(f"backfill {run_id}", rows, f"{len(rows)} shard run(s) triggered so far")
 
 
 @app.get("/ti/{dag_id}/{run_id}/{task_id}/{map_index}")

@@ -93,17 +93,18 @@ def render_notice(title: str, message: str, link: tuple[str, str] | None = None)
     return _page(title, f'<p class="summary">{html.escape(message)}{where}</p>')
 
 
-def render_index(
-    runs: Iterable[dict[str, Any]], videos: Iterable[tuple[str, str]], store_root: str
-) -> str:
-    """The runs, newest first, as given: ``run_id``, ``dag_id``, ``state``, ``start`` (text),
-    ``counts`` (a report's, or None), ``href`` (the run report) and ``airflow_href`` (the run in
-    Airflow, or None); then a link to every video page: (label, href) pairs."""
+def runs_table(runs: Iterable[dict[str, Any]]) -> str:
+    """Runs as given: ``run_id``, ``dag_id``, ``state``, ``start`` (text), ``counts`` (a
+    report's, or None), ``href`` (the run report) and ``airflow_href`` (the run in Airflow, or
+    None)."""
     rows = []
     for run in runs:
         counts = run.get("counts")
         summary = ", ".join(f"{v} {k}" for k, v in counts.items()) if counts else "—"
         airflow = run.get("airflow_href")
+        link = (
+            f'<td><a href="{html.escape(airflow)}">in Airflow</a></td>' if airflow else "<td>—</td>"
+        )
         rows.append(
             f'<tr data-run-id="{html.escape(str(run["run_id"]))}">'
             f'<td><a href="{html.escape(run["href"])}">{html.escape(str(run["run_id"]))}</a></td>'
@@ -111,23 +112,31 @@ def render_index(
             + _cell(run.get("state") or "—", f"status {run.get('state') or ''}")
             + _cell(run.get("start") or "—")
             + _cell(summary)
-            + (
-                f'<td><a href="{html.escape(airflow)}">in Airflow</a></td>'
-                if airflow
-                else "<td>—</td>"
-            )
+            + link
             + "</tr>"
         )
-    table = (
+    if not rows:
+        return '<p class="muted">none yet</p>'
+    return (
         "<table><thead><tr><th>run</th><th>DAG</th><th>state</th><th>started</th><th>videos</th>"
         "<th></th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
-        if rows
-        else '<p class="muted">none yet</p>'
     )
+
+
+def render_runs(title: str, runs: Iterable[dict[str, Any]], summary: str) -> str:
+    """A page of runs (a backfill's shards): :func:`runs_table` under a one-line summary."""
+    return _page(title, f'<p class="summary">{html.escape(summary)}</p>{runs_table(runs)}')
+
+
+def render_index(
+    runs: Iterable[dict[str, Any]], videos: Iterable[tuple[str, str]], store_root: str
+) -> str:
+    """The runs, newest first, as given (see :func:`runs_table`); then a link to every video
+    page: (label, href) pairs."""
     entries = [f'<li><a href="{html.escape(h)}">{html.escape(t)}</a></li>' for t, h in videos]
     listed = "<ul>" + ("".join(entries) or '<li class="muted">none yet</li>') + "</ul>"
     body = (
         f'<p class="muted">store: {html.escape(store_root)}</p>'
-        f"<h2>Runs (newest first)</h2>{table}<h2>Videos</h2>{listed}"
+        f"<h2>Runs (newest first)</h2>{runs_table(runs)}<h2>Videos</h2>{listed}"
     )
     return _page("action100m", body)

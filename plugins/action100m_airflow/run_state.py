@@ -105,8 +105,9 @@ def _stage_order(task_id: str) -> int:
     return STAGES.index(stage) if stage in STAGES else len(STAGES)
 
 
-def dag_runs(dag_ids: list[str], limit: int = 100) -> list[dict[str, Any]]:
-    """The newest runs of ``dag_ids`` first: run ID, DAG, state, start and end."""
+def dag_runs(dag_ids: list[str], limit: int = 100, prefix: str = "") -> list[dict[str, Any]]:
+    """The newest runs of ``dag_ids`` first (run IDs starting with ``prefix``): run ID, DAG,
+    state, start and end."""
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
     from sqlalchemy import select
@@ -114,7 +115,7 @@ def dag_runs(dag_ids: list[str], limit: int = 100) -> list[dict[str, Any]]:
     with create_session() as session:
         query = (
             select(DagRun)
-            .where(DagRun.dag_id.in_(dag_ids))
+            .where(DagRun.dag_id.in_(dag_ids), DagRun.run_id.startswith(prefix, autoescape=True))
             .order_by(DagRun.run_after.desc(), DagRun.id.desc())
             .limit(limit)
         )
@@ -128,3 +129,24 @@ def dag_runs(dag_ids: list[str], limit: int = 100) -> list[dict[str, Any]]:
             }
             for run in session.scalars(query)
         ]
+
+
+def run_rows(runs: list[dict[str, Any]], store: Any, root: str, ui: str) -> list[dict[str, Any]]:
+    """The index's rows of ``runs``: the report's counts (an ``action100m`` run's), start, links
+    to the report page (under ``root``) and to the run in Airflow's UI (under ``ui``)."""
+    from urllib.parse import quote
+
+    from action100m_airflow import DAG_ID
+
+    rows = []
+    for run in runs:
+        run_id, dag_id = run["run_id"], run["dag_id"]
+        uri = store.report_uri(run_id)
+        report = store.read_json(uri) if dag_id == DAG_ID and store.exists(uri) else {}
+        start = run["start_date"]
+        q = quote(run_id, safe="")
+        rows.append({**run, "counts": report.get("counts"),
+                     "start": f"{start:%Y-%m-%d %H:%M:%S}" if start else None,
+                     "href": f"{root}/runs/{q}?dag_id={quote(dag_id)}",
+                     "airflow_href": f"{ui}/dags/{quote(dag_id)}/runs/{q}"})  # fmt: skip
+    return rows
