@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # pip takes the CPU torch on disk only when torch==2.13.0 is named in the same command as the rest.
-INSTALL := $(BIN)/pip install -q -c constraints.txt -r requirements.txt -r requirements-dev.txt -e .
+INSTALL := $(BIN)/pip install -c constraints.txt -r requirements.txt -r requirements-dev.txt -e .
 
 # Debian packages the tests drive for real: headless Chromium (viewer), Redis (Celery broker) and
 # espeak-ng (speech for the speech-recognition tests).
@@ -14,6 +14,7 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "== installing into $(VENV): a few minutes the first time (Airflow, torch CPU, transformers)"
 	$(INSTALL)
 	touch $@
 

@@ -22,7 +22,10 @@ from action100m_airflow.batch_defer import deferrable_task
 from action100m_airflow.params import run_params, videos_param, videos_uri_param
 from airflow.sdk import TriggerRule, dag, task, task_group
 
-VIDEO_LABEL = "{{ video_id }}"
+# Rendered by Airflow's task runner before the task executes (from its resolved argument), so a
+# running, failed or up-for-retry task is labelled with its video; an upstream-failed one never
+# runs, and its Captions tab names the video instead.
+VIDEO_LABEL = "{{ task.op_kwargs['video']['video_id'] }}"
 
 
 def stage_task(stage: str) -> Any:
@@ -62,7 +65,7 @@ def action100m() -> None:
     def video(item: dict[str, Any]) -> Any:
         summary = item
         for stage in STAGES:
-            summary = stage_task(stage)(summary)
+            summary = stage_task(stage)(video=summary)
         return summary
 
     @task(trigger_rule=TriggerRule.ALL_DONE)

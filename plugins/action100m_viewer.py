@@ -31,7 +31,7 @@ from action100m.errors import VideoError
 log = logging.getLogger(__name__)
 PREFIX = "/action100m"
 DAG_ID = "action100m"
-VIDEO_GROUP = "video"
+BACKFILL_DAG_ID = "action100m_backfill"
 
 
 def dags_to_authorise(path_params: Any, query_params: Any) -> list[str]:
@@ -104,42 +104,18 @@ def _video_href(request: Request, video_id: str) -> str:
     return f"{request.scope.get('root_path', '')}/videos/{quote(video_id, safe='')}"
 
 
-def _task_instances(dag_id: str, run_id: str) -> list[Any]:
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        query = select(TaskInstance).where(
-            TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id
-        )
-        rows = list(session.scalars(query))
-        session.expunge_all()
-        return rows
-
-
 def provisional_report(dag_id: str, run_id: str, store: Any) -> dict[str, Any]:
     """While the run has not written its report: where each video's tasks are (task instances),
     and for a published video what its status record says."""
+    from action100m_airflow.run_state import provisional_report as rows_of
+
     from action100m.status import read_status
 
-    videos: dict[str, dict[str, Any]] = {}
-    for ti in _task_instances(dag_id, run_id):
-        if not ti.task_id.startswith(f"{VIDEO_GROUP}.") or ti.map_index < 0:
-            continue
-        video_id = ti.rendered_map_index or str(ti.map_index)
-        row = videos.setdefault(video_id, {"video_id": video_id, "status": "running", "notes": []})
-        stage, state = ti.task_id.split(".", 1)[1], str(ti.state or "none")
-        row["notes"].append(f"{stage}: {state}")
-        if state in ("failed", "upstream_failed"):
-            row.update(status="failed", stage=stage, reason=f"task {state}")
-        elif stage == "publish" and state == "success" and row["status"] != "failed":
-            row["status"] = "done"
-    for row in videos.values():  # published: the status record says what it holds
+    rows = rows_of(dag_id, run_id)
+    for row in rows:  # published: the status record says what it holds
         status = read_status(store, row["video_id"]) if row["status"] == "done" else None
         if reason := ((status or {}).get("skipped") or {}).get("aggregate"):
             row["aggregate_skipped"] = reason
-    rows = list(videos.values())
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "failed", "running")}
     return {"run_id": run_id, "dag_id": dag_id, "videos": rows, "counts": counts, "usage": {}}
 
@@ -162,16 +138,26 @@ def _unsafe_video_id(request: Request, exc: VideoError) -> Response:
 
 @app.get("/", response_class=HTMLResponse)
 def index(request: Request) -> str:
+    """Runs newest first (Airflow's runs of both DAGs, with state, start, the report's video
+    counts, links to the report and to the run in Airflow; then runs only the store knows), and
+    every video with a document."""
+    from action100m_airflow.run_state import dag_runs, run_rows
+
+    from action100m.layout import path_safe
     from action100m.viewer import render_index
 
     store, root = get_store(), request.scope.get("root_path", "")
-    runs = [u.rstrip("/").rsplit("/", 1)[-1] for u in store.list(store.runs_dir())]
+    runs = dag_runs([DAG_ID, BACKFILL_DAG_ID])
+    rows = run_rows(runs, store, root, root.removesuffix(PREFIX))
+    seen = {path_safe(run["run_id"]) for run in runs}
+    for name in sorted(u.rstrip("/").rsplit("/", 1)[-1] for u in store.list(store.runs_dir())):
+        if name not in seen:  # a run Airflow no longer lists (or one from the command line)
+            uri = store.report_uri(name)
+            report = store.read_json(uri) if store.exists(uri) else {}
+            rows.append({"run_id": name, "counts": report.get("counts"),
+                         "href": f"{root}/runs/{quote(name, safe='')}"})  # fmt: skip
     videos = [u.rstrip("/").rsplit("/", 1)[-1] for u in store.list(store.videos_dir())]
-    return render_index(
-        [(r, f"{root}/runs/{quote(r, safe='')}") for r in sorted(runs)],
-        [(v, _video_href(request, v)) for v in sorted(videos)],
-        store.root,
-    )
+    return render_index(rows, [(v, _video_href(request, v)) for v in sorted(videos)], store.root)
 
 
 @app.get("/videos/{video_id}", response_class=HTMLResponse)
@@ -219,6 +205,8 @@ def run_report(request: Request, run_id: str, dag_id: str = DAG_ID) -> str:
     from action100m.viewer.report import node_count
 
     store = get_store()
+    if dag_id == BACKFILL_DAG_ID:  # its shards: the action100m runs it triggered
+        return backfill_report(request, run_id, store)
     uri = store.report_uri(run_id)
     if store.exists(uri):
         report, title = store.read_json(uri), f"run {run_id}"
@@ -229,26 +217,58 @@ def run_report(request: Request, run_id: str, dag_id: str = DAG_ID) -> str:
     return render_report(report, lambda v: _video_href(request, v), nodes, title)
 
 
+def backfill_report(request: Request, run_id: str, store: Any) -> str:
+    """A backfill run's Report tab: its shards (``action100m`` runs named after it), each with
+    its state, counts and links; its continuation runs have their own."""
+    from action100m_airflow.run_state import dag_runs, run_rows
+
+    from action100m.viewer.report import render_runs
+
+    root = request.scope.get("root_path", "")
+    prefix = f"{BACKFILL_DAG_ID}__{run_id}__"
+    found = dag_runs([DAG_ID], limit=1024, prefix=prefix)
+    shards = [run for run in found if "__" not in run["run_id"].removeprefix(prefix)]  # own only
+    shards.sort(key=lambda run: run["run_id"])
+    rows = run_rows(shards, store, root, root.removesuffix(PREFIX))
+    return render_runs(f"backfill {run_id}", rows, f"{len(rows)} shard run(s) triggered so far")
+
+
 @app.get("/ti/{dag_id}/{run_id}/{task_id}/{map_index}")
 def task_video(request: Request, dag_id: str, run_id: str, task_id: str, map_index: str) -> Any:
-    """The video page of a mapped task (its rendered map index is the video ID). A task with no
-    video (``report``, a backfill's task: the tab gets ``{MAP_INDEX}`` or -1) gets a short page
-    pointing at the run's report, never a raw 422."""
+    """The video page of a mapped task. Its video is its rendered map index, or (a task that never
+    ran: upstream failed) the run's video at its map index. A video not published, or a task with
+    no video (``report``, a backfill's task: ``{MAP_INDEX}`` or -1) gets a short page naming the
+    video and its task's state, pointing at the run's report, never a raw 422 or 404."""
+    from action100m_airflow.run_state import task_video as find
+
     from action100m.viewer.report import render_notice
 
     root = request.scope.get("root_path", "")
     report = f"{root}/runs/{quote(run_id, safe='')}?dag_id={quote(dag_id)}"
     index = int(map_index) if map_index.lstrip("-").isdigit() else -1
-    if index >= 0:
-        for ti in _task_instances(dag_id, run_id):
-            if ti.task_id == task_id and ti.map_index == index and ti.rendered_map_index:
-                return RedirectResponse(_video_href(request, ti.rendered_map_index))
-    page = render_notice(
-        f"{task_id} · {run_id}",
-        f"Task {task_id} has no video page: captions belong to a video's tasks, and this one "
-        "is not one, or its video has not started. See the run's report:",
-        ("the run report", report),
+    found = find(dag_id, run_id, task_id, index) if index >= 0 else None
+    if found is None or found.video_id is None:
+        text = (
+            f"Task {task_id} has no video page: captions belong to a video's tasks, and this one "
+            "is not one, or its video has not started. See the run's report:"
+        )
+        return HTMLResponse(
+            render_notice(f"{task_id} · {run_id}", text, ("the run report", report))
+        )
+    video_id = found.video_id
+    store = get_store()
+    if store.exists(store.document_uri(video_id)):
+        return RedirectResponse(_video_href(request, video_id))
+    why = {
+        "upstream_failed": "an earlier stage of this video failed, so this task never ran",
+        "failed": "this task failed",
+        "up_for_retry": "this task failed and waits to be retried",
+    }.get(found.state, f"this task is {found.state.replace('_', ' ')}")
+    text = (
+        f"Video {video_id}: {why}. It has not been published; the run's report says which stage "
+        "failed and why:"
     )
+    page = render_notice(f"video {video_id} · {task_id}", text, ("the run report", report))
     return HTMLResponse(page)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from airflow_stack import AirflowStack, shared_stack
@@ -78,6 +79,13 @@ def test_backfill_shards_the_manifest_goes_on_in_a_continuation_and_a_rerun_does
         assert (store / "videos" / video_id / "annotations.json").exists(), video_id
     assert _labels(airflow, first) == {"shard0001of0002", "shard0002of0002"}
     assert _labels(airflow, continuation) == {"shard0001of0001"}
+    # The backfill run's Report tab: its shards and their runs, not an empty "(in progress)".
+    path_of = f"/action100m/runs/{quote(first, safe='')}?dag_id=action100m_backfill"
+    _, page = airflow.fetch(path_of)
+    assert "(in progress)" not in page and "2 shard run(s)" in page
+    for shard in ("shard0001of0002", "shard0002of0002"):
+        row = page[page.index(f'<tr data-run-id="action100m_backfill__{first}__{shard}">') :]
+        assert '"status success"' in row.split("</tr>")[0] and "done" in row.split("</tr>")[0]
 
     runs_before = len(airflow.runs("action100m"))
     again = airflow.trigger("action100m_backfill", conf)

@@ -111,6 +111,8 @@ def test_compose_topology_on_celery_survives_a_dead_gpu_worker(
         )
 
         interrupted = _catch_embed_encoding(stack)
+        # Labelled with its video while still running (the label renders before execution).
+        assert interrupted["rendered_map_index"] in VIDEOS, interrupted
         stack.kill_worker(GPU_WORKER)
         finished_before = _successes(s3)  # what the kill must leave alone
         assert any("/embed/" in key for key in finished_before), finished_before
@@ -135,7 +137,6 @@ def test_compose_topology_on_celery_survives_a_dead_gpu_worker(
         assert ti["queue"] == ("gpu" if ti["task_id"] == "video.embed" else "default"), label
         assert ti["hostname"] == WORKER_OF_QUEUE[ti["queue"]], (label, ti["hostname"])
 
-    # The rendered map index (the video ID) is known once the task has finished.
     video = next(
         ti["rendered_map_index"]
         for ti in tis

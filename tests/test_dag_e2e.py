@@ -121,7 +121,12 @@ def test_two_good_videos_and_a_corrupt_one_then_a_rerun_that_skips_finished_work
     assert document["nodes"][0]["caption"]
     broken = tis[("video.embed", "broken")]
     assert broken.state == "failed" and broken.try_number == 1  # failed at once, no retry
-    assert tis[("video.publish", "2")].state == "upstream_failed"
+    assert tis[("video.publish", "2")].state == "upstream_failed"  # never ran: no label
+    # ... but the viewer's Captions tab of that task knows its video (the run's list, by index).
+    from action100m_airflow.run_state import task_video
+
+    assert task_video("action100m", run_id, "video.publish", 2).video_id == "broken"
+    assert task_video("action100m", run_id, "video.embed", 2).state == "failed"
     assert tis[("report", "-1")].state == "failed"  # the run says some video failed
     report = _report(s3, run_id)
     rows = {row["video_id"]: row for row in report["videos"]}

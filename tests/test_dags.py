@@ -8,8 +8,10 @@ import os
 import subprocess
 import sys
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
+import jinja2
 import pytest
 from airflow_testenv import REPO, use_test_airflow_home
 
@@ -85,7 +87,12 @@ def test_per_video_tasks_pools_queues_and_retries(dags: dict[str, Any]) -> None:
         assert (task.pool, task.queue) == (pool, queue), task_id
         assert task.retries >= 2 and task.retry_exponential_backoff > 1, task_id
         assert task.execution_timeout and task.execution_timeout <= timedelta(hours=4), task_id
-        assert task.map_index_template == "{{ video_id }}", task_id
+        # The label comes from the task's resolved argument, which Airflow's task runner has
+        # before execution, so running, failed and up-for-retry tasks are labelled too (the
+        # pre-execution context has no ``video_id`` of its own).
+        resolved = SimpleNamespace(op_kwargs={"video": {"video_id": "vid_1"}})
+        label = jinja2.Template(task.map_index_template, undefined=jinja2.StrictUndefined)
+        assert label.render(task=resolved) == "vid_1", task_id
     fetch, embed = dag.get_task("video.fetch"), dag.get_task("video.embed")
     assert dag.get_task("video.segment").upstream_task_ids == {"video.embed"}
     assert embed.upstream_task_ids == {"video.fetch"}
@@ -113,6 +120,10 @@ def test_params_have_a_form(dags: dict[str, Any]) -> None:
             param = params.get_param(name)
             assert param.schema["type"] and param.schema["title"], (dag_id, name)
             assert param.description, (dag_id, name)
+    # The form marks a field required unless its type allows null: neither Videos (a run may
+    # take a Video list URI instead) nor Setting overrides is required.
+    for name in ("videos", "overrides", "videos_uri"):
+        assert "null" in dags["action100m"].params.get_param(name).schema["type"], name
     assert dags["action100m"].params["profile"] == os.environ.get("ACTION100M_PROFILE", "paper")
     assert dags["action100m_backfill"].params["shard_size"] == 64
     assert dags["action100m_backfill"].params["skip_done"] is True

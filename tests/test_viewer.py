@@ -486,3 +486,53 @@ def test_a_long_leaf_says_leaves_are_not_annotated(tmp_path: Path) -> None:
         assert page.text_content("#no-annotation").startswith(
             "No annotation: leaves are not annotated, as in the release"
         )
+
+
+def _node_under(page: Any, nodes: list[dict], x: float, y: float) -> int | None:
+    """The node whose drawn bar holds the point, from the drawing alone: the visible range gives
+    the time under x; the bars' centres give each level's row."""
+    t0, t1 = visible_range(page)
+    box = page.locator("#canvas").bounding_box()
+    t = t0 + (x - box["x"]) / box["width"] * (t1 - t0)
+    centres = {i: page.evaluate(f"window.a100m.barCenter({i})") for i, n in enumerate(nodes)
+               if n["start"] <= t < n["end"]}  # fmt: skip
+    rows = sorted({round(c["y"], 3) for c in centres.values() if c})
+    half = (rows[1] - rows[0]) / 2 if len(rows) > 1 else 10.0
+    near = [(abs(c["y"] - y), i) for i, c in centres.items() if c and abs(c["y"] - y) < half]
+    return min(near)[1] if near else None
+
+
+def test_tooltip_follows_keyboard_zoom_and_moves(minute_page: tuple) -> None:
+    """With the mouse still, "+" (zoom about the middle) and ↓ (focus a child) move the view: the
+    tooltip then describes the bar under the mouse, or goes if there is none, never the old one."""
+    from playwright.sync_api import expect
+
+    path, document, _ = minute_page
+    nodes = document["nodes"]
+    # A narrow bar near the left edge: zooming about the middle slides other bars under it.
+    left = min((i for i, n in enumerate(nodes) if n["level"] == 4), key=lambda i: nodes[i]["start"])
+    with chromium_page() as page:
+        _open(page, path)
+        tooltip = page.locator("#tooltip")
+        point = page.evaluate(f"window.a100m.barCenter({left})")
+        x, y = point["x"], point["y"]
+        page.mouse.move(x, y)
+        expect(tooltip.locator(".tt-text")).to_have_text(_label(nodes[left]))
+        seen = set()
+        for key in ("+", "+", "+", "ArrowDown", "ArrowRight"):
+            page.keyboard.press(key)
+            settle(page)
+            under = _node_under(page, nodes, x, y)
+            seen.add(under)
+            if under is None:
+                expect(tooltip).to_be_hidden()
+            else:
+                node = nodes[under]
+                start, end = page_time(node["start"]), page_time(node["end"])
+                expect(tooltip).to_be_visible()
+                expect(tooltip.locator(".tt-time")).to_have_text(
+                    f"L{node['level']} · {start} – {end}"
+                )
+        assert seen - {left}, "the view never moved another bar under the mouse"
+        screenshot(page, "viewer-tooltip-after-keys.png")
+        assert not page.errors

@@ -208,6 +208,18 @@ def test_run_report(server: Server) -> None:
     assert 'href="/action100m/videos/clip"' in page and "file not found: x.mp4" in page
     assert "1,200" in page and "0.0123" in page and "failed" in page
     assert 'href="/action100m/videos/broken"' not in page  # no document: no dead link
+    broken = page[page.index('<tr data-video-id="broken">') :].split("</tr>")[0]
+    assert broken.count('<td class="num">—</td>') == 4  # nodes, tokens, cost: none, not blank
+
+
+def test_index_lists_a_run_only_the_store_knows(server: Server) -> None:
+    """No Airflow run of that ID in this server's database: the store's report is still listed,
+    with its counts, and no link into Airflow."""
+    _, _, body = server.get("/action100m/")
+    page = body.decode()
+    row = page[page.index('<tr data-run-id="manual__2026-01-01T00_00_00_00_00">') :]
+    row = row.split("</tr>")[0]
+    assert "1 done, 1 failed, 0 skipped" in row and "in Airflow" not in row
 
 
 def test_tabs_without_a_video_get_a_short_page_not_raw_json(server: Server) -> None:

@@ -23,10 +23,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from action100m import lease
 from action100m.config import Settings
 from action100m.errors import CorruptArtifactError, MissingArtifactError, PermanentError
 from action100m.services import Services
 from action100m.stages import get_stage, stages
+from action100m.stages.leases import stage_lease
 from action100m.store import ArtifactStore
 from action100m.tree import Tree
 
@@ -330,14 +332,20 @@ def run_stage(
                 f"video {video_id}: {stage.name} needs a finished {need} in {store.root}; "
                 f"run `{need}` first"
             )
-    output = stage.process(ctx)
-    seconds = round(time.monotonic() - started, 3)
+    held, finished_elsewhere = stage_lease(runtime, stage, video_id, folder)
+    if finished_elsewhere:  # by the run that held the lease: reused, never paid twice
+        return StageRecord(stage.name, folder, True, 0.0)
     try:
-        store_output(runtime, stage, video_id, output, seconds=seconds)
+        output = stage.process(ctx)
+        seconds = round(time.monotonic() - started, 3)
+        try:
+            store_output(runtime, stage, video_id, output, seconds=seconds)
+        finally:
+            if output.scratch:
+                shutil.rmtree(output.scratch, ignore_errors=True)
+        stage.after(ctx, output)
     finally:
-        if output.scratch:
-            shutil.rmtree(output.scratch, ignore_errors=True)
-    stage.after(ctx, output)
+        lease.give_back(store, held)
     facts = ", ".join(f"{k} {v}" for k, v in output.stats.items() if not isinstance(v, dict))
     log.info("video %s: %s done in %.1f s (%s) -> %s", video_id, stage.name, seconds, facts, folder)
     return StageRecord(stage.name, output.uri or folder, False, seconds)

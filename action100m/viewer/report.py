@@ -26,6 +26,11 @@ def _number(value: Any, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
+def _or_dash(value: Any, digits: int = 0) -> str:
+    """A number for a table cell; "—" where there is none (not counted, or not yet)."""
+    return _number(value, digits) or "—"
+
+
 def _cell(text: Any, cls: str = "") -> str:
     attr = f' class="{cls}"' if cls else ""
     return f"<td{attr}>{html.escape('' if text is None else str(text))}</td>"
@@ -58,10 +63,10 @@ def render_report(
         rows.append(
             f'<tr data-video-id="{html.escape(video_id)}"><td>{link}</td>'
             + _cell(video.get("status"), f"status {video.get('status', '')}")
-            + _cell(_number(nodes.get(video_id)), "num")
-            + _cell(_number(usage.get("input_tokens")), "num")
-            + _cell(_number(usage.get("output_tokens")), "num")
-            + _cell(_number(usage.get("cost_usd"), 4), "num")
+            + _cell(_or_dash(nodes.get(video_id)), "num")
+            + _cell(_or_dash(usage.get("input_tokens")), "num")
+            + _cell(_or_dash(usage.get("output_tokens")), "num")
+            + _cell(_or_dash(usage.get("cost_usd"), 4), "num")
             + _cell(detail, "detail")
             + "</tr>"
         )
@@ -88,17 +93,50 @@ def render_notice(title: str, message: str, link: tuple[str, str] | None = None)
     return _page(title, f'<p class="summary">{html.escape(message)}{where}</p>')
 
 
+def runs_table(runs: Iterable[dict[str, Any]]) -> str:
+    """Runs as given: ``run_id``, ``dag_id``, ``state``, ``start`` (text), ``counts`` (a
+    report's, or None), ``href`` (the run report) and ``airflow_href`` (the run in Airflow, or
+    None)."""
+    rows = []
+    for run in runs:
+        counts = run.get("counts")
+        summary = ", ".join(f"{v} {k}" for k, v in counts.items()) if counts else "—"
+        airflow = run.get("airflow_href")
+        link = (
+            f'<td><a href="{html.escape(airflow)}">in Airflow</a></td>' if airflow else "<td>—</td>"
+        )
+        rows.append(
+            f'<tr data-run-id="{html.escape(str(run["run_id"]))}">'
+            f'<td><a href="{html.escape(run["href"])}">{html.escape(str(run["run_id"]))}</a></td>'
+            + _cell(run.get("dag_id") or "—")
+            + _cell(run.get("state") or "—", f"status {run.get('state') or ''}")
+            + _cell(run.get("start") or "—")
+            + _cell(summary)
+            + link
+            + "</tr>"
+        )
+    if not rows:
+        return '<p class="muted">none yet</p>'
+    return (
+        "<table><thead><tr><th>run</th><th>DAG</th><th>state</th><th>started</th><th>videos</th>"
+        "<th></th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+    )
+
+
+def render_runs(title: str, runs: Iterable[dict[str, Any]], summary: str) -> str:
+    """A page of runs (a backfill's shards): :func:`runs_table` under a one-line summary."""
+    return _page(title, f'<p class="summary">{html.escape(summary)}</p>{runs_table(runs)}')
+
+
 def render_index(
-    runs: Iterable[tuple[str, str]], videos: Iterable[tuple[str, str]], store_root: str
+    runs: Iterable[dict[str, Any]], videos: Iterable[tuple[str, str]], store_root: str
 ) -> str:
-    """Links to every run report and every video page: (label, href) pairs."""
-
-    def links(items: Iterable[tuple[str, str]]) -> str:
-        entries = [f'<li><a href="{html.escape(h)}">{html.escape(t)}</a></li>' for t, h in items]
-        return "<ul>" + ("".join(entries) or '<li class="muted">none yet</li>') + "</ul>"
-
+    """The runs, newest first, as given (see :func:`runs_table`); then a link to every video
+    page: (label, href) pairs."""
+    entries = [f'<li><a href="{html.escape(h)}">{html.escape(t)}</a></li>' for t, h in videos]
+    listed = "<ul>" + ("".join(entries) or '<li class="muted">none yet</li>') + "</ul>"
     body = (
         f'<p class="muted">store: {html.escape(store_root)}</p>'
-        f"<h2>Runs</h2>{links(runs)}<h2>Videos</h2>{links(videos)}"
+        f"<h2>Runs (newest first)</h2>{runs_table(runs)}<h2>Videos</h2>{listed}"
     )
     return _page("action100m", body)

@@ -6,15 +6,28 @@ import os
 
 from airflow.sdk import Param
 
+# Airflow's [core] max_map_length: a run maps its video group over at most this many videos.
+MAX_VIDEOS_PER_RUN = 1024
+# One entry: anything but blank (IDs with spaces or unicode are valid video IDs).
+NOT_BLANK = r"\S"
+# One override: section.key=value (keys may nest: section.sub.key=value).
+ASSIGNMENT = r"^\s*[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+\s*=.*$"
+
 
 def videos_param() -> Param:
+    # Not required on its own (a run may take its videos from the list URI instead); when neither
+    # is given, resolve_videos fails with one line saying so. Type "null" keeps the form from
+    # marking it required.
     return Param(
         [],
-        type="array",
-        items={"type": "string"},
+        type=["null", "array"],
+        items={"type": "string", "pattern": NOT_BLANK, "maxLength": 2048},
+        maxItems=MAX_VIDEOS_PER_RUN,
         title="Videos",
         description="One per line: a video ID (resolved with the source template), a path, "
-        "or a URI (s3://…, file://…). Duplicates are dropped.",
+        f"or a URI (s3://…, file://…). Duplicates are dropped. At most {MAX_VIDEOS_PER_RUN} "
+        "(Airflow's max_map_length): more go through the action100m_backfill DAG. Leave empty "
+        "when a Video list URI is given.",
     )
 
 
@@ -36,6 +49,7 @@ def backfill_params(environ: dict[str, str] | None = None) -> dict[str, Param]:
         "manifest": Param(
             "",
             type="string",
+            pattern=NOT_BLANK,
             title="Manifest",
             description="URI or path of a video-ID list (one a line) or the HowTo100M CSV "
             "with a video_id column.",
@@ -109,10 +123,11 @@ def run_params() -> dict[str, Param]:
         ),
         "overrides": Param(
             [],
-            type="array",
-            items={"type": "string"},
+            type=["null", "array"],
+            items={"type": "string", "pattern": ASSIGNMENT},
             title="Setting overrides",
-            description="One section.key=value per line, e.g. caption.backend=transformers or "
-            "aggregate.model=gpt-4o-mini.",
+            description="Optional. One section.key=value per line, e.g. "
+            "caption.backend=transformers or aggregate.model=gpt-4o-mini; a line that is not of "
+            "that form is refused when the run is triggered.",
         ),
     }

@@ -24,6 +24,7 @@
   const hasThumb = D.thumbs.mode === "url" ? new Set(D.thumbs.has) : null;
 
   let cur = 0, hover = -1, t0 = 0, t1 = 1, levels = [0, 0], rowH = 20, drag = null, frame = 0;
+  let pointer = null;  // the mouse over the canvas (client x, y), or null: the tooltip follows it
 
   // -- helpers -------------------------------------------------------------------------------
   const long = (N.end[0] || 0) >= 3600;
@@ -63,6 +64,10 @@
   }
   function draw() {
     frame = 0;
+    // Whatever moved the view (wheel, keys, a click in the panel), the tooltip and the lit bar
+    // describe what is under the mouse now, not what was under it before.
+    hover = pointer ? hit(pointer) : -1;
+    showTooltip(hover, pointer);
     const w = timeline.clientWidth, rows = levels[1] - levels[0] + 1, h = AXIS + rows * rowH + 6;
     const ratio = window.devicePixelRatio || 1;
     if (canvas.width !== Math.round(w * ratio) || canvas.height !== Math.round(h * ratio)) {
@@ -197,13 +202,15 @@
       if (Math.abs(dx) > 3) drag.moved = true;
       const shift = (-dx / canvas.clientWidth) * span;
       t0 = Math.max(N.start[cur], Math.min(drag.t0 + shift, N.end[cur] - span)); t1 = t0 + span;
+      pointer = { clientX: ev.clientX, clientY: ev.clientY };
       redraw(); return;
     }
+    pointer = { clientX: ev.clientX, clientY: ev.clientY };
     const i = hit(ev);
     if (i !== hover) { hover = i; redraw(); }
     showTooltip(i, ev);
   });
-  canvas.addEventListener("mouseleave", () => { hover = -1; tooltip.hidden = true; redraw(); });
+  canvas.addEventListener("mouseleave", () => { pointer = null; hover = -1; tooltip.hidden = true; redraw(); });
   canvas.addEventListener("mousedown", (ev) => { drag = { x: ev.clientX, t0, moved: false }; });
   // Cleared after the click that ends a drag has been ignored; a drag begun since is left alone.
   window.addEventListener("mouseup", () => { const ended = drag; setTimeout(() => { if (drag === ended) drag = null; }, 0); });
@@ -223,7 +230,7 @@
     redraw();
   }
   function showTooltip(i, ev) {
-    if (i < 0) { tooltip.hidden = true; return; }
+    if (i < 0 || !ev) { tooltip.hidden = true; return; }
     const t = thumb(i), img = tooltip.querySelector("img");
     if (t && t.from === i) img.src = t.src; else img.removeAttribute("src");
     tooltip.querySelector(".tt-time").textContent = `L${N.level[i]} · ${fmt(N.start[i])} – ${fmt(N.end[i])}`;
