@@ -21,8 +21,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from openai.types.chat import ChatCompletion
-
 from action100m.config import AggregateConfig
 from action100m.llm.clients import AnthropicChat, OpenAIChat, credentials
 from action100m.llm.messages import ChatRequest, Completion
@@ -144,6 +142,8 @@ class OpenAIBatch(OpenAIChat):
         error = item.get("error")
         if response.get("status_code") == 200 and not error:
             try:
+                from openai.types.chat import ChatCompletion
+
                 body = ChatCompletion.model_validate(response.get("body"))
             except ValueError as exc:
                 out.errors[key] = f"malformed answer body: {str(exc).splitlines()[0]}"

@@ -15,9 +15,6 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-import anthropic
-import openai
-
 from action100m.config import AggregateConfig
 from action100m.errors import PermanentError
 from action100m.llm.messages import ChatRequest, Completion, Usage
@@ -87,6 +84,9 @@ class _Adapter:
 
     def _guard(self, call: Callable[[], T]) -> T:
         """SDK exceptions of either client as the pipeline's own (see ratelimit)."""
+        import anthropic
+        import openai
+
         try:
             return call()
         except (openai.APIStatusError, anthropic.APIStatusError) as exc:
@@ -121,6 +121,8 @@ class OpenAIChat(_Adapter):
 
     def __init__(self, cfg: AggregateConfig, api_key: str | None, base_url: str | None) -> None:
         super().__init__(cfg, api_key, base_url)
+        import openai  # the SDKs load only where an LLM is used (2 s of imports)
+
         self.client = openai.OpenAI(
             api_key=api_key or "EMPTY",
             base_url=base_url or DEFAULT_BASE_URL[self.provider],
@@ -185,6 +187,8 @@ class AnthropicChat(_Adapter):
 
     def __init__(self, cfg: AggregateConfig, api_key: str | None, base_url: str | None) -> None:
         super().__init__(cfg, api_key, base_url)
+        import anthropic
+
         self.client = anthropic.Anthropic(
             api_key=api_key or "EMPTY",
             base_url=base_url or DEFAULT_BASE_URL[self.provider],
