@@ -309,3 +309,42 @@ def test_the_fetch_proxy_and_cookies_come_from_a_connection_and_hosts_from_the_d
     assert runtime.settings.fetch.allowed_hosts == ["www.youtube.com", "media.internal"]
     with pytest.raises(ConfigError, match="fetch.allowed_hosts is the deployment's"):
         build_runtime({"profile": "tiny", "overrides": ["fetch.allowed_hosts=10.0.0.1"]})
+
+
+def _scheduled_weights(dag: Any, task_ids: list[str]) -> list[int]:
+    """The priority weight the scheduler gives each task's instances: computed, as it does, from
+    the serialized DAG's task and its weight rule."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.task.priority_strategy import validate_and_load_priority_weight_strategy
+
+    restored = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+    weights = []
+    for task_id in task_ids:
+        task = restored.get_task(task_id)
+        rule = task.weight_rule
+        rule = (
+            rule
+            if hasattr(rule, "get_weight")
+            else validate_and_load_priority_weight_strategy(rule)
+        )
+        ti = TaskInstance(task=task, run_id="r", map_index=0, dag_version_id=None)
+        weights.append(rule.get_weight(ti))
+    return weights
+
+
+def test_videos_half_done_outrank_new_ones_and_runs_are_bounded(dags: dict[str, Any]) -> None:
+    """Each stage weighs more than the one before it, whatever the DAG's shape (absolute rule), so
+    the scheduler queues a later stage of a begun video before an earlier stage of a new one
+    (Airflow's default, downstream, would rank fetch highest)."""
+    from action100m.stages import PIPELINE
+
+    dag = dags["action100m"]
+    stages = [f"video.{spec.name}" for spec in PIPELINE]
+    weights = _scheduled_weights(dag, ["resolve_videos", *stages])
+    assert _scheduled_weights(dag, ["report"]) == [1]
+    assert weights == sorted(set(weights)), weights  # strictly increasing along the stages
+    backfill = dags["action100m_backfill"]
+    shards = backfill.get_task("trigger_shard").partial_kwargs["max_active_tis_per_dag"]
+    assert shards <= dag.max_active_runs <= 16  # every shard run of a backfill can be active
+    assert 16 <= dag.max_active_tasks <= 256
