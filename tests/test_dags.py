@@ -125,6 +125,7 @@ def test_backfill_triggers_bounded_runs_of_the_video_dag(dags: dict[str, Any]) -
     trigger = dag.get_task("trigger_shard")
     assert trigger.partial_kwargs["trigger_dag_id"] == "action100m"
     assert trigger.partial_kwargs["wait_for_completion"] is True
+    assert trigger.partial_kwargs["deferrable"] is True  # the triggerer waits, not a worker
     assert 1 <= trigger.partial_kwargs["max_active_tis_per_dag"] <= 16
     assert dag.get_task("summary").trigger_rule == "all_done"
     # One backfill run at a time (no duplicate shard runs); the rest of a long manifest goes to
