@@ -15,7 +15,8 @@ from airflow_testenv import REPO, use_test_airflow_home
 
 use_test_airflow_home()
 
-DAG_FILES = {"action100m": "action100m_dag.py", "action100m_backfill": "action100m_backfill_dag.py"}
+DAG_FILES = {"action100m": "action100m_dag.py", "action100m_backfill": "action100m_backfill_dag.py",
+             "action100m_maintenance": "action100m_maintenance_dag.py"}  # fmt: skip
 HEAVY = ("torch", "transformers", "numpy", "sklearn", "av", "decord", "openai", "anthropic",
          "s3fs", "boto3", "pandas", "pyarrow", "action100m.pipeline", "action100m.config")  # fmt: skip
 
@@ -349,3 +350,17 @@ def test_videos_half_done_outrank_new_ones_and_runs_are_bounded(dags: dict[str, 
     shards = backfill.get_task("trigger_shard").partial_kwargs["max_active_tis_per_dag"]
     assert shards <= dag.max_active_runs <= 16  # every shard run of a backfill can be active
     assert 16 <= dag.max_active_tasks <= 256
+
+
+def test_failures_and_overdue_runs_are_told(dags: dict[str, Any]) -> None:
+    """A video failing for good (each stage task), a failed run, and a run queued more than the
+    deadline ago (a Deadline Alert, called in the triggerer) reach the notify module."""
+    dag = dags["action100m"]
+    for task in dag.tasks:
+        if task.task_id.startswith("video."):
+            assert [f.__name__ for f in task.on_failure_callback] == ["video_failed"], task
+    assert dag.on_failure_callback.__name__ == "shard_failed"
+    [alert] = dag.deadline
+    assert alert.interval == timedelta(hours=24)
+    assert alert.callback.path == "action100m_airflow.notify.shard_overdue"
+    assert type(alert.reference).__name__ == "DagRunQueuedAtDeadline"

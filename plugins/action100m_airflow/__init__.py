@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from action100m.stages import PIPELINE, STAGE_NAMES
+from action100m_airflow import notify
 
 DAG_ID = "action100m"
 BACKFILL_DAG_ID = "action100m_backfill"
@@ -64,13 +65,15 @@ STAGE_OPTIONS: dict[str, dict[str, Any]] = {
         "execution_timeout": timedelta(minutes=spec.timeout_minutes),
         "priority_weight": stage_weight(position),
         "weight_rule": "absolute",
+        "on_failure_callback": notify.video_failed,  # once the retries are spent
     }
     for position, spec in enumerate(PIPELINE)
 }
 
 
-def run_limits(environ: dict[str, str] | None = None) -> dict[str, int]:
-    """``max_active_runs`` / ``max_active_tasks`` of the ``action100m`` DAG.
+def run_options(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """``max_active_runs`` / ``max_active_tasks`` of the ``action100m`` DAG, its failure
+    callback and its Deadline Alert (:mod:`action100m_airflow.notify`).
 
     Runs: the backfill keeps ``ACTION100M_BACKFILL_MAX_ACTIVE_SHARDS`` (4) shard runs going, plus
     room for as many manual runs, so 8 (``ACTION100M_MAX_ACTIVE_RUNS``); more would only spread
@@ -84,6 +87,8 @@ def run_limits(environ: dict[str, str] | None = None) -> dict[str, int]:
     return {
         "max_active_runs": int(env.get("ACTION100M_MAX_ACTIVE_RUNS", "8")),
         "max_active_tasks": int(env.get("ACTION100M_MAX_ACTIVE_TASKS", "64")),
+        "on_failure_callback": notify.shard_failed,
+        "deadline": notify.shard_deadline(env),
     }
 
 
