@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from action100m.stages import PIPELINE, STAGE_NAMES
-from action100m_airflow import notify
+from action100m_airflow import notify, pods
 
 DAG_ID = "action100m"
 BACKFILL_DAG_ID = "action100m_backfill"
@@ -66,6 +66,7 @@ STAGE_OPTIONS: dict[str, dict[str, Any]] = {
         "priority_weight": stage_weight(position),
         "weight_rule": "absolute",
         "on_failure_callback": notify.video_failed,  # once the retries are spent
+        **pods.executor_options(spec.resource),  # the GPU pod under the KubernetesExecutor
     }
     for position, spec in enumerate(PIPELINE)
 }
