@@ -89,7 +89,7 @@ def run_options(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "max_active_runs": int(env.get("ACTION100M_MAX_ACTIVE_RUNS", "8")),
         "max_active_tasks": int(env.get("ACTION100M_MAX_ACTIVE_TASKS", "64")),
         "on_failure_callback": notify.shard_failed,
-        "deadline": notify.shard_deadline(env),
+        "deadline": notify.shard_deadline(environ),
     }
 
 

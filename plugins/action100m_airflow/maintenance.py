@@ -109,6 +109,7 @@ def cut_off(session: Any, retention_days: float, now: datetime | None = None) ->
 def clean_metadata(retention_days: float, dry_run: bool = False, batch_size: int = 10_000) -> dict:
     """Run ``airflow db clean`` for :data:`CLEAN_TABLES` on rows older than ``retention_days``
     (no archive tables). Returns and logs the counts of :data:`COUNTED_TABLES` before and after."""
+    import pendulum
     from airflow.utils.db_cleanup import run_cleanup
     from sqlalchemy.orm import Session
 
@@ -122,7 +123,7 @@ def clean_metadata(retention_days: float, dry_run: bool = False, batch_size: int
             log.info("airflow db clean: %s before %s%s", ", ".join(CLEAN_TABLES), cut.isoformat(),
                      " (dry run)" if dry_run else "")  # fmt: skip
             run_cleanup(
-                clean_before_timestamp=cut,
+                clean_before_timestamp=pendulum.instance(cut),
                 table_names=list(CLEAN_TABLES),
                 dry_run=dry_run,
                 confirm=False,

@@ -126,7 +126,8 @@ async def shard_overdue(context: dict[str, Any] | None = None, **_: Any) -> None
 def shard_deadline(environ: dict[str, str] | None = None) -> Any:
     """The Deadline Alert of each ``action100m`` run (``ACTION100M_SHARD_DEADLINE_HOURS``, 24;
     0: none)."""
-    from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference
+    from airflow.sdk.definitions.callback import AsyncCallback
+    from airflow.sdk.definitions.deadline import DeadlineAlert, DeadlineReference
 
     env = os.environ if environ is None else environ
     hours = float(env.get("ACTION100M_SHARD_DEADLINE_HOURS", "24"))
