@@ -146,6 +146,8 @@ class AirflowStack:
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
             "ACTION100M_PRELOAD": "1",  # task processes inherit torch from the scheduler
+            # Every action100m run gets its Deadline Alert (created, pruned when the run ends).
+            "ACTION100M_SHARD_DEADLINE_HOURS": "24",
             # The maintenance DAG runs when a test triggers it, against this database.
             "ACTION100M_MAINTENANCE_SCHEDULE": "none",
             "AIRFLOW_CONN_ACTION100M_METADATA_DB": database_url.replace(
