@@ -36,11 +36,15 @@ ENV ACTION100M_CACHE=/opt/airflow/cache/action100m \
 
 FROM cpu AS gpu
 ARG VLLM_VERSION
+ARG AIRFLOW_VERSION
 # The GPU worker: CUDA torch and the vLLM offline engine (caption.backend=vllm), both from PyPI.
 # The CPU build of torch goes first (pip would otherwise keep torch==X+cpu where it satisfies
-# vLLM's pin); vLLM then installs the CUDA torch it pins. The check fails the build on CPU torch.
+# vLLM's pin); vLLM then installs the CUDA torch it pins, with Airflow named in the same step so
+# that vLLM cannot move it, and `pip check` fails the build if vLLM broke one of Airflow's
+# dependencies. The check fails the build on CPU torch.
 RUN pip uninstall -y torch torchvision torchaudio \
-    && pip install --no-cache-dir "vllm==${VLLM_VERSION}" \
+    && pip install --no-cache-dir "vllm==${VLLM_VERSION}" "apache-airflow==${AIRFLOW_VERSION}" \
+    && pip check \
     && python -c "import torch, vllm; assert torch.version.cuda, 'CPU torch ' + torch.__version__; \
 print(torch.__version__, 'CUDA', torch.version.cuda, 'vllm', vllm.__version__)"
 

@@ -9,8 +9,9 @@ time (`ACTION100M_BACKFILL_MAX_ACTIVE_SHARDS`, default 4). One run plans at most
 manifest entry `offset`; **continue_backfill** triggers a run for the rest (run ID `…__fromNNNNNNNN`),
 which starts once this one is over (`max_active_runs=1`), so a 1.2M-video manifest goes through in
 a chain of runs. **summary** logs shards done / total and which videos are still missing.
-Triggering the same manifest again does no duplicate work. Set `[operators] default_deferrable =
-True` (with a triggerer running) so waiting shards hold no worker slot.
+Triggering the same manifest again does no duplicate work. Each shard's wait is deferred to the
+triggerer (`airflow triggerer` must run, as in compose): a waiting shard holds no worker slot, and
+still counts towards the shards at a time.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def action100m_backfill() -> None:
         task_id=backfill_tasks.TRIGGER_TASK_ID,
         trigger_dag_id=DAG_ID,
         wait_for_completion=True,
+        # The wait (days) goes to the triggerer, which polls the shard run's state; no worker
+        # slot is held meanwhile. Deferred tasks still count in max_active_tis_per_dag.
+        deferrable=True,
         poke_interval=POKE_SECONDS,
         fail_when_dag_is_paused=True,
         openlineage_inject_parent_info=False,

@@ -16,7 +16,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from action100m_airflow import DAG_ID, STAGE_OPTIONS, STAGES, VIDEO_GROUP, task_defaults
+from action100m_airflow import (
+    DAG_ID,
+    STAGE_OPTIONS,
+    STAGES,
+    VIDEO_GROUP,
+    run_options,
+    task_defaults,
+)
 from action100m_airflow import tasks as pipeline_tasks
 from action100m_airflow.batch_defer import deferrable_task
 from action100m_airflow.params import run_params, videos_param, videos_uri_param
@@ -47,6 +54,7 @@ def stage_task(stage: str) -> Any:
     catchup=False,
     doc_md=__doc__,
     default_args=task_defaults(),
+    **run_options(),  # runs and tasks at once, failure alerts; priorities: see action100m_airflow
     tags=["action100m"],
     params={
         "videos": videos_param(),

@@ -25,6 +25,8 @@ export LLM_POOL_SLOTS="${LLM_POOL_SLOTS:-4}"
 export VLM_POOL_SLOTS="${VLM_POOL_SLOTS:-4}"
 # Slots of the download pool: fetch tasks (yt-dlp) at once.
 export DOWNLOAD_POOL_SLOTS="${DOWNLOAD_POOL_SLOTS:-4}"
+# The demo's SQLite database needs no housekeeping: action100m_maintenance only when triggered.
+export ACTION100M_MAINTENANCE_SCHEDULE="${ACTION100M_MAINTENANCE_SCHEDULE:-none}"
 export ACTION100M_CACHE="${ACTION100M_CACHE:-$ACTION100M_DEMO/models}"
 # `airflow standalone` starts `airflow` subprocesses: the venv's bin must be on PATH.
 if [ -d "$ACTION100M_REPO/.venv/bin" ]; then

@@ -1,5 +1,6 @@
 """A real Airflow on loopback for tests and benchmarks: a throwaway PostgreSQL cluster, then the
-scheduler (LocalExecutor), the DAG processor and the API server, with a small REST client.
+scheduler (LocalExecutor), the DAG processor, the triggerer (deferred waits) and the API server,
+with a small REST client.
 
     with AirflowStack(workdir, env={...}, pools={"gpu": 1}) as stack:
         run_id = stack.trigger("action100m", {"videos": [...], "profile": "tiny"})
@@ -108,7 +109,7 @@ class PostgresCluster:
 
 
 class AirflowStack:
-    """Scheduler + DAG processor + API server on PostgreSQL, for this checkout's DAGs."""
+    """Scheduler + DAG processor + triggerer + API server on PostgreSQL, for this checkout's DAGs."""
 
     def __init__(
         self, workdir: Path, env: dict[str, str] | None = None, pools: dict[str, int] | None = None
@@ -145,6 +146,13 @@ class AirflowStack:
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
             "ACTION100M_PRELOAD": "1",  # task processes inherit torch from the scheduler
+            # Every action100m run gets its Deadline Alert (created, pruned when the run ends).
+            "ACTION100M_SHARD_DEADLINE_HOURS": "24",
+            # The maintenance DAG runs when a test triggers it, against this database.
+            "ACTION100M_MAINTENANCE_SCHEDULE": "none",
+            "AIRFLOW_CONN_ACTION100M_METADATA_DB": database_url.replace(
+                "postgresql+psycopg2://", "postgres://"
+            ),
         }
         env.update(self.extra_env)
         return env
@@ -158,7 +166,7 @@ class AirflowStack:
             [sys.executable, str(REPO / "scripts" / "airflow_setup.py"), *pools],
             env=self.env, check=True, capture_output=True,
         )  # fmt: skip
-        for name in ("api-server", "scheduler", "dag-processor"):
+        for name in ("api-server", "scheduler", "dag-processor", "triggerer"):
             # The child keeps its own copy of the log descriptor; ours closes at once.
             with open(self.workdir / "logs" / f"{name}.log", "wb") as log:
                 self.processes[name] = subprocess.Popen(
@@ -177,9 +185,9 @@ class AirflowStack:
                     raise RuntimeError(f"airflow {name} exited; see {self.workdir}/logs/{name}.log")
             try:
                 health = self.request("GET", "/api/v2/monitor/health", auth=False)
-                if (
-                    health["scheduler"]["status"] == "healthy"
-                    and health.get("dag_processor", {}).get("status") == "healthy"
+                if all(
+                    health.get(name, {}).get("status") == "healthy"
+                    for name in ("scheduler", "dag_processor", "triggerer")
                 ):
                     return
             except OSError:

@@ -1,11 +1,13 @@
 """The ``action100m_backfill`` DAG under the real scheduler: a manifest of 5 IDs in shards of 2, at
 most 2 shards per backfill run, gives a backfill run with two ``action100m`` runs, a continuation
 backfill run (same manifest, from entry 5) with the third, and every video done; each shard's IDs
-travel as a list in the store, never in the conf. The same manifest again triggers nothing."""
+travel as a list in the store, never in the conf. The same manifest again triggers nothing.
+While the shard runs go, their triggers wait in the triggerer (deferred), holding no slot."""
 
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -45,6 +47,38 @@ def _labels(airflow: AirflowStack, run_id: str) -> set[str]:
             if ti["task_id"] == "trigger_shard"}  # fmt: skip
 
 
+def _watch_waits(airflow: AirflowStack, run_id: str, timeout: float = 400) -> list[dict]:
+    """Until the backfill run ends: each poll's shard triggers (state, their shard run's state)
+    and the default pool's slots, where the triggers run."""
+    prefix = f"action100m_backfill__{run_id}__"
+    seen: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = airflow.request("GET", f"/api/v2/dags/action100m_backfill/dagRuns/{run_id}")
+        if state["state"] in ("success", "failed"):
+            return seen
+        runs = {r["dag_run_id"].rsplit("__", 1)[-1]: r["state"] for r in airflow.runs("action100m")
+                if r["dag_run_id"].startswith(prefix)}  # fmt: skip
+        tis = airflow.task_instances("action100m_backfill", run_id)
+        triggers = {ti["rendered_map_index"]: (ti["state"], runs.get(ti["rendered_map_index"]))
+                    for ti in tis if ti["task_id"] == "trigger_shard"}  # fmt: skip
+        pool = airflow.request("GET", "/api/v2/pools/default_pool")
+        seen.append({"triggers": triggers, "pool": pool})
+        time.sleep(0.5)
+    raise TimeoutError(f"backfill run {run_id} not finished within {timeout} s")
+
+
+def _waits_held_no_slot(seen: list[dict]) -> None:
+    """Both shard runs going while both triggers were deferred: the waits were the triggerer's,
+    not a worker's (a deferred task counts in no pool slot and runs no process)."""
+    both = [s for s in seen if len(s["triggers"]) == 2
+            and all(run == "running" for _, run in s["triggers"].values())]  # fmt: skip
+    assert both, seen[-5:]
+    waiting = [s for s in both if all(ti == "deferred" for ti, _ in s["triggers"].values())]
+    assert len(waiting) >= len(both) / 2, both  # running only to trigger, then to finish
+    assert all(s["pool"]["deferred_slots"] == 2 for s in waiting)
+
+
 def test_backfill_shards_the_manifest_goes_on_in_a_continuation_and_a_rerun_does_nothing(
     stack: tuple[AirflowStack, Any], manifest: tuple[Path, str]
 ) -> None:
@@ -55,6 +89,7 @@ def test_backfill_shards_the_manifest_goes_on_in_a_continuation_and_a_rerun_does
     airflow.set_pool("gpu", 2)  # two "GPUs": shards overlap (the 1-slot case is test_scheduler's)
 
     first = airflow.trigger("action100m_backfill", conf)
+    _waits_held_no_slot(_watch_waits(airflow, first))
     assert airflow.wait(first, "action100m_backfill", timeout=400) == "success"
     # Two shards (4 videos) filled this run; entry 5 onwards went to a continuation run.
     continuation = f"{first}__from00000004"

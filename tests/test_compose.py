@@ -19,7 +19,7 @@ AIRFLOW_ROLES = {
     "airflow-worker": "celery worker --queues default",
     "airflow-worker-gpu": "celery worker --queues gpu",
 }
-ONE_SHOT = {"airflow-init", "minio-init"}
+ONE_SHOT = {"airflow-init", "minio-init", "airflow-cli"}  # airflow-cli: a command, then gone
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +100,52 @@ def test_dockerfile_pins_airflow_and_stays_non_root() -> None:
     # A plain `docker build .` builds the last stage: it must be the small CPU image.
     stages = re.findall(r"^FROM (\S+)(?: AS (\S+))?$", dockerfile, re.M)
     assert stages[-1][0] == "cpu", stages
+    # Every pip install keeps Airflow where it is: our constraints, or Airflow named with it.
+    steps = re.findall(r"pip install ((?:[^\n]*\\\n)*[^\n]*)", dockerfile)
+    assert len(steps) >= 2
+    for step in steps:
+        assert "-c constraints.txt" in step or '"apache-airflow==${AIRFLOW_VERSION}"' in step, step
+
+
+def test_flower_cli_init_checks_and_the_metadata_connection(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert (
+        services["flower"]["command"] == "celery flower"
+        and "flower" in services["flower"]["profiles"]
+    )
+    assert services["airflow-cli"]["profiles"] == ["debug"]
+    init = " ".join(services["airflow-init"]["command"])
+    assert init.index("compose_checks.py") < init.index("airflow db migrate")
+    assert "airflow config list" in init
+    env = services["airflow-scheduler"]["environment"]
+    assert env["AIRFLOW_CONN_ACTION100M_METADATA_DB"].startswith("postgres://")
+
+
+def test_init_checks_warn_of_root_little_memory_and_a_small_model_disk() -> None:
+    spec = importlib.util.spec_from_file_location(
+        "compose_checks", ROOT / "scripts" / "compose_checks.py"
+    )
+    assert spec and spec.loader
+    checks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(checks)
+    gib = 1 << 30
+    fine = checks.problems(uid="50000", memory=16 * gib, cpus=8, cache_free=500 * gib)
+    assert fine == []
+    low = checks.problems(uid="0", memory=2 * gib, cpus=1, cache_free=5 * gib)
+    assert [p.split(":")[0] for p in low] == ["AIRFLOW_UID", "memory", "CPUs", "model cache"]
+
+
+def test_helm_values_run_gpu_stages_in_pods_with_the_claim_the_pvc_makes() -> None:
+    values = yaml.safe_load((ROOT / "deploy" / "helm" / "values.yaml").read_text())
+    pvc = yaml.safe_load((ROOT / "deploy" / "helm" / "model-cache-pvc.yaml").read_text())
+    assert "KubernetesExecutor" in values["executor"] and "CeleryExecutor" in values["executor"]
+    env = {item["name"]: item["value"] for item in values["env"]}
+    assert env["ACTION100M_K8S_MODEL_CACHE_CLAIM"] == pvc["metadata"]["name"]
+    assert values["triggerer"]["replicas"] >= 1  # the backfill's deferred waits
+    assert "FabAuthManager" in values["config"]["core"]["auth_manager"]
+    assert "--queues default" in " ".join(values["workers"]["args"])
+    secrets = {item["envName"] for item in values["secret"]}
+    assert "AIRFLOW_CONN_ACTION100M_METADATA_DB" in secrets
 
 
 def environment_keys_read_by_code() -> set[str]:

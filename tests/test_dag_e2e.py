@@ -89,6 +89,7 @@ def test_two_good_videos_and_a_corrupt_one_then_a_rerun_that_skips_finished_work
     llm: LLMServer,
     scene_video: tuple[Path, list[float]],
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import boto3
 
@@ -101,7 +102,15 @@ def test_two_good_videos_and_a_corrupt_one_then_a_rerun_that_skips_finished_work
         "profile": "tiny",
     }
 
+    alerts = tmp_path / "alerts.jsonl"  # the deployment's notifier: a video and the run failed
+    notifier = {"class": "alert_sink.FileNotifier", "kwargs": {"path": str(alerts)}}
+    monkeypatch.setenv("ACTION100M_NOTIFIERS", json.dumps([notifier]))
     run_id, tis = _run(conf)
+    told = [json.loads(line) for line in alerts.read_text().splitlines()]
+    videos = [a for a in told if not a["reason"]]
+    assert [(a["task_id"], a["video"]) for a in videos] == [("video.embed", "broken")]
+    assert "broken" in videos[0]["exception"]
+    assert [a["run_id"] for a in told if a["reason"]] == [run_id]  # the run's failure callback
 
     for video_id in ("alpha", "beta"):
         assert tis[("video.publish", video_id)].state == "success"

@@ -17,7 +17,8 @@ from airflow_testenv import REPO, use_test_airflow_home
 
 use_test_airflow_home()
 
-DAG_FILES = {"action100m": "action100m_dag.py", "action100m_backfill": "action100m_backfill_dag.py"}
+DAG_FILES = {"action100m": "action100m_dag.py", "action100m_backfill": "action100m_backfill_dag.py",
+             "action100m_maintenance": "action100m_maintenance_dag.py"}  # fmt: skip
 HEAVY = ("torch", "transformers", "numpy", "sklearn", "av", "decord", "openai", "anthropic",
          "s3fs", "boto3", "pandas", "pyarrow", "action100m.pipeline", "action100m.config")  # fmt: skip
 
@@ -136,6 +137,7 @@ def test_backfill_triggers_bounded_runs_of_the_video_dag(dags: dict[str, Any]) -
     trigger = dag.get_task("trigger_shard")
     assert trigger.partial_kwargs["trigger_dag_id"] == "action100m"
     assert trigger.partial_kwargs["wait_for_completion"] is True
+    assert trigger.partial_kwargs["deferrable"] is True  # the triggerer waits, not a worker
     assert 1 <= trigger.partial_kwargs["max_active_tis_per_dag"] <= 16
     assert dag.get_task("summary").trigger_rule == "all_done"
     # One backfill run at a time (no duplicate shard runs); the rest of a long manifest goes to
@@ -320,3 +322,60 @@ def test_the_fetch_proxy_and_cookies_come_from_a_connection_and_hosts_from_the_d
     assert runtime.settings.fetch.allowed_hosts == ["www.youtube.com", "media.internal"]
     with pytest.raises(ConfigError, match="fetch.allowed_hosts is the deployment's"):
         build_runtime({"profile": "tiny", "overrides": ["fetch.allowed_hosts=10.0.0.1"]})
+
+
+def _scheduled_weights(dag: Any, task_ids: list[str]) -> list[int]:
+    """The priority weight the scheduler gives each task's instances: computed, as it does, from
+    the serialized DAG's task and its weight rule."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.task.priority_strategy import validate_and_load_priority_weight_strategy
+
+    restored = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+    weights = []
+    for task_id in task_ids:
+        task = restored.get_task(task_id)
+        rule = task.weight_rule
+        rule = (
+            rule
+            if hasattr(rule, "get_weight")
+            else validate_and_load_priority_weight_strategy(rule)
+        )
+        ti = TaskInstance(task=task, run_id="r", map_index=0, dag_version_id=None)
+        weights.append(rule.get_weight(ti))
+    return weights
+
+
+def test_videos_half_done_outrank_new_ones_and_runs_are_bounded(dags: dict[str, Any]) -> None:
+    """Each stage weighs more than the one before it, whatever the DAG's shape (absolute rule), so
+    the scheduler queues a later stage of a begun video before an earlier stage of a new one
+    (Airflow's default, downstream, would rank fetch highest)."""
+    from action100m.stages import PIPELINE
+
+    dag = dags["action100m"]
+    stages = [f"video.{spec.name}" for spec in PIPELINE]
+    weights = _scheduled_weights(dag, ["resolve_videos", *stages])
+    assert _scheduled_weights(dag, ["report"]) == [1]
+    assert weights == sorted(set(weights)), weights  # strictly increasing along the stages
+    backfill = dags["action100m_backfill"]
+    shards = backfill.get_task("trigger_shard").partial_kwargs["max_active_tis_per_dag"]
+    assert shards <= dag.max_active_runs <= 16  # every shard run of a backfill can be active
+    assert 16 <= dag.max_active_tasks <= 256
+
+
+@pytest.mark.usefixtures("plugins_on_path")
+def test_failures_and_overdue_runs_are_told(dags: dict[str, Any]) -> None:
+    """A video failing for good (each stage task), a failed run, and a run queued more than the
+    deadline ago (a Deadline Alert, called in the triggerer) reach the notify module."""
+    dag = dags["action100m"]
+    for task in dag.tasks:
+        if task.task_id.startswith("video."):
+            assert [f.__name__ for f in task.on_failure_callback] == ["video_failed"], task
+    assert dag.on_failure_callback.__name__ == "shard_failed"
+    assert not dag.deadline  # off by default: dag.test() of a DAG with one fails in 3.3.2
+    from action100m_airflow import run_options
+
+    alert = run_options({"ACTION100M_SHARD_DEADLINE_HOURS": "24"})["deadline"]
+    assert alert.interval == timedelta(hours=24)
+    assert alert.callback.path == "action100m_airflow.notify.shard_overdue"
+    assert type(alert.reference).__name__ == "DagRunQueuedAtDeadline"

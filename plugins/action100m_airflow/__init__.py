@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from action100m.stages import PIPELINE, STAGE_NAMES
+from action100m_airflow import notify, pods
 
 DAG_ID = "action100m"
 BACKFILL_DAG_ID = "action100m_backfill"
@@ -42,14 +43,54 @@ RESOURCE_OPTIONS: dict[str, dict[str, Any]] = {
     "download": {"pool": DOWNLOAD_POOL},
     "cpu": {},
 }
-# Each stage's task options, from the library's stage list: pool, queue and a timeout per try.
+# Videos already half done finish before new ones start: a stage weighs more the later it comes
+# (absolute weights, so a task's weight does not depend on how many siblings the DAG has). Among
+# tasks ready at once the scheduler queues the heaviest first, then the oldest run's, so a GPU
+# slot that frees goes to a caption of a video already embedded, not to a fresh video's embed.
+# Airflow's default rule (downstream) would do the opposite: fetch, with most tasks below it,
+# would weigh most, and every new video would start before any began one finished.
+STAGE_WEIGHT_STEP = 10
+
+
+def stage_weight(position: int) -> int:
+    """The priority weight of the stage at ``position`` (0: the first) in ``PIPELINE``."""
+    return STAGE_WEIGHT_STEP * (position + 1)
+
+
+# Each stage's task options, from the library's stage list: pool, queue, a timeout per try and
+# its priority.
 STAGE_OPTIONS: dict[str, dict[str, Any]] = {
     spec.name: {
         **RESOURCE_OPTIONS[spec.resource],
         "execution_timeout": timedelta(minutes=spec.timeout_minutes),
+        "priority_weight": stage_weight(position),
+        "weight_rule": "absolute",
+        "on_failure_callback": notify.video_failed,  # once the retries are spent
+        **pods.executor_options(spec.resource),  # the GPU pod under the KubernetesExecutor
     }
-    for spec in PIPELINE
+    for position, spec in enumerate(PIPELINE)
 }
+
+
+def run_options(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """``max_active_runs`` / ``max_active_tasks`` of the ``action100m`` DAG, its failure
+    callback and its Deadline Alert (:mod:`action100m_airflow.notify`).
+
+    Runs: the backfill keeps ``ACTION100M_BACKFILL_MAX_ACTIVE_SHARDS`` (4) shard runs going, plus
+    room for as many manual runs, so 8 (``ACTION100M_MAX_ACTIVE_RUNS``); more would only spread
+    the pools' slots over more half-done videos. Tasks per run: one run alone must be able to
+    fill every pool (GPU hosts, the vLLM server, the LLM account, downloads) and keep the CPU
+    stages going beside them; the pools, not this cap, bound each resource, so the cap is the
+    size of a shard (64 videos, ``ACTION100M_MAX_ACTIVE_TASKS``), which stops one run of a
+    thousand videos from taking every executor slot from the others.
+    """
+    env = os.environ if environ is None else environ
+    return {
+        "max_active_runs": int(env.get("ACTION100M_MAX_ACTIVE_RUNS", "8")),
+        "max_active_tasks": int(env.get("ACTION100M_MAX_ACTIVE_TASKS", "64")),
+        "on_failure_callback": notify.shard_failed,
+        "deadline": notify.shard_deadline(environ),
+    }
 
 
 def task_defaults(environ: dict[str, str] | None = None) -> dict[str, Any]:
@@ -66,4 +107,7 @@ def task_defaults(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(minutes=30),
         "execution_timeout": timedelta(hours=1),
+        # Weight 1 for every task the stages' weights do not set: under the default rule
+        # (downstream) resolve_videos would outweigh them all and start new runs first.
+        "weight_rule": "absolute",
     }
