@@ -111,14 +111,16 @@ def resolve_batch(
 
 
 def parse_manifest(text: str) -> list[str]:
-    """Video IDs from a plain list (one a line, ``#`` comments) or a CSV with ``video_id``."""
+    """Video IDs from a plain list (one a line, ``#`` comments) or a CSV with ``video_id``; an
+    ID with spaces stays whole."""
     lines = [line.strip() for line in text.splitlines()]
     header = next((line for line in lines if line and not line.startswith("#")), "")
     if "," in header and "video_id" in [cell.strip() for cell in header.split(",")]:
         rows = csv.DictReader(io.StringIO(text))
         ids = [(row.get("video_id") or "").strip() for row in rows]
     else:
-        ids = [line.split()[0] for line in lines if line and not line.startswith("#")]
+        # A line is one entry (an ID may hold spaces); a tab ends it (a TSV's first cell).
+        ids = [line.split("\t")[0].strip() for line in lines if line and not line.startswith("#")]
     return list(dict.fromkeys(video_id for video_id in ids if video_id))
 
 

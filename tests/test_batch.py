@@ -47,7 +47,8 @@ def test_resolve_batch_limit_points_at_the_backfill_dag() -> None:
 
 
 def test_manifest_plain_list_and_howto100m_csv(tmp_path: Path) -> None:
-    assert parse_manifest("# ids\nabc\n\ndef  extra\nabc\n") == ["abc", "def"]
+    text = "# ids\nabc\n\nmy video 1\nabc\nghi\tfrom a TSV\n"
+    assert parse_manifest(text) == ["abc", "my video 1", "ghi"]  # a space is no separator
     csv_text = "video_id,category_1,rank\nzpcK1IzH6b8,Food,1\nhySSAAw4t24,Food,2\n"
     assert parse_manifest(csv_text) == ["zpcK1IzH6b8", "hySSAAw4t24"]
     path = tmp_path / "HowTo100M_v1.csv"

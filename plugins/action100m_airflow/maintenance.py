@@ -75,8 +75,8 @@ def metadata_engine() -> Any:
         conn = BaseHook.get_connection(METADATA_CONN_ID)
     except AirflowNotFoundException:
         raise AirflowFailException(
-            f"no connection {METADATA_CONN_ID}: set it to Airflow's metadata database (e.g. "
-            f"AIRFLOW_CONN_{METADATA_CONN_ID.upper()}=postgres://user:password@host:5432/airflow)"
+            f"no connection {METADATA_CONN_ID}: add it (UI, CLI or a secrets backend) with the URI "
+            "of Airflow's metadata database, e.g. postgres://user:password@host:5432/airflow"
         ) from None
     return create_engine(metadata_url(conn), pool_pre_ping=True)
 
