@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from action100m.interop import official_record
+from action100m.lease import give_back, take
 from action100m.release import SCHEMA
 from action100m.store import ArtifactStore, normalise_uri
 
@@ -33,6 +34,7 @@ INDEX = "index.json"
 MAX_FILE_BYTES = 256 * 2**20  # a shard file rolls over past this (datasets and object stores)
 GROUP_NODES = 20_000  # a row group holds at most this many nodes (about 20 MB of Parquet) ...
 GROUP_VIDEOS = 64  # ... and at most this many videos
+EXPORT_LEASE_SECONDS = 3600.0  # an export holds its folder at most this long
 
 
 class ShardWriter:
@@ -120,8 +122,20 @@ def export_shards(
     max_bytes: int = MAX_FILE_BYTES,
 ) -> dict[str, Any]:
     """Export the store's documents (or ``video_ids``) into shards under ``out_uri``, adding
-    only what changed since the last export there; returns a summary."""
+    only what changed since the last export there; returns a summary. Exports into one folder
+    take turns (a lease on it: two shard runs finishing together must not both write the index)."""
     out = ArtifactStore(normalise_uri(out_uri).rstrip("/"))
+    lease = take(out, out.root, f"export {out.root}", ttl_seconds=EXPORT_LEASE_SECONDS,
+                 wait_seconds=EXPORT_LEASE_SECONDS, finished=lambda: False)  # fmt: skip
+    try:
+        return _export(store, out, video_ids, max_bytes)
+    finally:
+        give_back(out, lease)
+
+
+def _export(
+    store: ArtifactStore, out: ArtifactStore, video_ids: list[str] | None, max_bytes: int
+) -> dict[str, Any]:
     index = read_index(out)
     numbers = [int(name[5:10]) for name in index["shards"]]
     writer = ShardWriter(out, max(numbers, default=-1) + 1, max_bytes)

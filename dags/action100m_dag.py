@@ -5,7 +5,9 @@ Trigger with `videos` (IDs, paths or URIs; IDs go through the `source` template)
 **embed** (pool `gpu`, queue `gpu`) → **segment** → **caption** (pool `gpu`) → **aggregate**
 (pool `llm`) → **publish** in its own mapped task group, labelled with its video ID; a failing
 video never stops the others. **report** lists every video as done / failed (with the reason) /
-skipped and writes it to `{store}/runs/{run_id}/report.json`.
+skipped and writes it to `{store}/runs/{run_id}/report.json`; where an export is configured
+(`action100m_export_uri`), it adds the run's published videos to it; then it updates the asset
+`action100m_annotations` for downstream DAGs.
 
 Artifacts go to the store of the `action100m_store` connection (or `ACTION100M_STORE`). The LLM
 comes from `openai_default` / `anthropic_default`, the captioning server from `vllm_default`.
@@ -17,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from action100m_airflow import (
+    ANNOTATIONS_ASSET,
     DAG_ID,
     STAGE_OPTIONS,
     STAGES,
@@ -76,7 +79,7 @@ def action100m() -> None:
             summary = stage_task(stage)(video=summary)
         return summary
 
-    @task(trigger_rule=TriggerRule.ALL_DONE)
+    @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[ANNOTATIONS_ASSET])
     def report() -> dict[str, Any]:
         return pipeline_tasks.write_report()
 

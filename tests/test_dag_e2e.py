@@ -105,7 +105,12 @@ def test_two_good_videos_and_a_corrupt_one_then_a_rerun_that_skips_finished_work
     alerts = tmp_path / "alerts.jsonl"  # the deployment's notifier: a video and the run failed
     notifier = {"class": "alert_sink.FileNotifier", "kwargs": {"path": str(alerts)}}
     monkeypatch.setenv("ACTION100M_NOTIFIERS", json.dumps([notifier]))
+    export = tmp_path / "export"  # the deployment's dataset export: the run adds what it published
+    monkeypatch.setenv("ACTION100M_EXPORT_URI", str(export) + "/")
     run_id, tis = _run(conf)
+    index = json.loads((export / "index.json").read_text())
+    assert sorted(index["videos"]) == ["alpha", "beta"]  # not the broken one
+    assert tis[("report", "-1")].xcom_pull(task_ids="report") is None  # the run failed: no XCom
     told = [json.loads(line) for line in alerts.read_text().splitlines()]
     videos = [a for a in told if not a["reason"]]
     assert [(a["task_id"], a["video"]) for a in videos] == [("video.embed", "broken")]

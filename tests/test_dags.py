@@ -100,6 +100,7 @@ def test_per_video_tasks_pools_queues_and_retries(dags: dict[str, Any]) -> None:
     assert fetch.upstream_task_ids == {"resolve_videos"}
     report = dag.get_task("report")
     assert report.trigger_rule == "all_done"
+    assert [asset.name for asset in report.outlets] == ["action100m_annotations"]
     assert report.upstream_task_ids == {"video.publish"}
     assert all(task.execution_timeout for task in dag.tasks)
     # Besides the shard triggers (a run is there or not), every task of both DAGs retries what

@@ -10,6 +10,8 @@ import os
 from datetime import timedelta
 from typing import Any
 
+from airflow.sdk import Asset
+
 from action100m.stages import PIPELINE, STAGE_NAMES
 from action100m_airflow import notify, pods
 
@@ -27,6 +29,12 @@ FETCH_COOKIES_VARIABLE = "action100m_fetch_cookies"
 LLM_POOL_SLOTS_ENV = "LLM_POOL_SLOTS"
 GPU_QUEUE = "gpu"
 STORE_CONN_ID = "action100m_store"
+# Every finished action100m run updates this asset (its event's extra: the report and, where an
+# export is configured, what the export added), so downstream DAGs can be scheduled on it.
+ANNOTATIONS_ASSET = Asset(name="action100m_annotations")  # no URI scheme: no provider lookup
+# Where runs add their published videos to a sharded, incremental export (none when unset).
+EXPORT_VARIABLE = "action100m_export_uri"
+EXPORT_ENV = "ACTION100M_EXPORT_URI"
 LLM_CONN_IDS = {"openai": "openai_default", "anthropic": "anthropic_default"}
 VLLM_CONN_ID = "vllm_default"
 # Caption tasks only send requests to the vLLM server: a slot of its own pool (VLM_POOL_SLOTS,

@@ -18,7 +18,15 @@ from typing import Any
 from airflow.sdk import get_current_context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from action100m_airflow import DAG_ID, LLM_POOL_SLOTS_ENV, STAGES, VIDEO_GROUP
+from action100m_airflow import (
+    ANNOTATIONS_ASSET,
+    DAG_ID,
+    EXPORT_ENV,
+    EXPORT_VARIABLE,
+    LLM_POOL_SLOTS_ENV,
+    STAGES,
+    VIDEO_GROUP,
+)
 from action100m_airflow.connections import ArtifactStoreHook, model_services
 
 log = logging.getLogger("action100m.airflow")
@@ -231,7 +239,37 @@ def write_report() -> dict[str, Any]:
     uri = store.report_uri(run_id)
     store.write_json(uri, report)
     log.info("%s\nreport written to %s", format_report(report), uri)
+    exported = export_finished(store, report)
+    context["outlet_events"][ANNOTATIONS_ASSET].extra = {"report": uri, "export": exported}
     failed = report["counts"]["failed"]
     if failed:
         raise AirflowFailException(f"{failed} of {len(videos)} video(s) failed; see {uri}")
-    return {"report": uri, "counts": report["counts"]}
+    return {"report": uri, "counts": report["counts"], "export": exported}
+
+
+def export_uri() -> str | None:
+    """Where runs keep the dataset export: the variable, else the setting, else nowhere."""
+    import os
+
+    try:
+        from airflow.sdk import Variable
+
+        value = Variable.get(EXPORT_VARIABLE, default=None)
+    except Exception:  # no variable backend here: the setting decides
+        value = None
+    return str(value or os.environ.get(EXPORT_ENV) or "") or None
+
+
+def export_finished(store: Any, report: dict[str, Any]) -> dict[str, Any] | None:
+    """Add this run's published videos to the configured export (incremental, in shards), so a
+    backfill's export grows shard by shard; None where no export is configured."""
+    target = export_uri()
+    published = [v["video_id"] for v in report.get("videos", []) if v.get("status") == "done"]
+    if target is None or not published:
+        return None
+    from action100m.shards import export_shards
+
+    summary = export_shards(store, target, published)
+    log.info("export %s: %d added, %d replaced, %d videos in all", summary["out"],
+             summary["added"], summary["replaced"], summary["videos"])  # fmt: skip
+    return summary
