@@ -8,7 +8,7 @@ run finding a live lease waits for it to end, then reuses the holder's output; a
 ``wait_seconds`` it gives up with one line naming the holder, and Airflow retries it later. A
 holder that died leaves a lease that expires after ``ttl_seconds`` (the stage's timeout).
 
-Taking it is atomic on a local store (``O_EXCL``). S3 through s3fs has no conditional write, so
+Taking it is atomic on a local store (a hard link, which fails where a lease exists). S3 through s3fs has no conditional write, so
 there the record is written, then read back after a pause: of two runs racing, only the one whose
 record is read back proceeds, which closes all but a window of ``settle_seconds``.
 """
@@ -61,14 +61,19 @@ def _read(store: ArtifactStore, uri: str) -> dict[str, Any] | None:
 def _create(store: ArtifactStore, uri: str, record: dict[str, Any], settle: float) -> bool:
     data = json.dumps(record).encode()
     if store.is_local:
+        # Written whole under a temporary name, then linked into place: the link fails if a
+        # lease exists, and a reader never sees a lease without its record (an empty file
+        # would read as expired and be broken).
         path = Path(store.fs._strip_protocol(uri))
         path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = path.with_name(f".{path.name}.{record['token']}")
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            scratch.write_bytes(data)
+            os.link(scratch, path)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
+        finally:
+            scratch.unlink(missing_ok=True)
         return True
     if store.exists(uri):
         return False
