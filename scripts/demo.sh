@@ -57,7 +57,8 @@ leaf = next(node for node in record["nodes"] if node["node_id"] not in parents)
 for name, node in (("root", root), ("a leaf", leaf)):
     print(f"{name} [{node['start']:.2f}-{node['end']:.2f}] level {node['level']}")
     for field in ("plm_caption", "plm_action", "llama3_caption"):
-        print(f"  {field:<15} {str(node[field])[:70]!r}")
+        value = node[field]
+        print(f"  {field:<15} {value[:70]!r}" if isinstance(value, str) else f"  {field:<15} {value}")
     print(f"  {'gpt':<15} {node['gpt']}")
 PY
 
