@@ -112,22 +112,11 @@ class ArtifactStore(StoreLayout):
         return data
 
     def write_bytes(self, uri: str, data: bytes) -> None:
-        if self.is_local:
-            path = Path(self.fs._strip_protocol(uri))
-            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp.write_bytes(data)
-                os.replace(tmp, path)
-            except OSError as exc:  # a full disk, a read-only or misplaced store: one line
-                raise StoreError(
-                    f"store {self.root}: cannot write {uri}: {exc.strerror or exc}"
-                ) from exc
-            finally:
-                with contextlib.suppress(OSError):
-                    tmp.unlink(missing_ok=True)
-        else:
+        if not self.is_local:
             self._call("write", uri, self.fs.pipe_file, uri, data)
+            return
+        with self._local_replace(uri) as tmp:
+            tmp.write_bytes(data)
 
     def put_file(self, local_path: str | os.PathLike[str], uri: str) -> None:
         """Copy a local file to ``uri`` the way :meth:`write_bytes` writes: under a temporary
@@ -136,11 +125,18 @@ class ArtifactStore(StoreLayout):
         if not self.is_local:
             self._call("upload", uri, self.fs.put_file, os.fspath(local_path), uri)
             return
+        with self._local_replace(uri) as tmp:
+            shutil.copyfile(local_path, tmp)
+
+    @contextlib.contextmanager
+    def _local_replace(self, uri: str) -> Iterator[Path]:
+        """A temporary path beside ``uri`` to fill; renamed onto ``uri`` when the block ends
+        (never half-written). A full disk, a read-only or misplaced store: one line."""
         path = Path(self.fs._strip_protocol(uri))
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(local_path, tmp)
+            yield tmp
             os.replace(tmp, path)
         except OSError as exc:
             raise StoreError(
