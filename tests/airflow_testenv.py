@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 _MARKER = "ACTION100M_TEST_AIRFLOW_HOME"
@@ -46,3 +47,17 @@ def migrated_airflow_home() -> Path:
         subprocess.run([airflow, "db", "migrate"], check=True, capture_output=True, env=os.environ)
         (home / ".migrated").touch()
     return home
+
+
+def run_dag_test(
+    conf: dict[str, Any], dag_id: str = "action100m"
+) -> tuple[str, dict[tuple[str, str], Any]]:
+    """``dag.test()`` of this checkout's DAG with ``conf``: the run's ID and its task instances
+    by (task ID, label), the label being the video's ID where Airflow rendered one."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(REPO / "dags")).dags[dag_id]
+    run = dag.test(run_conf=conf)
+    instances = {(ti.task_id, ti.rendered_map_index or str(ti.map_index)): ti
+                 for ti in run.get_task_instances()}  # fmt: skip
+    return str(run.run_id), instances

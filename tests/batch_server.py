@@ -21,7 +21,6 @@ file, the others ``batch_expired`` in its error file) or ``ended`` with ``expire
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import threading
@@ -30,10 +29,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from email import policy
 from email.parser import BytesParser
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from llm_server import LLMServer, Reply, Request, _body
+from loopback import LoopbackServer, QuietHandler
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Job:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-class BatchServer:
+class BatchServer(LoopbackServer):
     def __init__(self) -> None:
         self.llm = LLMServer()  # never started: its script, responder and usage make answers
         self.polls_before_done = 1
@@ -60,37 +60,17 @@ class BatchServer:
         self.garbage_line = b""  # put before the output file's lines (b"{not json\n")
         self._fail: list[int] = []
         self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
 
-    def start(self) -> BatchServer:
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-
-    def __enter__(self) -> BatchServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        assert self._httpd is not None
-        return int(self._httpd.server_address[1])
+    def handler_class(self) -> type[BaseHTTPRequestHandler]:
+        return _handler(self)
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{self.origin}/v1"
 
     @property
     def anthropic_base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.origin
 
     def fail_next(self, *codes: int) -> None:
         with self._lock:
@@ -253,12 +233,7 @@ def _route(server: BatchServer, method: str, path: str, headers: Any, raw: bytes
 
 
 def _handler(server: BatchServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
+    class Handler(QuietHandler):
         def _serve(self, method: str) -> None:
             raw = self.rfile.read(int(self.headers.get("content-length", 0)))
             with server._lock:
@@ -268,15 +243,7 @@ def _handler(server: BatchServer) -> type[BaseHTTPRequestHandler]:
                 status, payload = fail, {"error": {"message": "scripted failure", "type": "error"}}
             else:
                 status, payload = _route(server, method, self.path, self.headers, raw)
-            data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                if fail == 429:
-                    self.send_header("retry-after", "0")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+            self.send_payload(status, payload, {"retry-after": "0"} if fail == 429 else {})
 
         def do_GET(self) -> None:  # noqa: N802
             self._serve("GET")

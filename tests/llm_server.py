@@ -27,7 +27,6 @@ steps) and Anthropic ``cache_control`` breakpoints (cache reads and writes).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import re
@@ -35,10 +34,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from inflight import InFlight
+from loopback import LoopbackServer, QuietHandler
 
 FIELDS = ("brief_action", "detailed_action", "actor", "brief_caption", "detailed_caption")
 BLOCK = 512  # characters per hashed block of the simulated OpenAI prefix cache
@@ -163,7 +163,7 @@ def valid_answer(request: Request) -> dict[str, str]:
     return {name: f"{name} of {request.segment or '[?]'} v{version}" for name in FIELDS}
 
 
-class LLMServer:
+class LLMServer(LoopbackServer):
     def __init__(self, mode: str = "valid", api_key: str | None = None) -> None:
         self.mode = mode
         self.api_key = api_key
@@ -175,39 +175,22 @@ class LLMServer:
         self._seen: set[str] = set()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._httpd: ThreadingHTTPServer | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
-    def start(self) -> LLMServer:
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-        return self
+    def handler_class(self) -> type[BaseHTTPRequestHandler]:
+        return _handler(self)
 
     def stop(self) -> None:
-        self._stopping.set()
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-
-    def __enter__(self) -> LLMServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        assert self._httpd is not None, "start() the server first"
-        return int(self._httpd.server_address[1])
+        self._stopping.set()  # ends the waits of hanging answers first
+        super().stop()
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{self.origin}/v1"
 
     @property
     def anthropic_base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.origin
 
     @property
     def max_in_flight(self) -> int:
@@ -354,21 +337,10 @@ def _body(api: str, request: Request, reply: Reply, server: LLMServer) -> tuple[
 
 
 def _handler(server: LLMServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:  # quiet
-            pass
-
+    class Handler(QuietHandler):
         def _send(self, status: int, payload: bytes, headers: dict[str, str]) -> None:
             self._leave()  # before the answer goes out: the client may send its next one at once
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # client gave up
-                self.send_response(status)
-                for name, value in {"content-type": "application/json", **headers}.items():
-                    self.send_header(name, value)
-                self.send_header("content-length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+            self.send_payload(status, payload, headers)
 
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
             length = int(self.headers.get("content-length", 0))

@@ -23,8 +23,9 @@ import html
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http.server import BaseHTTPRequestHandler
+
+from loopback import LoopbackServer, QuietHandler
 
 
 @dataclass(frozen=True)
@@ -41,29 +42,19 @@ class Reply:
         return cls("cut")
 
 
-class MediaServer:
+class MediaServer(LoopbackServer):
     def __init__(self) -> None:
         self.files: dict[str, tuple[bytes, str]] = {}
         self.scripts: dict[str, list[Reply]] = {}
         self.requests: list[tuple[str, str, str | None]] = []
         self.cookies: list[str] = []  # every Cookie header received
         self._lock = threading.Lock()
-        self._server = _Quiet(("127.0.0.1", 0), _handler(self))
-        self.host, self.port = self._server.server_address[:2]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
 
-    def __enter__(self) -> MediaServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+    def handler_class(self) -> type[BaseHTTPRequestHandler]:
+        return _handler(self)
 
     def url(self, name: str) -> str:
-        return f"http://{self.host}:{self.port}/{name}"
+        return f"{self.origin}/{name}"
 
     def add(self, name: str, data: bytes | str, content_type: str) -> None:
         self.files[name] = (data.encode() if isinstance(data, str) else data, content_type)
@@ -95,20 +86,8 @@ class MediaServer:
         return sum(1 for _, path, _ in self.requests if path == name)
 
 
-class _Quiet(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # a client that hung up on a cut reply is what the test wanted
-
-
 def _handler(site: MediaServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
+    class Handler(QuietHandler):
         def do_HEAD(self) -> None:  # noqa: N802 (http.server's naming)
             self.answer(body=False)
 

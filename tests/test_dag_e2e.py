@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow_testenv import REPO, migrated_airflow_home
+from airflow_testenv import migrated_airflow_home, run_dag_test
 from llm_server import LLMServer
 
 migrated_airflow_home()
@@ -67,16 +67,6 @@ def _upload_videos(s3: Any, scene_video: tuple[Path, list[float]], tmp_path: Pat
     )
 
 
-def _run(conf: dict[str, Any]) -> tuple[str, dict[tuple[str, str], Any]]:
-    from airflow.dag_processing.dagbag import DagBag
-
-    dag = DagBag(dag_folder=str(REPO / "dags")).dags["action100m"]
-    run = dag.test(run_conf=conf)
-    instances = {(ti.task_id, ti.rendered_map_index or str(ti.map_index)): ti
-                 for ti in run.get_task_instances()}  # fmt: skip
-    return str(run.run_id), instances
-
-
 def _report(s3: Any, run_id: str) -> dict[str, Any]:
     from action100m.store import ArtifactStore
 
@@ -107,7 +97,7 @@ def test_two_good_videos_and_a_corrupt_one_then_a_rerun_that_skips_finished_work
     monkeypatch.setenv("ACTION100M_NOTIFIERS", json.dumps([notifier]))
     export = tmp_path / "export"  # the deployment's dataset export: the run adds what it published
     monkeypatch.setenv("ACTION100M_EXPORT_URI", str(export) + "/")
-    run_id, tis = _run(conf)
+    run_id, tis = run_dag_test(conf)
     index = json.loads((export / "index.json").read_text())
     assert sorted(index["videos"]) == ["alpha", "beta"]  # not the broken one
     assert tis[("report", "-1")].xcom_pull(task_ids="report") is None  # the run failed: no XCom
@@ -153,7 +143,7 @@ def test_two_good_videos_and_a_corrupt_one_then_a_rerun_that_skips_finished_work
     assert requests_first_run > 0
     assert all(r.headers.get("authorization") == "Bearer sk-test-secret" for r in llm.requests)
 
-    rerun_id, tis = _run(conf)
+    rerun_id, tis = run_dag_test(conf)
 
     report = _report(s3, rerun_id)
     statuses = {row["video_id"]: row["status"] for row in report["videos"]}
@@ -174,7 +164,7 @@ def test_a_run_cannot_read_outside_the_allowed_locations(
         {"videos": [str(tmp_path / "alpha.mp4")]},
         {"videos": ["alpha"], "source": f"s3://{BUCKET}/sources/../store/{{video_id}}.mp4"},
     ):
-        run_id, tis = _run(conf)
+        run_id, tis = run_dag_test(conf)
         assert tis[("resolve_videos", "-1")].state == "failed", conf
         assert not any(task_id.startswith("video.") and ti.state == "success"
                        for (task_id, _), ti in tis.items())  # fmt: skip

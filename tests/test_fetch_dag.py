@@ -5,26 +5,15 @@ in the report, its sibling unharmed), then a rerun that fetches nothing."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
-from airflow_testenv import REPO, migrated_airflow_home
+from airflow_testenv import migrated_airflow_home, run_dag_test
 from media_server import MediaServer
 from test_fetch import clip, site  # noqa: F401 (fixtures)
 
 from action100m.store import ArtifactStore
 
 migrated_airflow_home()
-
-
-def _run(conf: dict[str, Any]) -> tuple[str, dict[tuple[str, str], Any]]:
-    from airflow.dag_processing.dagbag import DagBag
-
-    dag = DagBag(dag_folder=str(REPO / "dags")).dags["action100m"]
-    run = dag.test(run_conf=conf)
-    instances = {(ti.task_id, ti.rendered_map_index or str(ti.map_index)): ti
-                 for ti in run.get_task_instances()}  # fmt: skip
-    return str(run.run_id), instances
 
 
 def test_bare_ids_are_fetched_annotated_and_reported(
@@ -42,7 +31,7 @@ def test_bare_ids_are_fetched_annotated_and_reported(
     conf = {"videos": ["howto", "gone"], "source": site.url("{video_id}"), "profile": "tiny",
             "overrides": ["fetch.retry_wait=0.01"]}  # fmt: skip
 
-    run_id, tis = _run(conf)
+    run_id, tis = run_dag_test(conf)
 
     assert tis[("video.publish", "howto")].state == "success"
     gone = tis[("video.fetch", "gone")]
@@ -60,7 +49,7 @@ def test_bare_ids_are_fetched_annotated_and_reported(
     }
     fetched_once = site.count("clip.mp4")
 
-    rerun_id, tis = _run(conf)
+    rerun_id, tis = run_dag_test(conf)
 
     statuses = {row["video_id"]: row["status"] for row in store.read_json(
         store.report_uri(rerun_id))["videos"]}  # fmt: skip
