@@ -6,8 +6,14 @@ ARG PYTHON_VERSION=3.11
 # The vLLM engine of the GPU worker (caption.backend=vllm), pinned; it brings the CUDA torch it
 # was built for. Override with --build-arg VLLM_VERSION=... (docker compose: VLLM_VERSION in .env).
 ARG VLLM_VERSION=0.33.0
+# The FAB auth manager's provider (production logins: users and roles in the metadata database),
+# the release that supports Airflow 3.3 (it needs apache-airflow>=3.0.2; our constraints hold its
+# other requirements). Compose keeps the simple auth manager unless .env picks FAB.
+ARG FAB_PROVIDER_VERSION=3.10.2
 
 FROM apache/airflow:${AIRFLOW_VERSION}-python${PYTHON_VERSION} AS cpu
+ARG AIRFLOW_VERSION
+ARG FAB_PROVIDER_VERSION
 # The model cache (the `model-cache` volume in docker compose): made here, owned by the airflow
 # user (uid 50000, group 0 as the official image does), so a fresh named volume mounted on it
 # starts writable and Hugging Face weights can be downloaded into it.
@@ -23,10 +29,12 @@ USER airflow
 WORKDIR /opt/action100m
 COPY --chown=airflow:0 requirements.txt constraints.txt pyproject.toml README.md ./
 COPY --chown=airflow:0 action100m ./action100m
-# The CPU build of torch comes from PyTorch's CPU index; our own constraints pin the rest.
+# The CPU build of torch comes from PyTorch's CPU index; our own constraints pin the rest, and
+# Airflow is named in the step so that nothing moves it.
 RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu \
-        -c constraints.txt -r requirements.txt . \
-    && python -c "import action100m, torch, transformers; print(torch.__version__)"
+        -c constraints.txt -r requirements.txt . "apache-airflow==${AIRFLOW_VERSION}" \
+        "apache-airflow-providers-fab==${FAB_PROVIDER_VERSION}" \
+    && python -c "import action100m, torch, transformers, airflow.providers.fab; print(torch.__version__)"
 COPY --chown=airflow:0 scripts ./scripts
 COPY --chown=airflow:0 dags /opt/airflow/dags
 COPY --chown=airflow:0 plugins /opt/airflow/plugins

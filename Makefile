@@ -5,9 +5,9 @@ BIN := $(VENV)/bin
 # pip takes the CPU torch on disk only when torch==2.13.0 is named in the same command as the rest.
 INSTALL := $(BIN)/pip install -c constraints.txt -r requirements.txt -r requirements-dev.txt -e .
 
-# Debian packages the tests drive for real: headless Chromium (viewer), Redis (Celery broker) and
-# espeak-ng (speech for the speech-recognition tests).
-SYSTEM_PACKAGES := chromium redis-server espeak-ng
+# Debian packages the tests drive for real: headless Chromium (viewer), Redis (Celery broker),
+# espeak-ng (speech for the speech-recognition tests) and npm (fetches the Compose spec's schema).
+SYSTEM_PACKAGES := chromium redis-server espeak-ng npm
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: install system-deps test lint demo clean

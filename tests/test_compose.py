@@ -20,6 +20,8 @@ AIRFLOW_ROLES = {
     "airflow-worker-gpu": "celery worker --queues gpu",
 }
 ONE_SHOT = {"airflow-init", "minio-init", "airflow-cli"}  # airflow-cli: a command, then gone
+# Secrets without a default: compose refuses to start until .env sets them.
+SECRETS = ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY")
 
 
 @pytest.fixture(scope="module")
@@ -100,11 +102,37 @@ def test_dockerfile_pins_airflow_and_stays_non_root() -> None:
     # A plain `docker build .` builds the last stage: it must be the small CPU image.
     stages = re.findall(r"^FROM (\S+)(?: AS (\S+))?$", dockerfile, re.M)
     assert stages[-1][0] == "cpu", stages
-    # Every pip install keeps Airflow where it is: our constraints, or Airflow named with it.
-    steps = re.findall(r"pip install ((?:[^\n]*\\\n)*[^\n]*)", dockerfile)
-    assert len(steps) >= 2
-    for step in steps:
-        assert "-c constraints.txt" in step or '"apache-airflow==${AIRFLOW_VERSION}"' in step, step
+    # Every pip install names the pinned Airflow, so that no package it installs can move it; each
+    # stage that installs declares the version (an ARG before FROM is not seen inside a stage).
+    for stage in re.split(r"^FROM ", dockerfile, flags=re.M)[1:]:
+        steps = re.findall(r"pip install ((?:[^\n]*\\\n)*[^\n]*)", stage)
+        for step in steps:
+            assert '"apache-airflow==${AIRFLOW_VERSION}"' in step, step
+        assert not steps or re.search(r"^ARG AIRFLOW_VERSION$", stage, re.M), stage[:40]
+    assert dockerfile.count("pip install") >= 2
+
+
+def test_images_have_the_fab_auth_manager_and_compose_can_select_it(
+    compose: dict[str, Any],
+) -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^ARG FAB_PROVIDER_VERSION=\d+\.\d+\.\d+$", dockerfile, re.M)
+    cpu_stage = dockerfile.split(" AS gpu", 1)[0]  # the GPU image is built on the CPU one
+    (step,) = [s for s in re.findall(r"pip install ((?:[^\n]*\\\n)*[^\n]*)", cpu_stage)]
+    assert '"apache-airflow-providers-fab==${FAB_PROVIDER_VERSION}"' in step
+    assert "import action100m, torch, transformers, airflow.providers.fab" in cpu_stage
+    # The demo's simple auth manager by default; FAB when .env names it.
+    manager = compose["x-airflow-common"]["environment"]["AIRFLOW__CORE__AUTH_MANAGER"]
+    name, _, default = manager.removeprefix("${").removesuffix("}").partition(":-")
+    assert name == "AIRFLOW__CORE__AUTH_MANAGER" and default.endswith(".SimpleAuthManager")
+    fab = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+    assert f"# AIRFLOW__CORE__AUTH_MANAGER={fab}" in (ROOT / ".env.example").read_text()
+    # airflow-init makes the admin either way: a FAB user, or the simple auth manager's file.
+    init = _command(compose["services"]["airflow-init"])
+    fab_branch, _, simple_branch = init.partition("airflow users create")[2].partition("else")
+    assert "--role Admin" in fab_branch and "_AIRFLOW_WWW_USER_PASSWORD" in fab_branch
+    assert "simple_auth_manager_passwords.json" in simple_branch
+    assert init.index("airflow db migrate") < init.index("airflow users create")
 
 
 def test_flower_cli_init_checks_and_the_metadata_connection(compose: dict[str, Any]) -> None:
@@ -143,7 +171,7 @@ def test_helm_values_run_gpu_stages_in_pods_with_the_claim_the_pvc_makes() -> No
     assert env["ACTION100M_K8S_MODEL_CACHE_CLAIM"] == pvc["metadata"]["name"]
     assert values["triggerer"]["replicas"] >= 1  # the backfill's deferred waits
     assert "FabAuthManager" in values["config"]["core"]["auth_manager"]
-    assert "--queues default" in " ".join(values["workers"]["args"])
+    assert "--queues default" in " ".join(values["workers"]["celery"]["args"])
     secrets = {item["envName"] for item in values["secret"]}
     assert "AIRFLOW_CONN_ACTION100M_METADATA_DB" in secrets
 
@@ -178,7 +206,7 @@ def test_every_environment_key_the_code_reads_is_in_env_example() -> None:
 def test_no_empty_value_reaches_the_containers(compose: dict[str, Any]) -> None:
     # An empty OPENAI_BASE_URL / ANTHROPIC_BASE_URL is read by the clients as the base URL "", so
     # every aggregate call fails: optional settings stay commented out, never empty.
-    required = {"AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET"}  # `:?` in compose
+    required = set(SECRETS)  # `:?` in compose
     empty = sorted(key for key, value in env_example().items() if not value.strip())
     assert empty == sorted(required), empty
     commented = (ROOT / ".env.example").read_text()
@@ -194,7 +222,7 @@ def test_no_empty_value_reaches_the_containers(compose: dict[str, Any]) -> None:
 
 def test_secrets_have_no_committed_default(compose: dict[str, Any]) -> None:
     common = compose["x-airflow-common"]["environment"]
-    for key in ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET"):
+    for key in SECRETS:
         assert re.fullmatch(rf"\$\{{{key}:\?[^}}]+\}}", common[key]), (key, common[key])
     example = (ROOT / ".env.example").read_text()
     assert "Fernet.generate_key()" in example and "openssl rand" in example
