@@ -12,6 +12,9 @@ export AIRFLOW__CORE__PLUGINS_FOLDER="$ACTION100M_REPO/plugins"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
 export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-4}"
+# Airflow's LocalExecutor that holds a parallelism slot per started task, so priorities decide
+# what runs next (plugins/action100m_airflow/local_executor.py says why).
+export AIRFLOW__CORE__EXECUTOR="${AIRFLOW__CORE__EXECUTOR:-action100m_airflow.local_executor.LocalExecutor}"
 export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="${AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL:-30}"
 export ACTION100M_STORE="${ACTION100M_STORE:-file://$ACTION100M_DEMO/artifacts}"
 # What a triggered run may read besides the store: the demo folder (its sample videos).

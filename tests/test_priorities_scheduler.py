@@ -1,0 +1,82 @@
+"""Priorities under the real scheduler: a video already started finishes before a new one starts.
+
+With one executor slot (``parallelism`` 1) every task of the run competes for the same slot, so
+the order tasks start in is the order the scheduler picked them by ``priority_weight``. Weights
+grow with the stage's position in the pipeline (``absolute`` rule), so each freed slot goes to the
+next stage of the video in progress: the videos run one after another, depth first. Airflow's
+default rule (``downstream``) would weigh the first stages most and start every video's first
+stage before any video's second one, which is what this test would then see."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from airflow_stack import AirflowStack
+
+from action100m.samples import make_video
+from action100m.stages import PIPELINE
+
+VIDEOS = ("prio_a", "prio_b", "prio_c")
+
+
+@pytest.fixture(scope="module")
+def one_slot_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowStack]:
+    workdir = tmp_path_factory.mktemp("priority-stack")
+    env = {
+        "AIRFLOW__CORE__PARALLELISM": "1",  # one task at a time, whatever its pool
+        "AIRFLOW__CORE__EXECUTOR": "action100m_airflow.local_executor.LocalExecutor",
+        "ACTION100M_STORE": (workdir / "store").as_uri(),
+        "ACTION100M_ALLOWED_SOURCES": workdir.parent.as_uri(),
+    }
+    with AirflowStack(workdir, env=env, pools={"gpu": 4, "llm": 2}) as stack:
+        yield stack
+
+
+def test_started_videos_finish_before_new_ones_start(
+    one_slot_stack: AirflowStack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    folder = tmp_path_factory.mktemp("priority-videos")
+    videos = []
+    for name in VIDEOS:
+        make_video(folder / f"{name}.mp4", [2.0, 2.0])
+        videos.append(str(folder / f"{name}.mp4"))
+    run_id = one_slot_stack.trigger("action100m", {"videos": videos, "profile": "tiny"})
+    assert one_slot_stack.wait(run_id, "action100m", timeout=400) == "success"
+
+    tis = one_slot_stack.task_instances("action100m", run_id)
+    per_video = [ti for ti in tis if ti["task_id"].startswith("video.")]
+    assert len(per_video) == len(VIDEOS) * len(PIPELINE)
+    started = sorted(per_video, key=lambda ti: ti["start_date"])
+    order = [(ti["rendered_map_index"], ti["task_id"].removeprefix("video.")) for ti in started]
+    import json
+    import sys
+
+    print(
+        json.dumps(
+            [
+                {
+                    k: ti.get(k)
+                    for k in (
+                        "task_id",
+                        "rendered_map_index",
+                        "priority_weight",
+                        "queued_when",
+                        "scheduled_when",
+                        "start_date",
+                        "end_date",
+                    )
+                }
+                for ti in started
+            ],
+            indent=0,
+        ),
+        file=sys.stderr,
+    )
+    # Depth first: each video's stages run in pipeline order, and one video's run is whole.
+    expected_stages = [spec.name for spec in PIPELINE]
+    runs = [order[i : i + len(PIPELINE)] for i in range(0, len(order), len(PIPELINE))]
+    for run in runs:
+        assert len({video for video, _ in run}) == 1, order
+        assert [stage for _, stage in run] == expected_stages, order
+    assert sorted(run[0][0] for run in runs) == sorted(VIDEOS)
