@@ -22,7 +22,7 @@ from action100m.llm.messages import Usage
 from action100m.llm.prompts import PromptBuilder, estimate_tokens
 from action100m.sources import load_metadata
 from action100m.stages.aggregate import annotation_targets, prompt_templates
-from action100m.stages.base import load_tree, read_finished
+from action100m.stages.outputs import load_tree, read_finished
 from action100m.store import ArtifactStore
 
 log = logging.getLogger(__name__)

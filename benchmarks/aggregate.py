@@ -42,7 +42,7 @@ from action100m.llm.templates import load_templates  # noqa: E402
 from action100m.pipeline import run_aggregate  # noqa: E402
 from action100m.sources import load_metadata  # noqa: E402
 from action100m.stages.aggregate import annotation_targets  # noqa: E402
-from action100m.stages.base import finished_artifact, load_tree  # noqa: E402
+from action100m.stages.outputs import finished_artifact, load_tree  # noqa: E402
 from action100m.store import ArtifactStore  # noqa: E402
 from action100m.tree import Tree  # noqa: E402
 

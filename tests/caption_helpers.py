@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from action100m.config import Settings, load_settings
-from action100m.stages.base import stage_key
+from action100m.stages.outputs import stage_key
 from action100m.store import ArtifactStore
 from action100m.tree import Node, Tree, make_node_id
 

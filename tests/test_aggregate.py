@@ -24,7 +24,7 @@ from action100m.pipeline import run_publish
 from action100m.services import Endpoint, Services
 from action100m.stages import aggregate
 from action100m.stages.aggregate import llm_unavailable_reason
-from action100m.stages.base import stage_key
+from action100m.stages.outputs import stage_key
 from action100m.store import ArtifactStore
 from action100m.tree import Node, Tree, make_node_id
 

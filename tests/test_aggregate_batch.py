@@ -20,7 +20,8 @@ from action100m.llm.budget import BudgetReached
 from action100m.llm.messages import Usage
 from action100m.services import Services
 from action100m.stages import get_stage
-from action100m.stages.base import Runtime, Video, run_stage, stage_key
+from action100m.stages.base import Runtime, Video, run_stage
+from action100m.stages.outputs import stage_key
 from action100m.store import ArtifactStore
 
 

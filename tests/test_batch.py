@@ -20,7 +20,7 @@ from action100m.config import Settings
 from action100m.errors import PermanentError
 from action100m.pipeline import run_publish
 from action100m.report import build_report, format_report
-from action100m.stages.base import stage_key
+from action100m.stages.outputs import stage_key
 from action100m.store import ArtifactStore
 
 

@@ -16,7 +16,7 @@ from action100m.errors import ServiceError
 from action100m.frames import read_frames_at
 from action100m.models import vlm_server as backend
 from action100m.pipeline import run_caption
-from action100m.stages.base import stage_key
+from action100m.stages.outputs import stage_key
 from action100m.store import ArtifactStore
 
 ROOT = "12.0-second"  # in the root node's prompt only

@@ -9,7 +9,7 @@ import pytest
 
 from action100m.config import load_settings
 from action100m.errors import ConfigError, StoreError, VideoError
-from action100m.stages.base import stage_key
+from action100m.stages.outputs import stage_key
 from action100m.store import ArtifactStore
 
 

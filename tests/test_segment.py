@@ -9,7 +9,7 @@ import pytest
 
 from action100m.config import Settings, load_settings
 from action100m.pipeline import run_embed, run_publish, run_segment
-from action100m.stages.base import stage_key
+from action100m.stages.outputs import stage_key
 from action100m.stages.segment import build_tree, frame_boundaries, ward_merges
 from action100m.store import ArtifactStore
 from action100m.tree import Node, Tree, reaches

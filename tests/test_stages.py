@@ -22,15 +22,8 @@ from action100m.errors import MissingArtifactError, PermanentError
 from action100m.samples import make_video
 from action100m.services import Services
 from action100m.stages import PIPELINE, StageSpec
-from action100m.stages.base import (
-    Runtime,
-    Stage,
-    StageContext,
-    StageOutput,
-    Video,
-    run_stage,
-    stage_key,
-)
+from action100m.stages.base import Runtime, Stage, StageContext, StageOutput, Video, run_stage
+from action100m.stages.outputs import stage_key
 from action100m.store import ArtifactStore
 
 REPO = Path(__file__).resolve().parent.parent

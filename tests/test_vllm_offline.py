@@ -21,7 +21,7 @@ from caption_helpers import ONE_PER_NODE, VIDEO_ID, read_captions, scene_tree, w
 from action100m import models
 from action100m.config import load_settings
 from action100m.pipeline import run_caption
-from action100m.stages.base import stage_key
+from action100m.stages.outputs import stage_key
 from action100m.store import ArtifactStore
 
 ROOT = "12.0-second"  # in the root node's prompt only

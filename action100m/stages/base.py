@@ -11,7 +11,6 @@ model re-runs caption and what follows, nothing before it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -27,8 +26,9 @@ from action100m import lease
 from action100m.config import Settings
 from action100m.errors import CorruptArtifactError, MissingArtifactError, PermanentError
 from action100m.services import Services
-from action100m.stages import get_stage, stages
+from action100m.stages import stages
 from action100m.stages.leases import stage_lease
+from action100m.stages.outputs import corrupt_artifact, load_tree, stage_folder, stage_key
 from action100m.store import ArtifactStore
 from action100m.tree import Tree
 
@@ -197,71 +197,6 @@ class Stage:
 
     def __repr__(self) -> str:
         return f"<stage {self.name}>"
-
-
-def forget_output(store: ArtifactStore, folder: str) -> None:
-    """Remove a stage folder's ``_SUCCESS``: the stage counts as not done and runs again."""
-    with contextlib.suppress(FileNotFoundError):
-        store.fs.rm(store.fs._strip_protocol(store.success_uri(folder)))
-
-
-def corrupt_artifact(
-    store: ArtifactStore, video_id: str, stage: str, folder: str, uri: str, exc: BaseException
-) -> CorruptArtifactError:
-    """Forget ``stage``'s output (its ``_SUCCESS``) and say which artifact is unreadable and why:
-    the next run redoes the stage instead of failing the same way forever."""
-    forget_output(store, folder)
-    return CorruptArtifactError(
-        f"video {video_id}: {uri} is unreadable ({type(exc).__name__}: "
-        f"{' '.join(str(exc).split())[:200]}); {stage} will be redone by the next run"
-    )
-
-
-def read_finished(
-    settings: Settings, store: ArtifactStore, video_id: str, stage: str, name: str
-) -> Any:
-    """A finished stage's JSON artifact (None where the stage has not finished); unreadable:
-    :func:`corrupt_artifact`."""
-    folder = stage_folder(settings, store, video_id, stage)
-    if not store.is_done(folder):
-        return None
-    try:
-        return store.read_json(f"{folder}/{name}")
-    except (ValueError, OSError) as exc:
-        raise corrupt_artifact(store, video_id, stage, folder, f"{folder}/{name}", exc) from None
-
-
-def stage_key(settings: Settings, name: str) -> str:
-    """The key of the stage ``name`` under ``settings`` (see :meth:`Stage.key`)."""
-    return get_stage(name).key(settings)
-
-
-def stage_folder(settings: Settings, store: ArtifactStore, video_id: str, stage: str) -> str:
-    """Where the keyed stage ``stage`` keeps the video's output under ``settings``."""
-    return store.stage_dir(video_id, stage, stage_key(settings, stage))
-
-
-def finished_artifact(
-    settings: Settings, store: ArtifactStore, video_id: str, stage: str, name: str
-) -> str | None:
-    """URI of a finished stage's artifact, or None where that stage has not finished."""
-    folder = stage_folder(settings, store, video_id, stage)
-    return f"{folder}/{name}" if store.is_done(folder) else None
-
-
-def load_tree(settings: Settings, store: ArtifactStore, video_id: str) -> Tree:
-    value = read_finished(settings, store, video_id, "segment", "tree.json")
-    if value is None:
-        raise MissingArtifactError(
-            f"video {video_id}: no finished segment tree in {store.root}; run `segment` first"
-        )
-    try:
-        return Tree.from_json(value)
-    except (KeyError, TypeError, ValueError) as exc:
-        folder = stage_folder(settings, store, video_id, "segment")
-        raise corrupt_artifact(
-            store, video_id, "segment", folder, f"{folder}/tree.json", exc
-        ) from None
 
 
 def _write(store: ArtifactStore, uri: str, value: Any) -> None:

@@ -21,13 +21,14 @@ from typing import Any
 from action100m.config import CaptionConfig
 from action100m.errors import ServiceError, VideoError
 from action100m.models.captioner import Captioner, CaptionJob, CaptionOutcome, make_captioner
-from action100m.stages.base import Runtime, Stage, StageContext, StageOutput, forget_output
+from action100m.stages.base import Runtime, Stage, StageContext, StageOutput
 from action100m.stages.caption_requests import (
     NodeRequest,
     RequestCache,
     assemble_jobs,
     plan_requests,
 )
+from action100m.stages.outputs import forget_output
 
 log = logging.getLogger(__name__)
 ARTIFACT = "captions.json"

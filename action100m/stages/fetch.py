@@ -25,14 +25,8 @@ from typing import Any, TypeVar
 from action100m.download import Downloaded, check_url, download, metadata_from_info, stored_info
 from action100m.errors import MissingArtifactError, ServiceError
 from action100m.sources import clean_metadata, is_fetchable
-from action100m.stages.base import (
-    Stage,
-    StageContext,
-    StageOutput,
-    Video,
-    finished_artifact,
-    read_finished,
-)
+from action100m.stages.base import Stage, StageContext, StageOutput, Video
+from action100m.stages.outputs import finished_artifact, read_finished
 from action100m.transcripts import from_segments, parse_webvtt, pick_track
 
 log = logging.getLogger(__name__)

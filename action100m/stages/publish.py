@@ -22,11 +22,10 @@ from action100m.stages.base import (
     Stage,
     StageContext,
     StageOutput,
-    load_tree,
     output_dir,
-    read_finished,
     unfinished_stages,
 )
+from action100m.stages.outputs import load_tree, read_finished
 from action100m.status import VideoStatus
 from action100m.store import ArtifactStore
 

@@ -9,7 +9,7 @@ import pytest
 
 from action100m.cli import main
 from action100m.config import Settings
-from action100m.stages.base import stage_key
+from action100m.stages.outputs import stage_key
 from action100m.store import ArtifactStore
 
 LLM_VARIABLES = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL")
