@@ -6,6 +6,9 @@ its last frame. Each window's tokens are mean-pooled over space per tubelet, giv
 the tubelet covers, and overlapping windows are averaged. Frames are streamed (``embed_stream``):
 only the centre crops of the windows in flight are held, so memory stays flat however long the
 video is, and decoding runs ahead in a thread while the encoder works.
+
+``embed.backend=service`` sends the video to the encoder service instead (``encoder_client``),
+which runs the same :func:`encode_video` with the model it keeps loaded; the output is the same.
 """
 
 from __future__ import annotations
