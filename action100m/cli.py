@@ -89,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--from", dest="location", help="default: the store (--store)")
     report.add_argument("--out", required=True, help="the HTML file to write")
     _add_estimate(commands)
+    _add_serve_encoder(commands)
     evaluate = commands.add_parser(
         "eval",
         help="compare two sets of trees (a store, or a release-format file) on shared videos",
@@ -111,6 +112,19 @@ def _add_estimate(commands: Any) -> None:
     estimate.add_argument("--minutes", type=float, default=6.7,
                           help="duration of videos without a tree or a known duration")  # fmt: skip
     estimate.add_argument("--json", action="store_true")
+
+
+def _add_serve_encoder(commands: Any) -> None:
+    serve = commands.add_parser(
+        "serve-encoder",
+        help="the encoder service: V-JEPA 2 kept loaded for embed tasks (embed.backend=service); "
+        "key: env ACTION100M_ENCODER_API_KEY",
+    )
+    serve.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "0.0.0.0", "::"],
+                       help="0.0.0.0 or :: serve other hosts (default: this one only)")  # fmt: skip
+    serve.add_argument("--port", type=int, default=8100)
+    serve.add_argument("--workers-per-device", type=int, default=1,
+                       help="encoders per GPU (each holds its own copy of the model)")  # fmt: skip
 
 
 def render_tree(document: dict[str, Any], width: int = 100) -> str:
@@ -198,6 +212,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(records[command].uri)
     elif command == "show":
         return _show(settings, store, args)
+    elif command == "serve-encoder":
+        from action100m.stages.encoder_service import serve
+
+        serve(settings, args.host, args.port, runtime.services.encoder.key(),
+              args.workers_per_device)  # fmt: skip
     elif command == "import":
         from action100m.interop import import_file
 

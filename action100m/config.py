@@ -29,9 +29,15 @@ TINY_PREFIX = "tiny-random/"
 class EmbedConfig(_Section):
     # dtype and decoder change results only in rounding, not in what is computed.
     runtime_fields: ClassVar[frozenset[str]] = frozenset(
-        {"batch_size", "device", "dtype", "decoder", "prefetch", "attn_implementation", "compile"}
-    )
+        {"batch_size", "device", "dtype", "decoder", "prefetch", "attn_implementation", "compile",
+         "backend", "service_url"}
+    )  # fmt: skip
     model: str = "facebook/vjepa2-vitg-fpc64-384"
+    # Where the encoder runs: in the task's process (loaded per process), or in an encoder
+    # service that keeps it loaded across tasks (`action100m serve-encoder`; under Airflow its
+    # address is the connection encoder_default). Same vectors either way: not in the key.
+    backend: Literal["local", "service"] = "local"
+    service_url: str = "http://127.0.0.1:8100"
     frame_step: int = Field(4, ge=1, description="keep 1 of every N decoded frames")
     window: int = Field(64, ge=2, description="sampled frames per encoder window")
     stride: int = Field(8, ge=1, description="sampled frames between window starts")

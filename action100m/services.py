@@ -24,6 +24,8 @@ VLM_KEY_ENV = "VLLM_API_KEY"
 # Outside Airflow: a proxy URL (credentials may be in it) and a Netscape cookies file for fetch.
 FETCH_PROXY_ENV = "ACTION100M_FETCH_PROXY"
 FETCH_COOKIES_ENV = "ACTION100M_FETCH_COOKIES"
+# The encoder service's key (optional): the service checks it, the embed stage's client sends it.
+ENCODER_KEY_ENV = "ACTION100M_ENCODER_API_KEY"
 
 
 class Endpoint(BaseModel):
@@ -58,14 +60,15 @@ class FetchAccess(BaseModel):
 
 
 class Services(BaseModel):
-    """Where the LLM (per provider), the captioning server and the speech recogniser are, with
-    their keys; the fetch stage's proxy and cookies."""
+    """Where the LLM (per provider), the captioning server, the speech recogniser and the encoder
+    service are, with their keys; the fetch stage's proxy and cookies."""
 
     model_config = ConfigDict(frozen=True)
 
     llm: dict[str, Endpoint] = {}
     vlm: Endpoint = Endpoint()
     asr: Endpoint = Endpoint()
+    encoder: Endpoint = Endpoint()  # its address, where given, replaces embed.service_url
     fetch: FetchAccess = FetchAccess()
 
     def llm_endpoint(self, provider: str) -> Endpoint:
@@ -83,7 +86,11 @@ class Services(BaseModel):
     def overlay(self, other: Services) -> Services:
         """A copy where ``other``'s given endpoints and keys replace this one's."""
         merged = self.with_vlm(other.vlm).model_copy(
-            update={"asr": other.asr.over(self.asr), "fetch": other.fetch.over(self.fetch)}
+            update={
+                "asr": other.asr.over(self.asr),
+                "encoder": other.encoder.over(self.encoder),
+                "fetch": other.fetch.over(self.fetch),
+            }
         )
         for provider, endpoint in other.llm.items():
             merged = merged.with_llm(provider, endpoint)
@@ -119,7 +126,8 @@ class Services(BaseModel):
         )
         return cls(
             llm=llm, vlm=Endpoint(api_key=secret(vlm_key_env)),
-            asr=Endpoint(api_key=secret(asr_key_env)), fetch=fetch,
+            asr=Endpoint(api_key=secret(asr_key_env)),
+            encoder=Endpoint(api_key=secret(ENCODER_KEY_ENV)), fetch=fetch,
         )  # fmt: skip
 
 

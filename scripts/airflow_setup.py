@@ -12,6 +12,7 @@ variables, only where they are set, and their secrets are never printed:
   ``ACTION100M_LLM_MODEL``
 - ``anthropic_default``: ``ANTHROPIC_API_KEY``, ``ANTHROPIC_BASE_URL``, ``ACTION100M_LLM_MODEL``
 - ``vllm_default``: ``VLLM_BASE_URL``, ``VLLM_API_KEY`` (the captioning server)
+- ``encoder_default``: ``ENCODER_BASE_URL``, ``ACTION100M_ENCODER_API_KEY`` (the encoder service)
 """
 
 from __future__ import annotations
@@ -69,6 +70,12 @@ def wanted_connections(env: dict[str, str]) -> dict[str, dict[str, Any]]:
             "conn_type": "generic",
             "password": env.get("VLLM_API_KEY"),
             "extra": {"base_url": env["VLLM_BASE_URL"]},
+        }
+    if env.get("ENCODER_BASE_URL"):
+        found["encoder_default"] = {
+            "conn_type": "generic",
+            "password": env.get("ACTION100M_ENCODER_API_KEY"),
+            "extra": {"base_url": env["ENCODER_BASE_URL"]},
         }
     return found
 

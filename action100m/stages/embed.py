@@ -6,12 +6,15 @@ its last frame. Each window's tokens are mean-pooled over space per tubelet, giv
 the tubelet covers, and overlapping windows are averaged. Frames are streamed (``embed_stream``):
 only the centre crops of the windows in flight are held, so memory stays flat however long the
 video is, and decoding runs ahead in a thread while the encoder works.
+
+``embed.backend=service`` sends the video to the encoder service instead (``encoder_client``),
+which runs the same :func:`encode_video` with the model it keeps loaded; the output is the same.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -28,7 +31,9 @@ from action100m.stages.embed_stream import (
     per_window,
     window_starts,
 )
+from action100m.stages.encoder_client import Encoded, encode_remote
 from action100m.stages.fetch import fetched_source
+from action100m.store import ArtifactStore
 from action100m.video import VideoInfo, iter_sampled_frames, probe
 
 log = logging.getLogger(__name__)
@@ -56,7 +61,8 @@ class EmbedStage(Stage):
     help = "stage 1a: V-JEPA 2 vectors for 1 in every frame_step frames"
 
     def setup(self, runtime: Runtime) -> None:
-        load_encoder(runtime.settings.embed)  # process loads it lazily, after probing the video
+        if runtime.settings.embed.backend == "local":  # a service holds the model elsewhere
+            load_encoder(runtime.settings.embed)  # process loads it lazily, after probing
 
     def before(self, ctx: StageContext) -> None:
         # A rerun may name metadata the first run lacked: copied whether or not embed is done.
@@ -67,32 +73,57 @@ class EmbedStage(Stage):
         source = fetched_source(ctx)  # a web page's video, as the fetch stage stored it
         if source is None:
             raise VideoError(video_id, "embed needs the video's source (a path or a URI)")
-        with ctx.store.local_copy(source, video_id) as path:
-            info = probe(path, video_id)
-            if info.duration is not None:  # fail before any decoding when the file says so
-                _require_length(video_id, info.duration, ctx.settings.segment.min_duration)
-            encoder = load_encoder(cfg)
-            times, features = embed_file(path, video_id, cfg, info, encoder)
-        # The last sampled frame stands for the frames skipped after it.
-        decoded = times[-1] + cfg.frame_step / info.fps
-        _require_length(video_id, decoded, ctx.settings.segment.min_duration)
+        min_duration = ctx.settings.segment.min_duration
+        if cfg.backend == "service":
+            encoded = encode_remote(ctx.runtime.services.encoder, source, video_id, cfg,
+                                    min_duration)  # fmt: skip
+        else:
+            encoded = encode_video(ctx.store, source, video_id, cfg, min_duration)
         frames = {
             "video_id": video_id,
             "source": source,
             "source_fingerprint": ctx.store.fingerprint(source),
-            "duration": max(info.duration or decoded, times[-1]),
-            "fps": info.fps,
+            "duration": encoded.duration,
+            "fps": encoded.fps,
             "frame_step": cfg.frame_step,
-            "times": times,
+            "times": encoded.times,
         }
         return StageOutput(
-            {"embeddings.npy": features.astype(np.float16), "frames.json": frames},
-            {"frames": len(times)},
+            {"embeddings.npy": encoded.features.astype(np.float16), "frames.json": frames},
+            {"frames": len(encoded.times)},
         )
 
 
+def encode_video(
+    store: ArtifactStore,
+    source: str,
+    video_id: str,
+    cfg: EmbedConfig,
+    min_duration: float,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Encoded:
+    """The video at ``source`` through the encoder ``cfg`` names, in this process (loaded once
+    per process): probed and checked for length first, so a bad video costs no model load.
+    ``on_progress(windows done, windows expected)`` after each batch."""
+    with store.local_copy(source, video_id) as path:
+        info = probe(path, video_id)
+        if info.duration is not None:  # fail before any decoding when the file says so
+            _require_length(video_id, info.duration, min_duration)
+        encoder = load_encoder(cfg)
+        times, features = embed_file(path, video_id, cfg, info, encoder, on_progress)
+    # The last sampled frame stands for the frames skipped after it.
+    decoded = times[-1] + cfg.frame_step / info.fps
+    _require_length(video_id, decoded, min_duration)
+    return Encoded(times, features, info.fps, max(info.duration or decoded, times[-1]))
+
+
 def embed_file(
-    path: str, video_id: str, cfg: EmbedConfig, info: VideoInfo, encoder: FrameEncoder
+    path: str,
+    video_id: str,
+    cfg: EmbedConfig,
+    info: VideoInfo,
+    encoder: FrameEncoder,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[float], np.ndarray]:
     """(sampled frame times, per-frame vectors) of the local file ``path``: decoded
     ``cfg.prefetch`` frames ahead in a thread while the encoder works."""
@@ -109,6 +140,8 @@ def embed_file(
     def progress(count: int) -> None:
         done[0] += count
         log.info("video %s: encoded %d/~%d windows", video_id, done[0], n_windows)
+        if on_progress is not None:
+            on_progress(done[0], n_windows)
 
     def frames() -> Iterator[np.ndarray]:
         for pts, frame in iter_sampled_frames(

@@ -41,6 +41,8 @@ VLLM_CONN_ID = "vllm_default"
 # sized to the server's capacity), not one of the GPU workers' gpu pool.
 VLM_POOL = "vlm"
 ASR_CONN_ID = "asr_default"
+# The encoder service (embed.backend=service): host or extra base_url, password = its key.
+ENCODER_CONN_ID = "encoder_default"
 
 # Where each kind of stage runs: a model on the GPU needs a GPU host (queue) and a GPU slot
 # (pool); a GPU server's client needs only the slot; the LLM's client a slot of the llm pool.

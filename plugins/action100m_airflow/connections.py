@@ -11,6 +11,8 @@ models as a settings layer. No secret is ever logged.
 - ``openai_default`` / ``anthropic_default``: password = API key; host or extra ``base_url`` = an
   OpenAI-compatible endpoint; extra ``model``. ``vllm_default``: the captioning vLLM server.
   ``asr_default``: the speech recogniser of the fetch stage (``fetch.asr_backend=api``).
+  ``encoder_default``: the encoder service (``embed.backend=service``), URL and key as an
+  ``Endpoint`` of the ``Services``.
 - ``action100m_fetch``: the fetch stage's proxy (extra ``proxy``, or host/port/login/password)
   and cookies (extra ``cookies``: a Netscape cookies file's text); the cookies may instead be
   the variable ``action100m_fetch_cookies``. Both are masked in task logs.
@@ -28,6 +30,7 @@ from airflow.sdk.exceptions import AirflowNotFoundException
 
 from action100m_airflow import (
     ASR_CONN_ID,
+    ENCODER_CONN_ID,
     FETCH_CONN_ID,
     FETCH_COOKIES_VARIABLE,
     LLM_CONN_IDS,
@@ -151,6 +154,11 @@ def model_services(requested_provider: str | None) -> tuple[dict[str, Any], Any]
             services = services.model_copy(
                 update={"asr": Endpoint(api_key=SecretStr(asr.password)).over(services.asr)}
             )
+    encoder = optional_connection(ENCODER_CONN_ID)
+    if encoder is not None:
+        key = SecretStr(encoder.password) if encoder.password else None
+        found = Endpoint(base_url=_base_url(encoder), api_key=key)
+        services = services.model_copy(update={"encoder": found})
     return settings, services.model_copy(update={"fetch": fetch_access()})
 
 
