@@ -1,7 +1,14 @@
 """Captioning through an OpenAI-compatible server (``vllm serve``): no model load in the task.
 
-All of a video's requests go out concurrently (at most ``caption.concurrency`` in flight), each
-frame a base64 JPEG image part, greedy, at most ``max_new_tokens``. The OpenAI client retries 5xx,
+All of a video's requests go out concurrently (at most ``caption.concurrency`` in flight), greedy,
+at most ``max_new_tokens``. A segment's frames go as one ``video_url`` part (``caption.frames_as``
+``video``): the frames' JPEGs muxed, not re-encoded, into an MJPEG MP4 at the clip's frame rate, with
+``mm_processor_kwargs.do_sample_frames=false`` so vLLM's Qwen3-VL processor keeps every frame and
+stamps them with the clip's own times (vLLM decodes a ``video/mp4`` data URL with its video loader;
+a ``video/jpeg`` list of frames lacks the metadata Qwen3-VL needs before vLLM 0.18). Otherwise, and
+for a leaf's middle frame, each frame is a base64 JPEG image part. Frames are JPEG-encoded in a
+pool of threads (PIL lets go of the GIL while it encodes), so building a body never stalls the
+other requests for long. The OpenAI client retries 5xx,
 429 and timeouts with exponential backoff (``caption.max_retries``); an empty answer is asked
 again the same number of times. What still fails becomes that node's error: a transient one
 (5xx, 429, timeout, a malformed body) when a later try may succeed, so the stage fails the task
@@ -10,7 +17,9 @@ cannot be reached at all raises ``ServiceError`` once the requests already in fl
 handed back, so the task fails, keeps what finished, and Airflow retries it later.
 
 vLLM serves Qwen3-VL with the model's default pixel budget (at least 256x256 per image), so frames
-smaller than that are upscaled by the server; the default 320x320 passes through unchanged.
+smaller than that are upscaled by the server; the default 320x320 passes through unchanged. Its
+video loader reads at most 32 frames of a video unless started with
+``--media-io-kwargs '{"video": {"num_frames": -1}}'`` (docker-compose.yaml does).
 """
 
 from __future__ import annotations
@@ -19,9 +28,11 @@ import base64
 import io
 import json
 import logging
+import os
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -35,14 +46,42 @@ JPEG_QUALITY = 95
 SERVER_MIN_PIXELS = 256 * 256  # Qwen3-VL's image processor default "shortest_edge"
 
 
-def image_part(frame: np.ndarray) -> dict[str, Any]:
-    """An OpenAI chat image part holding the frame as a base64 JPEG data URL."""
+def jpeg(frame: np.ndarray) -> bytes:
     from PIL import Image
 
     buffer = io.BytesIO()
     Image.fromarray(frame).save(buffer, format="JPEG", quality=JPEG_QUALITY)
-    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
+
+
+def image_part(data: bytes) -> dict[str, Any]:
+    """An OpenAI chat image part holding a JPEG as a base64 data URL."""
+    encoded = base64.b64encode(data).decode("ascii")
     return {"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{encoded}"}}
+
+
+def mjpeg_mp4(jpegs: list[bytes], fps: float, width: int, height: int) -> bytes:
+    """The JPEGs as the frames of an MP4 at ``fps`` (stored as they are: no second encoding)."""
+    import av
+
+    rate = Fraction(fps).limit_denominator(1000)
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("mjpeg", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuvj420p"
+        for index, data in enumerate(jpegs):
+            packet = av.Packet(data)
+            packet.stream, packet.time_base = stream, 1 / rate
+            packet.pts = packet.dts = index
+            packet.is_keyframe = True
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def video_part(jpegs: list[bytes], fps: float, width: int, height: int) -> dict[str, Any]:
+    """An OpenAI chat video part (vLLM's ``video_url``) holding the frames as a base64 MP4."""
+    encoded = base64.b64encode(mjpeg_mp4(jpegs, fps, width, height)).decode("ascii")
+    return {"type": "video_url", "video_url": {"url": f"data:video/mp4;base64,{encoded}"}}
 
 
 class ServerCaptioner:
@@ -54,6 +93,7 @@ class ServerCaptioner:
         self.concurrency = config.concurrency
         self.max_retries = config.max_retries
         self.timeout = config.timeout
+        self.encoders: ThreadPoolExecutor | None = None  # JPEG encoding, while run() runs
         self.client = OpenAI(
             base_url=config.base_url,
             api_key=api_key or "EMPTY",
@@ -89,6 +129,7 @@ class ServerCaptioner:
         in_flight: dict[Future[CaptionOutcome], CaptionJob] = {}
         stopped: Exception | None = None  # the first request that could not be served at all
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="caption")
+        self.encoders = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="caption-jpeg")
         try:
             while True:
                 # Take new jobs only as slots free up (frames are decoded just in time), and none
@@ -112,6 +153,8 @@ class ServerCaptioner:
                     yield job, outcome
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
+            self.encoders.shutdown(wait=False, cancel_futures=True)
+            self.encoders = None
         if stopped is not None:
             raise stopped
 
@@ -119,9 +162,7 @@ class ServerCaptioner:
         """One request with retries; never raises except when the server cannot be reached."""
         import openai
 
-        content = [image_part(frame) for frame in job.frames]
-        content.append({"type": "text", "text": job.prompt})
-        messages: Any = [{"role": "user", "content": content}]
+        messages, extra = self.request(job)
         for attempt in range(self.max_retries + 1):
             if attempt:
                 time.sleep(min(8.0, 0.5 * 2**attempt))
@@ -131,6 +172,7 @@ class ServerCaptioner:
                     messages=messages,
                     max_tokens=job.max_new_tokens,
                     temperature=0.0,
+                    extra_body=extra,
                 )
             except openai.APITimeoutError:  # the client has already retried
                 return CaptionOutcome.failed(
@@ -165,6 +207,21 @@ class ServerCaptioner:
                 )
             log.info("empty caption for request %s (attempt %d)", job.key[:8], attempt + 1)
         return CaptionOutcome.failed("empty caption")
+
+    def request(self, job: CaptionJob) -> tuple[Any, dict[str, Any] | None]:
+        """The chat messages and the extra body fields of the job's request."""
+        pool = self.encoders
+        jpegs = list(pool.map(jpeg, job.frames)) if pool else [jpeg(f) for f in job.frames]
+        extra = None
+        if job.fps is None:
+            content = [image_part(data) for data in jpegs]
+        else:
+            height, width = job.frames[0].shape[:2]
+            content = [video_part(jpegs, job.fps, width, height)]
+            # vLLM's loader marks a video it read whole for re-sampling at the model's 2 fps.
+            extra = {"mm_processor_kwargs": {"do_sample_frames": False}}
+        content.append({"type": "text", "text": job.prompt})
+        return [{"role": "user", "content": content}], extra
 
 
 def _answer_text(response: Any) -> str | None:
