@@ -85,7 +85,11 @@ def video_part(jpegs: list[bytes], fps: float, width: int, height: int) -> dict[
 
 
 class ServerCaptioner:
-    def __init__(self, config: CaptionConfig, api_key: str | None = None) -> None:
+    def __init__(
+        self, config: CaptionConfig, api_key: str | None = None, encode_threads: int | None = None
+    ) -> None:
+        """``encode_threads``: threads encoding JPEGs (None: one per CPU; 0: each request's own
+        thread, one frame after another, as before the pool)."""
         from openai import OpenAI
 
         self.model = config.model
@@ -93,6 +97,8 @@ class ServerCaptioner:
         self.concurrency = config.concurrency
         self.max_retries = config.max_retries
         self.timeout = config.timeout
+        default = os.cpu_count() or 2
+        self.encode_threads = default if encode_threads is None else encode_threads
         self.encoders: ThreadPoolExecutor | None = None  # JPEG encoding, while run() runs
         self.client = OpenAI(
             base_url=config.base_url,
@@ -129,7 +135,10 @@ class ServerCaptioner:
         in_flight: dict[Future[CaptionOutcome], CaptionJob] = {}
         stopped: Exception | None = None  # the first request that could not be served at all
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="caption")
-        self.encoders = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="caption-jpeg")
+        if self.encode_threads:
+            self.encoders = ThreadPoolExecutor(
+                self.encode_threads, thread_name_prefix="caption-jpeg"
+            )
         try:
             while True:
                 # Take new jobs only as slots free up (frames are decoded just in time), and none
@@ -153,8 +162,9 @@ class ServerCaptioner:
                     yield job, outcome
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
-            self.encoders.shutdown(wait=False, cancel_futures=True)
-            self.encoders = None
+            if self.encoders is not None:
+                self.encoders.shutdown(wait=False, cancel_futures=True)
+                self.encoders = None
         if stopped is not None:
             raise stopped
 
