@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 # Requests per engine call: enough to keep the scheduler full, few enough that the decoded frames
 # waiting in memory stay in the low gigabytes.
 CHUNK = 256
-CONTEXT_TOKENS = 16384  # 32 frames of 320x320 are about 3,300 tokens; the answer at most 1024
+CONTEXT_TOKENS = 16384  # 32 frames of 320x320: ~1,800 tokens as a video, ~3,300 as images
 TEMPORAL_PATCH = 2  # Qwen3-VL's frames per video patch
 
 
