@@ -16,6 +16,7 @@ from action100m.errors import ServiceError
 from action100m.frames import read_frames_at
 from action100m.models import vlm_server as backend
 from action100m.pipeline import run_caption
+from action100m.stages.caption_requests import segment_times
 from action100m.stages.outputs import stage_key
 from action100m.store import ArtifactStore
 
@@ -308,6 +309,9 @@ def test_the_default_settings_send_32_frames_of_320_per_segment_and_one_per_leaf
     assert {size for r in server.requests for size in r.image_sizes} == {(320, 320)}
     actions = [r for r in server.requests if "short verb phrase" in r.prompt]
     assert len(actions) == len(tree)
+    root = [r for r in server.requests if ROOT in r.prompt]
+    times = segment_times(tree.root, 32)
+    assert root and all(_same_frames(r, scene_video[0], times, as_video=True) for r in root)
     for request in server.requests:
         assert ("32 frames" in request.prompt) == (len(request.video_thumbnails) == 32)
         wanted = defaults.action_max_new_tokens if request in actions else defaults.max_new_tokens
