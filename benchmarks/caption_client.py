@@ -8,11 +8,12 @@ body, ``caption.concurrency`` requests in flight. With no latency it shows the c
 ceiling on this CPU; with latency, what a concurrency setting gets from a server that could take
 more.
 
-Three request shapes in the same run, the first the baseline: ``images-inline`` (32 JPEG image
-parts, encoded one after another in the request's thread: the client before issue 14),
-``images`` (the same parts, encoded by the pool of JPEG threads) and ``video`` (one MJPEG MP4
-``video_url`` part, the default ``caption.frames_as``). ``stall`` is the longest a thread asking
-for the GIL every millisecond waited for it (the longest hold by the client's threads).
+Three clients in the same run, the first the baseline: ``before`` (the client before issue 14:
+32 JPEG image parts encoded one after another in the request's thread, the body serialised by
+the OpenAI client's JSON encoder), ``images`` (the same parts, JPEGs from the pool of encoding
+threads, the base64 spliced into the JSON) and ``video`` (the same, one MJPEG MP4 ``video_url``
+part: the default ``caption.frames_as``). ``stall`` is the longest a thread sleeping 1 ms at a
+time waited to run again: the longest GIL hold by the client's threads, plus any wait for a CPU.
 
     python benchmarks/caption_client.py [--latency 0 3] [--concurrency 16 64] [--rounds 3]
 """
@@ -20,6 +21,7 @@ for the GIL every millisecond waited for it (the longest hold by the client's th
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import threading
 import time
@@ -28,7 +30,7 @@ from typing import Any
 
 from action100m.config import CaptionConfig
 from action100m.models.caption_base import CaptionJob
-from action100m.models.vlm_server import ServerCaptioner
+from action100m.models.vlm_server import ServerCaptioner, jpeg
 from action100m.samples import scene_frame
 
 MODEL = "stand-in/vlm"
@@ -78,7 +80,33 @@ def serve(latency: float) -> tuple[ThreadingHTTPServer, list[int]]:
     return server, sizes
 
 
-SHAPES = {"images-inline": (False, 0), "images": (False, None), "video": (True, None)}
+class Before(ServerCaptioner):
+    """The client before issue 14, for the baseline."""
+
+    def request_body(self, job: CaptionJob) -> Any:
+        parts = [
+            {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + b64(frame)}}
+            for frame in job.frames
+        ]
+        content = [*parts, {"type": "text", "text": job.prompt}]
+        return {
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": job.max_new_tokens,
+        }
+
+    def send(self, body: Any) -> Any:
+        return self.client.chat.completions.create(model=self.model, temperature=0.0, **body)
+
+
+def b64(frame: Any) -> str:
+    return base64.b64encode(jpeg(frame)).decode("ascii")
+
+
+SHAPES = {
+    "before": (Before, False),
+    "images": (ServerCaptioner, False),
+    "video": (ServerCaptioner, True),
+}
 
 
 class Stall:
@@ -113,12 +141,12 @@ def measure(
     shape: str, latency: float, concurrency: int, rounds: int, frames: int, size: int
 ) -> float:
     """Requests per second; prints the line of figures."""
-    video, threads = SHAPES[shape]
+    client, video = SHAPES[shape]
     server, sizes = serve(latency)
     url = f"http://127.0.0.1:{server.server_address[1]}/v1"
     config = CaptionConfig(model=MODEL, base_url=url, concurrency=concurrency, max_retries=0)
     batch = jobs(concurrency * rounds, frames, size, video)
-    captioner = ServerCaptioner(config, encode_threads=threads)
+    captioner = client(config)
     stall = Stall()
     started = time.perf_counter()
     done = sum(1 for _, outcome in captioner.run(batch) if outcome.caption)

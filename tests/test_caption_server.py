@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -179,17 +180,16 @@ def test_a_response_failing_validation_is_a_transient_node_failure(
 ) -> None:
     import httpx2
     import openai
-    from openai.resources.chat.completions import Completions
 
-    real = Completions.create
+    real = backend.ServerCaptioner.send
 
-    def invalid_for_the_root(self: Any, **options: Any) -> Any:
-        if ROOT in options["messages"][-1]["content"][-1]["text"]:
+    def invalid_for_the_root(self: Any, body: bytes) -> Any:
+        if ROOT.encode() in body:
             response = httpx2.Response(200, request=httpx2.Request("POST", "http://server/v1"))
             raise openai.APIResponseValidationError(response=response, body={})
-        return real(self, **options)
+        return real(self, body)
 
-    monkeypatch.setattr(Completions, "create", invalid_for_the_root)
+    monkeypatch.setattr(backend.ServerCaptioner, "send", invalid_for_the_root)
     with scripted_server(always(Reply("fine"))) as server:
         settings, _ = server_settings(store, scene_video[0], server.url)
         with pytest.raises(ServiceError, match="1 of 5 nodes.*malformed response"):
@@ -331,3 +331,11 @@ def test_caption_concurrency_is_reached_and_never_exceeded(
         run_caption(settings, store, VIDEO_ID)
     assert len(server.requests) == len(tree)
     assert server.max_in_flight == 2
+
+
+def test_a_body_with_spliced_frames_is_the_json_of_the_whole_body() -> None:
+    body = {"parts": [{"url": f"data:a;base64,{backend.SLOT}"}, f"b,{backend.SLOT}"], "t": 'é "q"'}
+    whole = {"parts": [{"url": "data:a;base64,QUJD"}, "b,REVG"], "t": 'é "q"'}
+    assert json.loads(backend.spliced(body, [b"QUJD", b"REVG"])) == whole
+    with pytest.raises(ValueError):  # a payload short: never a body with a slot left in it
+        backend.spliced(body, [b"QUJD"])
