@@ -17,8 +17,8 @@ from action100m.models.captioner import CaptionJob, make_captioner
 from action100m.models.qwen3vl import TransformersCaptioner
 from action100m.pipeline import run_caption
 from action100m.stages import caption_requests
-from action100m.stages.base import stage_key
 from action100m.stages.caption_requests import plan_requests, segment_times
+from action100m.stages.outputs import stage_key
 from action100m.stages.publish import build_document
 from action100m.store import ArtifactStore
 
