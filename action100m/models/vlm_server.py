@@ -4,8 +4,9 @@ All of a video's requests go out concurrently (at most ``caption.concurrency`` i
 at most ``max_new_tokens``. A segment's frames go as one ``video_url`` part (``caption.frames_as``
 ``video``): the frames' JPEGs muxed, not re-encoded, into an MJPEG MP4 at the clip's frame rate, with
 ``mm_processor_kwargs.do_sample_frames=false`` so vLLM's Qwen3-VL processor keeps every frame and
-stamps them with the clip's own times (vLLM decodes a ``video/mp4`` data URL with its video loader;
-a ``video/jpeg`` list of frames lacks the metadata Qwen3-VL needs before vLLM 0.18). Otherwise, and
+stamps them with the clip's own times (vLLM decodes a ``video/mp4`` data URL with its video loader,
+OpenCV by default, in every release since Qwen3-VL's; a ``video/jpeg`` list of frames came without
+the metadata Qwen3-VL needs until vllm-project/vllm#37301, March 2026). Otherwise, and
 for a leaf's middle frame, each frame is a base64 JPEG image part. Frames are JPEG-encoded in a
 pool of threads (PIL lets go of the GIL while it encodes), and the body's JSON is written around
 the base64 payloads, which are spliced in as bytes: no JSON encoder scans the megabytes under the
@@ -49,6 +50,7 @@ SLOT = "@@frames@@"  # where a base64 payload goes in a request's JSON (never in
 
 
 def jpeg(frame: np.ndarray) -> bytes:
+    """The frame as a JPEG (PIL releases the GIL while it encodes)."""
     from PIL import Image
 
     buffer = io.BytesIO()
@@ -204,7 +206,7 @@ class ServerCaptioner:
 
     def request_body(self, job: CaptionJob) -> bytes:
         """The request's JSON, greedy. The megabytes of base64 frames are spliced in, not passed
-        through a JSON encoder that would scan them under the GIL (~12 ms a request)."""
+        through a JSON encoder that would scan them under the GIL (12-18 ms a request here)."""
         pool = self.encoders
         jpegs = list(pool.map(jpeg, job.frames)) if pool else [jpeg(f) for f in job.frames]
         extra: dict[str, Any] = {}
