@@ -84,6 +84,10 @@ class CaptionConfig(_Section):
     # each on the worker.
     concurrency: int = Field(64, ge=1)
     frames: int = Field(32, ge=1, description="frames per segment caption")
+    # How a segment's frames reach the model: one video (Qwen3-VL merges each pair of frames, so
+    # about half the prompt tokens of separate images) or separate images, for models without a
+    # video input. A leaf's middle frame is always an image.
+    frames_as: Literal["video", "images"] = "video"
     size: int = Field(320, ge=16, description="frame side in pixels")
     max_new_tokens: int = Field(1024, ge=1)
     # The release's fields: a leaf's middle frame (llama3_caption) and its clip (plm_caption),
@@ -94,6 +98,21 @@ class CaptionConfig(_Section):
     timeout: float = Field(300.0, gt=0)
     max_retries: int = Field(3, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _a_video_has_frames_to_pair(self) -> CaptionConfig:
+        if self.frames_as == "video" and self.frames < 2:
+            raise ValueError(
+                f"caption.frames_as=video needs caption.frames >= 2 (got {self.frames}): Qwen3-VL "
+                "takes a video's frames in pairs; use caption.frames_as=images"
+            )
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        found = super().identity()
+        if self.frames_as == "images":  # what was sent before the setting: those keys stay
+            del found["frames_as"]
+        return found
 
 
 YOUTUBE_HOSTS = ("youtube.com", "www.youtube.com", "m.youtube.com", "music.youtube.com",

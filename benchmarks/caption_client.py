@@ -3,10 +3,17 @@
 The server on loopback reads each request body whole and answers after ``--latency`` seconds,
 flat, as vLLM's does while its batch has room: a segment caption of ~200 tokens takes a few
 seconds whatever the batch size, so the requests in flight, not the server, set the rate. The
-client is the pipeline's (``vllm-server`` backend): per request 32 frames of 320x320 as base64
-JPEGs in one JSON body, ``caption.concurrency`` requests in flight. With no latency it shows the
-client's own ceiling on this CPU; with latency, what a concurrency setting gets from a server
-that could take more.
+client is the pipeline's (``vllm-server`` backend): per request 32 frames of 320x320 in one JSON
+body, ``caption.concurrency`` requests in flight. With no latency it shows the client's own
+ceiling on this CPU; with latency, what a concurrency setting gets from a server that could take
+more.
+
+Three clients in the same run, the first the baseline: ``before`` (the client before issue 14:
+32 JPEG image parts encoded one after another in the request's thread, the body serialised by
+the OpenAI client's JSON encoder), ``images`` (the same parts, JPEGs from the pool of encoding
+threads, the base64 spliced into the JSON) and ``video`` (the same, one MJPEG MP4 ``video_url``
+part: the default ``caption.frames_as``). ``stall`` is the longest a thread sleeping 1 ms at a
+time waited to run again: the longest GIL hold by the client's threads, plus any wait for a CPU.
 
     python benchmarks/caption_client.py [--latency 0 3] [--concurrency 16 64] [--rounds 3]
 """
@@ -14,6 +21,7 @@ that could take more.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import threading
 import time
@@ -22,7 +30,7 @@ from typing import Any
 
 from action100m.config import CaptionConfig
 from action100m.models.caption_base import CaptionJob
-from action100m.models.vlm_server import ServerCaptioner
+from action100m.models.vlm_server import ServerCaptioner, jpeg
 from action100m.samples import scene_frame
 
 MODEL = "stand-in/vlm"
@@ -72,27 +80,87 @@ def serve(latency: float) -> tuple[ThreadingHTTPServer, list[int]]:
     return server, sizes
 
 
-def jobs(count: int, frames: int, size: int) -> list[CaptionJob]:
-    """Distinct requests of ``frames`` frames each (the scenes of the sample videos)."""
+class Before(ServerCaptioner):
+    """The client before issue 14, for the baseline."""
+
+    def request_body(self, job: CaptionJob) -> Any:
+        parts = [
+            {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + b64(frame)}}
+            for frame in job.frames
+        ]
+        content = [*parts, {"type": "text", "text": job.prompt}]
+        return {
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": job.max_new_tokens,
+        }
+
+    def send(self, body: Any) -> Any:
+        return self.client.chat.completions.create(model=self.model, temperature=0.0, **body)
+
+
+def b64(frame: Any) -> str:
+    return base64.b64encode(jpeg(frame)).decode("ascii")
+
+
+SHAPES = {
+    "before": (Before, False),
+    "images": (ServerCaptioner, False),
+    "video": (ServerCaptioner, True),
+}
+
+
+class Stall:
+    """A thread that sleeps 1 ms at a time and keeps the longest it took to get the GIL back."""
+
+    def __init__(self) -> None:
+        self.longest, self.running = 0.0, True
+        self.thread = threading.Thread(target=self.tick, daemon=True)
+        self.thread.start()
+
+    def tick(self) -> None:
+        while self.running:
+            before = time.perf_counter()
+            time.sleep(0.001)
+            self.longest = max(self.longest, time.perf_counter() - before - 0.001)
+
+    def stop(self) -> float:
+        self.running = False
+        self.thread.join()
+        return self.longest
+
+
+def jobs(count: int, frames: int, size: int, video: bool) -> list[CaptionJob]:
+    """Distinct requests of ``frames`` frames each (the scenes of the sample videos), as a clip
+    of 10 seconds when ``video``."""
     pictures = [scene_frame(i % 6, i * 0.1, size, size) for i in range(frames)]
-    return [CaptionJob(f"job{i}", f"Describe clip {i}.", pictures, 200) for i in range(count)]
+    fps = frames / 10.0 if video else None
+    return [CaptionJob(f"job{i}", f"Describe clip {i}.", pictures, 200, fps) for i in range(count)]
 
 
-def measure(latency: float, concurrency: int, rounds: int, frames: int, size: int) -> str:
+def measure(
+    shape: str, latency: float, concurrency: int, rounds: int, frames: int, size: int
+) -> float:
+    """Requests per second; prints the line of figures."""
+    client, video = SHAPES[shape]
     server, sizes = serve(latency)
     url = f"http://127.0.0.1:{server.server_address[1]}/v1"
     config = CaptionConfig(model=MODEL, base_url=url, concurrency=concurrency, max_retries=0)
-    batch = jobs(concurrency * rounds, frames, size)
+    batch = jobs(concurrency * rounds, frames, size, video)
+    captioner = client(config)
+    stall = Stall()
     started = time.perf_counter()
-    done = sum(1 for _, outcome in ServerCaptioner(config).run(batch) if outcome.caption)
+    done = sum(1 for _, outcome in captioner.run(batch) if outcome.caption)
     wall = time.perf_counter() - started
+    longest = stall.stop()
     server.shutdown()
     ceiling = concurrency / latency if latency else float("inf")
-    return (
-        f"latency {latency:4.1f} s  concurrency {concurrency:3d}: {done} requests in {wall:5.1f} s "
-        f"= {done / wall:6.1f} req/s (in-flight ceiling {ceiling:6.1f}; "
-        f"body {sum(sizes) / len(sizes) / 1e6:.2f} MB)"
+    print(
+        f"{shape:13s} latency {latency:4.1f} s  concurrency {concurrency:3d}: {done} requests in "
+        f"{wall:5.1f} s = {done / wall:6.1f} req/s (in-flight ceiling {ceiling:6.1f}; "
+        f"body {sum(sizes) / len(sizes) / 1e6:.2f} MB; stall {longest * 1e3:5.1f} ms)",
+        flush=True,
     )
+    return done / wall
 
 
 def main() -> None:
@@ -102,10 +170,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="requests = rounds x concurrency")
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--size", type=int, default=320)
+    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     args = parser.parse_args()
     for latency in args.latency:
         for concurrency in args.concurrency:
-            print(measure(latency, concurrency, args.rounds, args.frames, args.size), flush=True)
+            rates = {
+                shape: measure(shape, latency, concurrency, args.rounds, args.frames, args.size)
+                for shape in args.shapes
+            }
+            baseline = rates[args.shapes[0]]
+            ratios = ", ".join(f"{s} {rate / baseline:.2f}x" for s, rate in rates.items())
+            print(f"  vs {args.shapes[0]}: {ratios}", flush=True)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,13 @@ token, so every answer is exactly ``--max-new-tokens`` long: pick a realistic ca
     python benchmarks/caption_gpu.py --minutes 5                  # transformers, random 4B
     python benchmarks/caption_gpu.py --backend vllm --model Qwen/Qwen3-VL-4B-Instruct
     python benchmarks/caption_gpu.py --tiny --minutes 1           # CPU smoke run of this script
+    python benchmarks/caption_gpu.py --count-tokens               # prompt tokens, video vs images
+
+``--count-tokens`` (CPU, no GPU needed) builds one segment request of ``--frames`` frames at
+``--size`` both ways through the in-process captioner's encoding, with Qwen3-VL's vision geometry
+(16-pixel patches, 2 frames per temporal patch, 2x2 merge), and counts the prompt's tokens by
+kind. The text around them is the tiny tokenizer's, not Qwen's: vision tokens are exact, the
+timestamp and prompt text counts approximate.
 """
 
 from __future__ import annotations
@@ -155,6 +162,33 @@ class Clock:
         net.generate = timed
 
 
+def count_tokens(frames: int, size: int) -> dict[str, Any]:
+    """Prompt tokens of one segment request sent as images and as one video, by kind."""
+    from action100m.models.qwen3vl import TransformersCaptioner
+
+    config = CaptionConfig(
+        backend="transformers", model="tiny-random/qwen3vl", frames=frames, size=size, device="cpu"
+    )
+    captioner = TransformersCaptioner(config)
+    picture = np.zeros((size, size, 3), np.uint8)
+    tokenizer = captioner.tokenizer
+    starts = tokenizer.convert_tokens_to_ids("<|vision_start|>")
+    counts: dict[str, Any] = {"frames": frames, "size": size}
+    for shape, fps in (("images", None), ("video", frames / 10.0)):
+        prompt = plan_requests(random_tree(1, 2), config)[0].prompt
+        job = CaptionJob("k", prompt, [picture] * frames, 1, fps)
+        inputs = captioner.encode([job])
+        ids, kinds = inputs["input_ids"][0], inputs["mm_token_type_ids"][0]
+        text = tokenizer.decode(ids)
+        counts[shape] = {
+            "total": int(ids.numel()),
+            "vision": int((kinds > 0).sum()),
+            "vision_start_end": 2 * int((ids == starts).sum()),
+            "timestamps": text.count(" seconds>"),
+        }
+    return counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
@@ -166,7 +200,12 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16, help="transformers batch")
     parser.add_argument("--tiny", action="store_true", help="tiny model on CPU (smoke run)")
+    parser.add_argument("--frames-as", choices=["video", "images"], default="video")
+    parser.add_argument("--count-tokens", action="store_true", help="prompt tokens only (CPU)")
     args = parser.parse_args()
+    if args.count_tokens:
+        print(json.dumps(count_tokens(args.frames, args.size), indent=1))
+        return
 
     import torch
 
@@ -188,6 +227,7 @@ def main() -> None:
         max_new_tokens=args.max_new_tokens,
         concurrency=args.batch_size,
         device="cpu" if args.tiny else "cuda",
+        frames_as=args.frames_as,
     )
     tree = random_tree(args.minutes, args.nodes_per_minute)
     plans = plan_requests(tree, config)
@@ -199,6 +239,7 @@ def main() -> None:
             plan.prompt,
             [palette[rng.integers(64)] for _ in plan.times],
             args.max_new_tokens,
+            plan.fps,
         )
         for plan in plans
     ]

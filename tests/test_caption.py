@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from caption_helpers import ONE_PER_NODE, VIDEO_ID, prepared, read_captions, scene_tree
 
 from action100m.config import CaptionConfig, load_settings
-from action100m.errors import VideoError
+from action100m.errors import ConfigError, VideoError
 from action100m.models.captioner import CaptionJob, make_captioner
 from action100m.models.qwen3vl import TransformersCaptioner
 from action100m.pipeline import run_caption
 from action100m.stages import caption_requests
 from action100m.stages.caption_requests import plan_requests, segment_times
+from action100m.stages.outputs import stage_key
 from action100m.stages.publish import build_document
 from action100m.store import ArtifactStore
 
@@ -29,12 +32,15 @@ class Spy:
 
         def encode(batch: list[CaptionJob]) -> Any:
             inputs = real(batch)
+            kinds = inputs["mm_token_type_ids"]
             self.batches.append(
                 {
                     "prompts": [job.prompt for job in batch],
                     "frames": [len(job.frames) for job in batch],
-                    "grids": inputs["image_grid_thw"].tolist(),
-                    "image_tokens": inputs["mm_token_type_ids"].sum(-1).tolist(),
+                    "grids": inputs.get("image_grid_thw", torch.empty(0, 3)).tolist(),
+                    "video_grids": inputs.get("video_grid_thw", torch.empty(0, 3)).tolist(),
+                    "image_tokens": (kinds == 1).sum(-1).tolist(),
+                    "video_tokens": (kinds == 2).sum(-1).tolist(),
                 }
             )
             return inputs
@@ -91,6 +97,37 @@ def test_32_frames_of_320_reach_the_model_as_32_images_of_320(tiny_settings: Any
     assert int(inputs["mm_token_type_ids"].sum()) == 32 * 100  # 20x20 patches merged 2x2
 
 
+def test_32_frames_of_320_reach_the_model_as_one_video_of_16_frame_pairs(
+    tiny_settings: Any,
+) -> None:
+    config = tiny_settings.caption.model_copy(update={"size": 320, "frames": 32})
+    captioner = TransformersCaptioner(config)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (320, 320, 3), dtype=np.uint8) for _ in range(32)]
+    inputs = captioner.encode([CaptionJob("k", "Describe the clip.", frames, 4, fps=3.2)])
+    assert "image_grid_thw" not in inputs
+    assert inputs["video_grid_thw"].tolist() == [[16, 20, 20]]
+    assert int((inputs["mm_token_type_ids"] == 2).sum()) == 16 * 100  # a pair of 20x20 merged 2x2
+    expected = _video_patches(frames, captioner.image_processor)
+    assert torch.allclose(inputs["pixel_values_videos"], expected, atol=1e-5)
+    text = captioner.tokenizer.decode(inputs["input_ids"][0])
+    stamps = [float(t) for t in re.findall(r"<([0-9.]+) seconds>", text)]
+    assert stamps == [round((2 * i + 0.5) / 3.2, 1) for i in range(16)]  # each pair's mean time
+
+
+def _video_patches(frames: list[np.ndarray], processor: Any) -> torch.Tensor:
+    """Qwen3-VL's video patch layout written out: (pair, block row, block column, row, column)
+    rows of (channel, frame in pair, y, x) values of the normalised frames."""
+    mean, std = np.asarray(processor.image_mean), np.asarray(processor.image_std)
+    video = np.stack([(f / 255.0 - mean) / std for f in frames]).transpose(0, 3, 1, 2)
+    pairs, side, patch, merge = len(frames) // 2, frames[0].shape[0], 16, 2
+    blocks = side // patch // merge
+    shaped = torch.tensor(video, dtype=torch.float32).view(
+        pairs, 2, 3, blocks, merge, patch, blocks, merge, patch
+    )
+    return shaped.permute(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(-1, 3 * 2 * patch * patch)
+
+
 def test_captions_every_node_with_the_right_frames(
     store: ArtifactStore, scene_video: tuple[Path, list[float]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -107,11 +144,17 @@ def test_captions_every_node_with_the_right_frames(
         assert entry["frames"] == (1 if node.is_leaf else 8)
         assert entry["tokens_in"] > 0 and 0 < entry["tokens_out"] <= 16
         assert (entry["caption"] is None) == (entry["error"] == "empty caption")
-    # Leaves and segments are batched apart; every image is 64x64 -> 4x4 patches, 4 tokens.
+    # Leaves and segments are batched apart; every frame is 64x64 -> 4x4 patches, 4 tokens: a
+    # leaf's one image, a segment's 8 frames as one video of 4 pairs.
     for batch in spy.batches:
         assert len(set(batch["frames"])) == 1
-        assert all(grid == [1, 4, 4] for grid in batch["grids"])
-        assert batch["image_tokens"] == [4 * n for n in batch["frames"]]
+        if batch["frames"][0] == 1:
+            assert batch["grids"] == [[1, 4, 4]] * len(batch["frames"])
+            assert batch["image_tokens"] == [4] * len(batch["frames"])
+        else:
+            assert batch["grids"] == [] and batch["image_tokens"] == [0] * len(batch["frames"])
+            assert batch["video_grids"] == [[4, 4, 4]] * len(batch["frames"])
+            assert batch["video_tokens"] == [4 * 4] * len(batch["frames"])
     assert sorted(n for b in spy.batches for n in b["frames"]) == [1, 1, 1, 8, 8]
     document = build_document(settings, store, VIDEO_ID)
     kinds = [node["caption_kind"] for node in document["nodes"]]
@@ -183,3 +226,37 @@ def test_overlapping_tasks_keep_each_others_cached_answers(store: ArtifactStore)
     first.flush()
     assert set(store.read_json(uri)) == {"a", "b", "c"}
     assert "b" in first and store.read_json(uri)["a"] == {"caption": "from the first task"}
+
+
+def test_frames_as_video_changes_the_segment_requests_and_images_keeps_the_old_keys() -> None:
+    tree = scene_tree("unused.mp4")
+    video = load_settings(profile="tiny", environ={}).caption
+    overrides = {"caption": {"frames_as": "images"}}
+    images = load_settings(profile="tiny", environ={}, overrides=overrides)
+    assert video.frames_as == "video"
+    # Stores made before the setting existed sent images: their stage key stays what it was.
+    assert "frames_as" not in images.caption.identity()
+    assert video.identity() == {**images.caption.identity(), "frames_as": "video"}
+    default = load_settings(profile="tiny", environ={})
+    assert stage_key(images, "caption") != stage_key(default, "caption")
+    as_video, as_images = plan_requests(tree, video), plan_requests(tree, images.caption)
+    for sent, before in zip(as_video, as_images, strict=True):
+        assert (sent.key == before.key) == (sent.kind == "frame") and before.fps is None
+        if sent.kind == "frame":
+            assert sent.fps is None  # a leaf's middle frame stays an image
+        else:
+            assert sent.fps == pytest.approx(video.frames / tree[sent.node_id].duration)
+
+
+@pytest.mark.parametrize(
+    ("caption", "problem"),
+    [({"frames_as": "gif"}, "frames_as"), ({"frames": 1}, "needs caption.frames >= 2")],
+)
+def test_frames_as_is_validated(caption: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        load_settings(environ={}, overrides={"caption": caption})
+
+
+def test_one_frame_per_segment_is_fine_as_an_image() -> None:
+    overrides = {"caption": {"frames": 1, "frames_as": "images"}}
+    assert load_settings(environ={}, overrides=overrides).caption.frames == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from action100m.errors import ServiceError
 from action100m.frames import read_frames_at
 from action100m.models import vlm_server as backend
 from action100m.pipeline import run_caption
+from action100m.stages.caption_requests import segment_times
 from action100m.stages.outputs import stage_key
 from action100m.store import ArtifactStore
 
@@ -31,12 +33,15 @@ def always(reply: Reply) -> Any:
     return lambda request, attempt: reply
 
 
+@pytest.mark.parametrize("frames_as", ["video", "images"])
 def test_sends_one_image_per_leaf_and_evenly_spaced_frames_per_segment(
-    store: ArtifactStore, scene_video: tuple[Path, list[float]]
+    store: ArtifactStore, scene_video: tuple[Path, list[float]], frames_as: str
 ) -> None:
     video = scene_video[0]
     with scripted_server(always(Reply("a red square"))) as server:
-        settings, tree = server_settings(store, video, server.url, size=96, frames=6)
+        settings, tree = server_settings(
+            store, video, server.url, size=96, frames=6, frames_as=frames_as
+        )
         run_caption(settings, store, VIDEO_ID)
     captions = read_captions(settings, store)["nodes"]
     assert len(server.requests) == len(tree)
@@ -53,17 +58,26 @@ def test_sends_one_image_per_leaf_and_evenly_spaced_frames_per_segment(
         else:
             times = [node.start + (i + 0.5) * node.duration / 6 for i in range(6)]
             prompt = next(p for p in by_prompt if f"{node.duration:.1f}-second" in p)
-        (request,) = [r for r in by_prompt[prompt] if _same_frames(r, video, times)]
-        assert request.image_sizes == [(96, 96)] * len(times)
-        assert entry["tokens_in"] == 10 + 100 * len(times)
+        as_video = frames_as == "video" and not node.is_leaf
+        (request,) = [r for r in by_prompt[prompt] if _same_frames(r, video, times, as_video)]
+        if as_video:  # one video of the span's frames at the span's rate, none re-sampled
+            assert request.image_sizes == [] and len(request.video_thumbnails) == 6
+            assert request.video_fps == pytest.approx(6 / node.duration, rel=1e-3)
+            assert request.processor_kwargs == {"do_sample_frames": False}
+            assert entry["tokens_in"] == 10 + 50 * len(times)
+        else:
+            assert request.image_sizes == [(96, 96)] * len(times)
+            assert request.video_thumbnails == [] and request.processor_kwargs == {}
+            assert entry["tokens_in"] == 10 + 100 * len(times)
 
 
-def _same_frames(request: Recorded, video: Path, times: list[float]) -> bool:
+def _same_frames(request: Recorded, video: Path, times: list[float], as_video: bool) -> bool:
     """The request carried the frames shown at ``times``, in order (JPEG-tolerant)."""
     expected = [thumbnail(f) for f in read_frames_at(str(video), "v", times, (96, 96))]
-    if len(expected) != len(request.thumbnails):
+    sent = request.video_thumbnails if as_video else request.thumbnails
+    if len(expected) != len(sent):
         return False
-    return bool(np.allclose(request.thumbnails, expected, atol=12.0))
+    return bool(np.allclose(sent, expected, atol=12.0))
 
 
 def test_5xx_is_retried_then_fails_the_task_and_the_retry_asks_only_for_it(
@@ -166,17 +180,16 @@ def test_a_response_failing_validation_is_a_transient_node_failure(
 ) -> None:
     import httpx2
     import openai
-    from openai.resources.chat.completions import Completions
 
-    real = Completions.create
+    real = backend.ServerCaptioner.send
 
-    def invalid_for_the_root(self: Any, **options: Any) -> Any:
-        if ROOT in options["messages"][-1]["content"][-1]["text"]:
+    def invalid_for_the_root(self: Any, body: bytes) -> Any:
+        if ROOT.encode() in body:
             response = httpx2.Response(200, request=httpx2.Request("POST", "http://server/v1"))
             raise openai.APIResponseValidationError(response=response, body={})
-        return real(self, **options)
+        return real(self, body)
 
-    monkeypatch.setattr(Completions, "create", invalid_for_the_root)
+    monkeypatch.setattr(backend.ServerCaptioner, "send", invalid_for_the_root)
     with scripted_server(always(Reply("fine"))) as server:
         settings, _ = server_settings(store, scene_video[0], server.url)
         with pytest.raises(ServiceError, match="1 of 5 nodes.*malformed response"):
@@ -288,14 +301,19 @@ def test_the_default_settings_send_32_frames_of_320_per_segment_and_one_per_leaf
         tree = scene_tree(str(scene_video[0]))
         write_tree(settings, store, tree)
         run_caption(settings, store, VIDEO_ID)
-    # The release's fields: a leaf's middle frame, every node's clip and its action label.
-    sizes = sorted((len(r.image_sizes), set(r.image_sizes)) for r in server.requests)
+    # The release's fields: a leaf's middle frame, every node's clip and its action label, the
+    # clips as one video each.
+    sizes = sorted((len(r.image_sizes), len(r.video_thumbnails)) for r in server.requests)
     leaves = len(tree.leaves())
-    assert sizes == [(1, {(320, 320)})] * leaves + [(32, {(320, 320)})] * (2 * len(tree))
+    assert sizes == [(0, 32)] * (2 * len(tree)) + [(1, 0)] * leaves
+    assert {size for r in server.requests for size in r.image_sizes} == {(320, 320)}
     actions = [r for r in server.requests if "short verb phrase" in r.prompt]
     assert len(actions) == len(tree)
+    root = [r for r in server.requests if ROOT in r.prompt]
+    times = segment_times(tree.root, 32)
+    assert root and all(_same_frames(r, scene_video[0], times, as_video=True) for r in root)
     for request in server.requests:
-        assert ("32 frames" in request.prompt) == (len(request.image_sizes) == 32)
+        assert ("32 frames" in request.prompt) == (len(request.video_thumbnails) == 32)
         wanted = defaults.action_max_new_tokens if request in actions else defaults.max_new_tokens
         assert request.max_tokens == wanted
     nodes = read_captions(settings, store)["nodes"]
@@ -313,3 +331,11 @@ def test_caption_concurrency_is_reached_and_never_exceeded(
         run_caption(settings, store, VIDEO_ID)
     assert len(server.requests) == len(tree)
     assert server.max_in_flight == 2
+
+
+def test_a_body_with_spliced_frames_is_the_json_of_the_whole_body() -> None:
+    body = {"parts": [{"url": f"data:a;base64,{backend.SLOT}"}, f"b,{backend.SLOT}"], "t": 'é "q"'}
+    whole = {"parts": [{"url": "data:a;base64,QUJD"}, "b,REVG"], "t": 'é "q"'}
+    assert json.loads(backend.spliced(body, [b"QUJD", b"REVG"])) == whole
+    with pytest.raises(ValueError):  # a payload short: never a body with a slot left in it
+        backend.spliced(body, [b"QUJD"])

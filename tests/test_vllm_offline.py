@@ -26,6 +26,7 @@ from action100m.store import ArtifactStore
 
 ROOT = "12.0-second"  # in the root node's prompt only
 PLACEHOLDER = "<|image_pad|>"
+VIDEO_PLACEHOLDER = "<|video_pad|>"
 QWEN3_VL_FACTOR = 32  # patch 16 x spatial merge 2: image sides are multiples of this
 
 
@@ -39,7 +40,13 @@ class SamplingParams:
 class Prompt:
     text: str
     images: list[Any]
+    video: tuple[Any, dict[str, Any]] | None  # frames array and metadata
+    processor: dict[str, Any]  # the prompt's mm_processor_kwargs
     sampling: SamplingParams
+
+    @property
+    def frames(self) -> int:
+        return len(self.video[0]) if self.video is not None else len(self.images)
 
 
 @dataclass
@@ -61,10 +68,8 @@ class StandInVLLM:
             ) -> str:
                 assert tokenize is False and add_generation_prompt is True
                 (turn,) = messages
-                parts = [
-                    PLACEHOLDER if part["type"] == "image" else part["text"]
-                    for part in turn["content"]
-                ]
+                marks = {"image": PLACEHOLDER, "video": VIDEO_PLACEHOLDER}
+                parts = [marks.get(part["type"]) or part["text"] for part in turn["content"]]
                 return f"<|user|>{''.join(parts)}<|assistant|>"
 
         class LLM:
@@ -79,7 +84,13 @@ class StandInVLLM:
             ) -> list[Any]:
                 assert len(prompts) == len(sampling) and use_tqdm is False
                 call = [
-                    Prompt(p["prompt"], p["multi_modal_data"]["image"], s)
+                    Prompt(
+                        p["prompt"],
+                        p["multi_modal_data"].get("image", []),
+                        (p["multi_modal_data"].get("video") or [None])[0],
+                        p.get("mm_processor_kwargs", {}),
+                        s,
+                    )
                     for p, s in zip(prompts, sampling, strict=True)
                 ]
                 stand_in.calls.append(call)
@@ -87,10 +98,10 @@ class StandInVLLM:
                     raise ValueError("prompt is longer than the model's context")
                 return [
                     types.SimpleNamespace(
-                        prompt_token_ids=list(range(10 + 100 * len(p.images))),
+                        prompt_token_ids=list(range(10 + (50 if p.video else 100) * p.frames)),
                         outputs=[
                             types.SimpleNamespace(
-                                text=f" {len(p.images)} frames seen \n", token_ids=[1, 2, 3]
+                                text=f" {p.frames} frames seen \n", token_ids=[1, 2, 3]
                             )
                         ],
                     )
@@ -115,9 +126,9 @@ def vllm(monkeypatch: pytest.MonkeyPatch) -> StandInVLLM:
     return stand_in
 
 
-def vllm_settings(store: ArtifactStore, video: Path) -> Any:
+def vllm_settings(store: ArtifactStore, video: Path, frames_as: str = "video") -> Any:
     """The paper's caption settings (32 frames of 320 x 320) on the ``vllm`` backend."""
-    overrides = {"caption": {"backend": "vllm", **ONE_PER_NODE}}
+    overrides = {"caption": {"backend": "vllm", "frames_as": frames_as, **ONE_PER_NODE}}
     settings = load_settings(store=store.root, environ={}, overrides=overrides)
     write_tree(settings, store, scene_tree(str(video)))
     return settings
@@ -141,49 +152,76 @@ def test_importing_the_backend_does_not_import_vllm(
     assert sorted(vllm.names_taken) == ["LLM", "SamplingParams"]
 
 
+@pytest.mark.parametrize("frames_as", ["video", "images"])
 def test_engine_settings_keep_32_frames_of_320_and_sampling_is_greedy(
-    vllm: StandInVLLM, store: ArtifactStore, scene_video: tuple[Path, list[float]]
+    vllm: StandInVLLM, store: ArtifactStore, scene_video: tuple[Path, list[float]], frames_as: str
 ) -> None:
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
-
-    settings = vllm_settings(store, scene_video[0])
+    settings = vllm_settings(store, scene_video[0], frames_as)
     config = settings.caption
     assert (config.frames, config.size, config.max_new_tokens) == (32, 320, 1024)
     run_caption(settings, store, VIDEO_ID)
 
     (options,) = vllm.engine_options
     assert options["model"] == config.model
-    assert options["limit_mm_per_prompt"] == {"image": 32}
-    # The processor's pixel budget is pinned to 320 x 320: a frame is neither shrunk to fit a
-    # smaller budget nor grown to a larger minimum, so it reaches the model as it was decoded.
-    budget = options["mm_processor_kwargs"]["size"]
-    assert budget == {"shortest_edge": 320 * 320, "longest_edge": 320 * 320}
-    resized = smart_resize(
-        320,
-        320,
-        factor=QWEN3_VL_FACTOR,
-        min_pixels=budget["shortest_edge"],
-        max_pixels=budget["longest_edge"],
-    )
-    assert resized == (320, 320)
+    assert options["limit_mm_per_prompt"] == {"image": 32, "video": 1}
     tokens_per_frame = (320 // QWEN3_VL_FACTOR) ** 2
     assert options["max_model_len"] >= 32 * tokens_per_frame + config.max_new_tokens
 
     (call,) = vllm.calls  # the whole video's requests in one engine call
     tree = scene_tree(str(scene_video[0]))
     assert len(call) == len(tree)
+    as_video = frames_as == "video"
     for prompt in call:
-        count = 1 if "image in detail" in prompt.text else 32
-        assert len(prompt.images) == count and prompt.text.count(PLACEHOLDER) == count
-        assert {image.size for image in prompt.images} == {(320, 320)}
-        assert {image.mode for image in prompt.images} == {"RGB"}
+        leaf = "image in detail" in prompt.text
+        assert prompt.frames == (1 if leaf else 32)
+        if as_video and not leaf:
+            _check_video(prompt, tree)
+        else:
+            _check_images(prompt)
         assert prompt.sampling == SamplingParams(temperature=0.0, max_tokens=1024)
     captions = read_captions(settings, store)["nodes"]
     for node in tree.nodes:
         entry = captions[node.node_id]
         frames = 1 if node.is_leaf else 32
+        per_frame = 50 if as_video and not node.is_leaf else 100
         assert entry["caption"] == f"{frames} frames seen" and entry["error"] is None
-        assert (entry["tokens_in"], entry["tokens_out"]) == (10 + 100 * frames, 3)
+        assert (entry["tokens_in"], entry["tokens_out"]) == (10 + per_frame * frames, 3)
+
+
+def _check_images(prompt: Prompt) -> None:
+    """One placeholder per frame, PIL images of 320 x 320, and a pixel budget pinned to exactly
+    that: a frame is neither shrunk to fit a smaller budget nor grown to a larger minimum."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    assert prompt.video is None and prompt.text.count(PLACEHOLDER) == len(prompt.images)
+    assert {image.size for image in prompt.images} == {(320, 320)}
+    assert {image.mode for image in prompt.images} == {"RGB"}
+    budget = prompt.processor["size"]
+    resized = smart_resize(
+        320, 320, factor=QWEN3_VL_FACTOR, min_pixels=budget["shortest_edge"],
+        max_pixels=budget["longest_edge"],
+    )  # fmt: skip
+    assert resized == (320, 320)
+
+
+def _check_video(prompt: Prompt, tree: Any) -> None:
+    """One video placeholder, the 32 frames as one array with the metadata Qwen3-VL's processor
+    times them by, no re-sampling, and the whole clip's pixel budget pinned to 32 x 320 x 320."""
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize
+
+    assert prompt.images == [] and prompt.text.count(VIDEO_PLACEHOLDER) == 1
+    frames, metadata = prompt.video or (None, {})
+    assert frames.shape == (32, 320, 320, 3) and frames.dtype.name == "uint8"
+    spans = [n.duration for n in tree.nodes if f"{n.duration:.1f}-second" in prompt.text]
+    assert any(metadata["fps"] == pytest.approx(32 / seconds) for seconds in spans)
+    assert metadata["frames_indices"] == list(range(32)) and metadata["total_num_frames"] == 32
+    assert metadata["do_sample_frames"] is False and prompt.processor["do_sample_frames"] is False
+    budget = prompt.processor["size"]
+    resized = smart_resize(
+        32, 320, 320, temporal_factor=2, factor=QWEN3_VL_FACTOR,
+        min_pixels=budget["shortest_edge"], max_pixels=budget["longest_edge"],
+    )  # fmt: skip
+    assert resized == (320, 320)
 
 
 def test_a_failing_engine_call_is_retried_one_request_at_a_time(

@@ -1,7 +1,7 @@
 """A scripted OpenAI-compatible chat completions server on loopback, for the vllm-server backend.
 
-It records every request (prompt text, max_tokens, each image decoded to its size and mean colour)
-and answers according to a script: a function of the recorded request and how many times that
+It records every request (prompt text, max_tokens, each image decoded to its size and mean colour,
+a video part decoded to its frames and frame rate, the ``mm_processor_kwargs``) and answers according to a script: a function of the recorded request and how many times that
 same request has been seen, returning a ``Reply``: a caption, an HTTP status, a hang, or a raw
 body sent as is with HTTP 200 (a malformed or choice-less answer). ``max_in_flight`` is the most
 completion requests it was answering at once (a ``Reply(hang=...)`` makes them overlap).
@@ -42,10 +42,23 @@ class Recorded:
     temperature: float | None
     image_sizes: list[tuple[int, int]]
     thumbnails: list[list[float]]  # each image shrunk to 4x4 RGB: which frame it was
+    video_thumbnails: list[list[float]] = field(default_factory=list)  # the video's frames, so
+    video_fps: float | None = None  # the frame rate its container declares
+    processor_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def signature(self) -> str:
-        return json.dumps([self.prompt, self.thumbnails])
+        return json.dumps([self.prompt, self.thumbnails, self.video_thumbnails])
+
+
+def decode_video(url: str) -> tuple[list[np.ndarray], float]:
+    """A ``data:video/...;base64`` URL's frames, in order, and the stream's frame rate."""
+    import av
+
+    with av.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as container:
+        stream = container.streams.video[0]
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+        return frames, float(stream.average_rate or 0)
 
 
 def thumbnail(frame: np.ndarray) -> list[float]:
@@ -73,12 +86,16 @@ class ScriptedServer:
 
     def record(self, body: dict[str, Any]) -> Recorded:
         sizes, thumbnails, prompt = [], [], ""
+        video: list[np.ndarray] = []
+        fps = None
         for part in body["messages"][-1]["content"]:
             if part["type"] == "image_url":
                 data = part["image_url"]["url"].split(",", 1)[1]
                 image = Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
                 sizes.append(image.size)
                 thumbnails.append(thumbnail(np.asarray(image)))
+            elif part["type"] == "video_url":
+                video, fps = decode_video(part["video_url"]["url"])
             elif part["type"] == "text":
                 prompt = part["text"]
         return Recorded(
@@ -88,6 +105,9 @@ class ScriptedServer:
             body.get("temperature"),
             sizes,
             thumbnails,
+            [thumbnail(frame) for frame in video],
+            fps,
+            body.get("mm_processor_kwargs", {}),
         )
 
 
@@ -154,7 +174,9 @@ def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
                         }
                     ],
                     "usage": {
-                        "prompt_tokens": 10 + 100 * len(request.image_sizes),
+                        "prompt_tokens": 10
+                        + 100 * len(request.image_sizes)
+                        + 50 * len(request.video_thumbnails),
                         "completion_tokens": len(reply.text.split()),
                         "total_tokens": 0,
                     },

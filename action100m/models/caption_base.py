@@ -28,6 +28,9 @@ class CaptionJob:
     prompt: str
     frames: list[np.ndarray]  # H x W x 3 uint8, already resized to the captioning size
     max_new_tokens: int
+    # Frames per second of the clip when the frames go in as one video (evenly spaced over the
+    # span, so the model's timestamps are the clip's); None: each frame is a separate image.
+    fps: float | None = None
 
 
 @dataclass(frozen=True)
@@ -51,10 +54,12 @@ class Captioner(Protocol):
     def run(self, jobs: Iterable[CaptionJob]) -> Iterator[tuple[CaptionJob, CaptionOutcome]]: ...
 
 
-def chat_messages(prompt: str, images: list[Any]) -> list[dict[str, Any]]:
-    """One user turn: the images in order, then the prompt (Qwen's chat templates take the
-    ``{"type": "image"}`` parts and emit one vision placeholder each)."""
-    content: list[dict[str, Any]] = [{"type": "image", "image": image} for image in images]
+def chat_messages(prompt: str, images: list[Any], video: bool = False) -> list[dict[str, Any]]:
+    """One user turn: the images in order (or one video part), then the prompt (Qwen's chat
+    templates emit one vision placeholder per ``image`` part and one per ``video`` part)."""
+    content: list[dict[str, Any]] = (
+        [{"type": "video"}] if video else [{"type": "image", "image": image} for image in images]
+    )
     content.append({"type": "text", "text": prompt})
     return [{"role": "user", "content": content}]
 
@@ -68,12 +73,14 @@ def clean_caption(text: str | None) -> str | None:
 def batched_by_frame_count(
     jobs: Iterable[CaptionJob], batch_size: int
 ) -> Iterator[list[CaptionJob]]:
-    """Groups of up to ``batch_size`` jobs with the same number of frames (leaves with leaves,
-    segments with segments), so padded batches stay tight; partial groups come out at the end."""
-    pending: dict[int, list[CaptionJob]] = {}
+    """Groups of up to ``batch_size`` jobs with the same number of frames, sent the same way
+    (leaves with leaves, segments with segments), so padded batches stay tight; partial groups
+    come out at the end."""
+    pending: dict[tuple[int, bool], list[CaptionJob]] = {}
     for job in jobs:
-        group = pending.setdefault(len(job.frames), [])
+        shape = (len(job.frames), job.fps is not None)
+        group = pending.setdefault(shape, [])
         group.append(job)
         if len(group) >= batch_size:
-            yield pending.pop(len(job.frames))
+            yield pending.pop(shape)
     yield from pending.values()

@@ -1,11 +1,13 @@
 """Qwen3-VL in-process through transformers: load once, greedy generation in padded batches.
 
 The model's own processor cannot be used here: it builds Qwen3-VL's video processor, which needs
-torchvision. Every frame goes in as an image through the PIL image processor of Qwen2-VL (the same
-patching Qwen3-VL uses), with its pixel budget pinned to exactly ``size x size`` so a 320x320
-frame reaches the model at 320x320: the default budget would upscale small frames (the minimum is
-256x256) and the video path would resample frames by fps. The prompt is built as the processor
-would: one ``<|image_pad|>`` per merged patch, and ``mm_token_type_ids`` marking them for M-RoPE.
+torchvision. Every frame goes through the PIL image processor of Qwen2-VL (the same patching
+Qwen3-VL uses), with its pixel budget pinned to exactly ``size x size`` so a 320x320 frame reaches
+the model at 320x320: the default budget would upscale small frames (the minimum is 256x256). A
+job with ``fps`` (``caption.frames_as=video``) is one video, its frames paired into temporal
+patches (:mod:`action100m.models.qwen3vl_video`), never re-sampled. The prompt is built as the
+processor would: one ``<|image_pad|>`` per merged patch of an image, the timestamped
+``<|video_pad|>`` groups of a video, and ``mm_token_type_ids`` marking them (1, 2) for M-RoPE.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from action100m.config import CaptionConfig
+from action100m.config import TINY_PREFIX, CaptionConfig
 from action100m.models import pick_device, quiet_transformers, resolve_model
 from action100m.models.caption_base import (
     CaptionJob,
@@ -23,6 +25,12 @@ from action100m.models.caption_base import (
     batched_by_frame_count,
     chat_messages,
     clean_caption,
+)
+from action100m.models.qwen3vl_video import (
+    VIDEO_PART,
+    VIDEO_TOKEN,
+    video_patches,
+    video_placeholder,
 )
 
 log = logging.getLogger(__name__)
@@ -35,7 +43,7 @@ SPECIAL_TOKENS = [
     "<|vision_start|>",
     "<|vision_end|>",
     IMAGE_TOKEN,
-    "<|video_pad|>",
+    VIDEO_TOKEN,
 ]
 # Qwen's chat format, for the tiny tokenizer and for checkpoints that ship no template.
 CHAT_TEMPLATE = (
@@ -43,6 +51,7 @@ CHAT_TEMPLATE = (
     "{%- if message.content is string -%}{{ message.content }}{%- else -%}"
     "{%- for part in message.content -%}"
     "{%- if part.type == 'image' -%}<|vision_start|><|image_pad|><|vision_end|>"
+    "{%- elif part.type == 'video' -%}<|vision_start|><|video_pad|><|vision_end|>"
     "{%- elif part.type == 'text' -%}{{ part.text }}{%- endif -%}"
     "{%- endfor -%}{%- endif -%}<|im_end|>\n{% endfor -%}"
     "{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}"
@@ -118,7 +127,7 @@ def build_tiny_qwen3vl(path: Path) -> None:
             "deepstack_visual_indexes": [0, 1],
         },
         image_token_id=ids[IMAGE_TOKEN],
-        video_token_id=ids["<|video_pad|>"],
+        video_token_id=ids[VIDEO_TOKEN],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False,
@@ -157,8 +166,8 @@ class TransformersCaptioner:
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         path = resolve_model(config.model, {"qwen3vl": build_tiny_qwen3vl})
         self.tokenizer: Any = AutoTokenizer.from_pretrained(path, padding_side="left")
-        if not self.tokenizer.chat_template:
-            self.tokenizer.chat_template = CHAT_TEMPLATE
+        if not self.tokenizer.chat_template or config.model.startswith(TINY_PREFIX):
+            self.tokenizer.chat_template = CHAT_TEMPLATE  # a tiny one cached before videos too
         self.image_processor = Qwen2VLImageProcessorPil.from_pretrained(path)
         factor = self.image_processor.patch_size * self.image_processor.merge_size
         side = pinned_side(config.size, factor)
@@ -170,9 +179,11 @@ class TransformersCaptioner:
                 side,
             )
         self.pixels = {"shortest_edge": side * side, "longest_edge": side * side}
+        self.temporal = int(self.image_processor.temporal_patch_size)  # frames per video patch
         loaded: Any = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
         self.net: Any = loaded.to(self.device).eval()
         self.image_token_id = self.token_id(IMAGE_TOKEN)
+        self.video_token_id = self.token_id(VIDEO_TOKEN)
         self.eos_ids: set[int] = set(_as_list(self.net.generation_config.eos_token_id))
         self.eos_ids.add(self.token_id("<|im_end|>"))
         log.info("captioner %s loaded on %s (%s)", config.model, self.device, dtype)
@@ -195,27 +206,57 @@ class TransformersCaptioner:
             yield from zip(batch, outcomes, strict=True)
 
     def encode(self, batch: list[CaptionJob]) -> Any:
-        """Token ids, attention mask, ``mm_token_type_ids`` and pixel patches for a batch."""
-        images = [frame for job in batch for frame in job.frames]
-        vision = self.image_processor(images=images, size=self.pixels, return_tensors="pt")
-        merge = self.image_processor.merge_size**2
-        tokens_per_image = iter((vision["image_grid_thw"].prod(-1) // merge).tolist())
-        texts = []
-        for job in batch:
-            text = self.tokenizer.apply_chat_template(
-                chat_messages(job.prompt, [None] * len(job.frames)),
-                tokenize=False,
-                add_generation_prompt=True,
+        """Token ids, attention mask, ``mm_token_type_ids``, image and video patches for a batch."""
+        import torch
+
+        vision: dict[str, Any] = {}
+        images = [frame for job in batch if job.fps is None for frame in job.frames]
+        if images:
+            vision.update(
+                self.image_processor(images=images, size=self.pixels, return_tensors="pt")
             )
-            pieces = text.split(IMAGE_TOKEN)
-            expanded = [pieces[0]]
-            for piece in pieces[1:]:
-                expanded.append(IMAGE_TOKEN * next(tokens_per_image) + piece)
-            texts.append("".join(expanded))
+        videos = [self.video_inputs(job) for job in batch if job.fps is not None]
+        if videos:
+            vision["pixel_values_videos"] = torch.cat([patches for patches, _ in videos])
+            vision["video_grid_thw"] = torch.tensor([grid for _, grid in videos])
+        merge = self.image_processor.merge_size**2
+        image_tokens = iter((vision["image_grid_thw"].prod(-1) // merge).tolist() if images else [])
+        video_tokens = iter([rows * columns // merge for _, [_, rows, columns] in videos])
+        texts = [self.prompt_text(job, image_tokens, video_tokens) for job in batch]
         inputs = self.tokenizer(texts, return_tensors="pt", padding=True)
-        inputs["mm_token_type_ids"] = (inputs["input_ids"] == self.image_token_id).long()
+        ids = inputs["input_ids"]
+        kinds = (ids == self.image_token_id).long() + 2 * (ids == self.video_token_id).long()
+        inputs["mm_token_type_ids"] = kinds
         inputs.update(vision)
         return inputs.to(self.device)
+
+    def prompt_text(
+        self, job: CaptionJob, image_tokens: Iterator[int], video_tokens: Iterator[int]
+    ) -> str:
+        """The chat-formatted prompt with every vision placeholder expanded to its tokens."""
+        video = job.fps is not None
+        text: str = self.tokenizer.apply_chat_template(
+            chat_messages(job.prompt, [None] * len(job.frames), video=video),
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        if job.fps is not None:
+            if VIDEO_PART not in text:
+                raise ValueError(
+                    f"the chat template of {self.model} has no video part: "
+                    "set caption.frames_as=images"
+                )
+            pairs = video_placeholder(len(job.frames), next(video_tokens), job.fps, self.temporal)
+            return text.replace(VIDEO_PART, pairs, 1)
+        pieces = text.split(IMAGE_TOKEN)
+        return pieces[0] + "".join(IMAGE_TOKEN * next(image_tokens) + p for p in pieces[1:])
+
+    def video_inputs(self, job: CaptionJob) -> tuple[Any, list[int]]:
+        """One video's patches and its (pairs, rows, columns) grid."""
+        frames = self.image_processor(images=job.frames, size=self.pixels, return_tensors="pt")
+        _, rows, columns = frames["image_grid_thw"][0].tolist()
+        patches = video_patches(frames["pixel_values"], len(job.frames), self.temporal)
+        return patches, [-(-len(job.frames) // self.temporal), rows, columns]
 
     def generate(self, batch: list[CaptionJob]) -> list[CaptionOutcome]:
         import torch

@@ -1,7 +1,8 @@
 """Stage 2: a caption for every node of the segment tree (docs/architecture.md).
 
 Leaves get their middle frame with an image prompt, other nodes ``caption.frames`` evenly spaced
-frames with a video prompt, all ``caption.size`` square. Frames are read from the source video in
+frames with a video prompt (as one video, or as images: ``caption.frames_as``), all
+``caption.size`` square. Frames are read from the source video in
 one seeking pass; the backend (vLLM server, vLLM engine, transformers) captions them as they come.
 A node that fails for good (unreadable frame, a rejected request, an empty answer after retries)
 records its error and the video goes on. A node whose last try still met a service failure (5xx,

@@ -52,6 +52,7 @@ class NodeRequest:
     times: tuple[float, ...]
     key: str
     max_new_tokens: int
+    fps: float | None = None  # the frames as one video at this rate; None: separate images
 
 
 def segment_times(node: Node, count: int) -> list[float]:
@@ -61,20 +62,25 @@ def segment_times(node: Node, count: int) -> list[float]:
     return [round(node.start + (i + 0.5) * step, 3) for i in range(count)]
 
 
-def request_key(config: CaptionConfig, prompt: str, times: list[float], tokens: int) -> str:
-    identity = {
+def request_key(
+    config: CaptionConfig, prompt: str, times: list[float], tokens: int, video: bool = False
+) -> str:
+    identity: dict[str, Any] = {
         "model": config.model,
         "prompt": prompt,
         "times": times,
         "size": config.size,
         "max_new_tokens": tokens,
     }
+    if video:  # images leave the key as it was before videos existed: cached answers stay valid
+        identity["frames_as"] = "video"
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def plan_requests(tree: Tree, config: CaptionConfig) -> list[NodeRequest]:
     """Leaves: the middle frame with the image prompt. Other nodes (and leaves too, when
-    ``leaf_segment_caption`` is on): ``config.frames`` frames with the video prompt. Every node,
+    ``leaf_segment_caption`` is on): ``config.frames`` frames with the video prompt, as one video
+    or as images (``frames_as``). Every node,
     with ``action`` on: the same frames with the action prompt (a server's prefix cache serves
     the images a second time)."""
     plans = []
@@ -92,9 +98,11 @@ def plan_requests(tree: Tree, config: CaptionConfig) -> list[NodeRequest]:
         for field, kind, prompt, moments in wanted:
             tokens = config.action_max_new_tokens if field == "action" else config.max_new_tokens
             tokens = min(tokens, config.max_new_tokens)
-            key = request_key(config, prompt, moments, tokens)
+            video = kind == "segment" and config.frames_as == "video"
+            key = request_key(config, prompt, moments, tokens, video)
+            fps = len(moments) / max(node.duration, 1e-3) if video else None
             plans.append(
-                NodeRequest(node.node_id, field, kind, prompt, tuple(moments), key, tokens)
+                NodeRequest(node.node_id, field, kind, prompt, tuple(moments), key, tokens, fps)
             )
     return plans
 
@@ -130,7 +138,7 @@ def assemble_jobs(
             if missing[index] == 0:
                 ready = [f for f in frames.pop(index) if f is not None]
                 plan = plans[index]
-                yield CaptionJob(plan.key, plan.prompt, ready, plan.max_new_tokens)
+                yield CaptionJob(plan.key, plan.prompt, ready, plan.max_new_tokens, plan.fps)
 
 
 class RequestCache:
