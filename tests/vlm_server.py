@@ -18,11 +18,12 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import numpy as np
 from inflight import InFlight
+from loopback import LoopbackServer, QuietHandler
 from PIL import Image
 
 
@@ -112,18 +113,10 @@ class ScriptedServer:
 
 
 def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:  # keep test output quiet
-            pass
-
+    class Handler(QuietHandler):
         def send(self, status: int, payload: dict[str, Any] | str) -> None:
             self.leave()  # before the answer goes out: the client may send its next one at once
-            data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.send_payload(status, payload.encode() if isinstance(payload, str) else payload)
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             if self.path.endswith("/models"):
@@ -186,26 +179,21 @@ def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-class QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
+class _Loopback(LoopbackServer):
+    def __init__(self, state: ScriptedServer) -> None:
+        self.state = state
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # a client that gave up on a hanging request closed its socket: expected here
+    def handler_class(self) -> type[BaseHTTPRequestHandler]:
+        return _handler(self.state)
 
 
 @contextmanager
 def scripted_server(script: Script, model: str = "test/vlm") -> Iterator[ScriptedServer]:
     """Serve on a free loopback port; ``server.url`` is the base URL (``.../v1``)."""
     state = ScriptedServer(script=script, model=model)
-    httpd = QuietServer(("127.0.0.1", 0), _handler(state))
-    state.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with _Loopback(state) as httpd:
+        state.url = f"{httpd.origin}/v1"
         yield state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def free_port_url() -> str:
