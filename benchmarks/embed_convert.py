@@ -7,6 +7,8 @@ with today's (max / mean absolute difference, PSNR):
 
 - ``today``: swscale to 779x438 RGB (bilinear, ``embed.convert=cpu``), then the centre crop;
 - ``fast_bilinear`` .. ``point``: the same with another swscale interpolation;
+- ``full chroma``: bilinear with ``FULL_CHR_H_INT`` (what ``planes.Converter`` matches; the
+  default halves the chroma's horizontal resolution where the output width is even);
 - ``crop first``: the source region of the crop cut from the YUV planes, then swscale to 384x384
   (the region rounded to whole pixels, so the geometry shifts by up to half a source pixel);
 - ``planes``: what ``embed.convert=device`` leaves the CPU (``planes.cut``: the region's planes,
@@ -27,11 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from av.video.reformatter import Interpolation
 
 sys.path.insert(0, str(Path(__file__).parent))
 from embed_pipeline import make_testsrc  # noqa: E402
 
-from action100m.planes import Converter, PlaneCrop, cut, plane_crop  # noqa: E402
+from action100m.planes import Converter, PlaneCrop, cut  # noqa: E402
 from action100m.video import scaled_size  # noqa: E402
 
 CROP, SHORT = 384, 438
@@ -43,7 +46,7 @@ def ways(plan: PlaneCrop) -> dict[str, Callable[[Any], np.ndarray]]:
     (width, height), (rw, rh) = plan.size, plan.resized
     top, left = (rh - CROP) // 2, (rw - CROP) // 2
 
-    def scaled(interpolation: str | None) -> Callable[[Any], np.ndarray]:
+    def scaled(interpolation: object) -> Callable[[Any], np.ndarray]:
         def run(frame: Any) -> np.ndarray:
             options = {"interpolation": interpolation} if interpolation else {}
             image = frame.to_ndarray(width=rw, height=rh, format="rgb24", **options)
@@ -68,6 +71,7 @@ def ways(plan: PlaneCrop) -> dict[str, Callable[[Any], np.ndarray]]:
 
     table: dict[str, Callable[[Any], np.ndarray]] = {"today": scaled(None)}
     table.update({flag.lower(): scaled(flag) for flag in FLAGS})
+    table["full chroma"] = scaled(Interpolation.BILINEAR | Interpolation.FULL_CHR_H_INT)
     table["crop first"] = crop_first
     table["planes"] = lambda frame: cut(frame, plan)
     table["yuv420p whole"] = lambda frame: frame.to_ndarray(format="yuv420p")
@@ -78,6 +82,7 @@ def measure(path: Path, frames: int) -> None:
     import av
     import torch
 
+    torch.set_num_threads(1)  # the conversion's CPU time is for information only
     seconds: dict[str, float] = {}
     diffs: dict[str, list[np.ndarray]] = {}
     converter: Converter | None = None
@@ -93,8 +98,10 @@ def measure(path: Path, frames: int) -> None:
             decode_s += time.perf_counter() - began
             if converter is None:
                 size = (frame.width, frame.height)
-                args = (frame.format.name, frame.colorspace, frame.color_range)
-                plan = plane_crop(size, scaled_size(*size, SHORT), CROP, 0, *args)
+                tags = (frame.format.name, frame.colorspace, frame.color_range)
+                resized = scaled_size(*size, SHORT)
+                codec = stream.codec_context.name
+                plan = PlaneCrop.for_video(size, resized, CROP, 0, codec, tags)
                 assert plan is not None
                 table, converter = ways(plan), Converter(plan, "cpu")
             outputs = {}
