@@ -3,7 +3,7 @@
 The stage's frame is the ``crop`` x ``crop`` centre of the decoded frame resized to ``resized``
 (shortest side ``crop * 256 / 224``). ``embed.convert=device`` keeps only the source pixels that
 centre is computed from, as one packed uint8 array per frame (:func:`cut`), and the device resizes
-and converts them (:func:`to_rgb`) the way swscale's bilinear scaler and colour matrix do for
+and converts them (:class:`Converter`) the way swscale's bilinear scaler and colour matrix do for
 ``embed.convert=cpu``: the same output grid, a triangle filter widened when shrinking
 (antialiased, as torchvision's resize in the V-JEPA 2 processor), the stream's matrix and range,
 chroma at full resolution (swscale's ``FULL_CHR_H_INT``; without it, for even output widths,
@@ -138,7 +138,7 @@ def cut(frame: Any, plan: PlaneCrop) -> np.ndarray:
 
 
 class Converter:
-    """:func:`to_rgb` for one plan on one device, its filter weights made once."""
+    """The device's resize and conversion for one plan, its filter weights made once."""
 
     def __init__(self, plan: PlaneCrop, device: str) -> None:
         import torch

@@ -16,9 +16,10 @@ windows, the accumulator. Four ways, in the same run:
 
 Each prints wall seconds, the device's busy share, sampled frames/s and the speed-up over
 ``today``; ``decode only`` (decode, convert and crop, nothing else; ``planes`` for ``device``)
-and the device's own time give the bound max(decode, encode). Then the accumulator at a one-hour video's 27k frames: ours
-measured, the old one measured at smaller counts and extrapolated as n^2 from the largest (a lower
-bound: it grows faster than n^2 once its arrays leave the caches; 27k takes many minutes).
+and the device's own time give the bound max(decode, encode). Then the accumulator at a one-hour
+video's 27k frames: ours measured, the old one measured at smaller counts and extrapolated as n^2
+from the largest (a lower bound: it grows faster than n^2 once its arrays leave the caches; 27k
+takes many minutes).
 
     python benchmarks/embed_pipeline.py [--seconds 90] [--heights 360 720] [--per-window 0.15 0.08]
 """
@@ -132,7 +133,8 @@ WAYS = {"serial": {"prefetch": 0}, "prefetch": {}, "device": {"convert": "device
 def run_now(
     path: str, info: VideoInfo, device: StandInDevice, cfg: EmbedConfig, way: dict[str, object]
 ) -> int:
-    times, _ = embed_file(path, "bench", cfg.model_copy(update=way), info, device)  # type: ignore[arg-type]
+    settings = cfg.model_copy(update=way)
+    times, _ = embed_file(path, "bench", settings, info, device)  # type: ignore[arg-type]
     return len(times)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -141,8 +142,11 @@ def test_decoded_planes_give_the_cpu_paths_crops(videos: dict[str, Path], name: 
     info = probe(path, name)
     plan = _video_plan(path, name)
     assert plan is not None
-    # The stored frame as decoded, for swscale to convert after it (turned as shown).
-    stored = iter_sampled_frames(path, name, 4, SHORT, "pyav", info, lambda f: f)  # type: ignore[arg-type,return-value]
+
+    def keep(frame: av.VideoFrame) -> Any:  # the stored frame, for swscale to convert after it
+        return frame
+
+    stored = iter_sampled_frames(path, name, 4, SHORT, "pyav", info, keep)
     device = iter_sampled_frames(path, name, 4, SHORT, "pyav", info, lambda f: cut(f, plan))
     for (time_a, frame), (time_b, packed) in zip(stored, device, strict=True):
         assert time_a == time_b
