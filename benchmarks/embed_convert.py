@@ -16,7 +16,10 @@ with today's (max / mean absolute difference, PSNR):
   shown apart, on a GPU it is the device's);
 - ``yuv420p whole``: ``to_ndarray(format="yuv420p")`` of the whole frame, for scale.
 
-    python benchmarks/embed_convert.py [--height 720] [--frames 200]
+    python benchmarks/embed_convert.py [--heights 360 720] [--frames 200] [--device cuda]
+
+``--device cuda`` runs ``planes.Converter`` on the GPU (a batch of 64 frames at a time, timed
+with a synchronise): the figure a GPU session needs before making ``device`` the default.
 """
 
 from __future__ import annotations
@@ -78,11 +81,12 @@ def ways(plan: PlaneCrop) -> dict[str, Callable[[Any], np.ndarray]]:
     return table
 
 
-def measure(path: Path, frames: int) -> None:
+def measure(path: Path, frames: int, device: str | None) -> None:
     import av
     import torch
 
     torch.set_num_threads(1)  # the conversion's CPU time is for information only
+    cut_planes: list[np.ndarray] = []
     seconds: dict[str, float] = {}
     diffs: dict[str, list[np.ndarray]] = {}
     converter: Converter | None = None
@@ -109,6 +113,7 @@ def measure(path: Path, frames: int) -> None:
                 started = time.perf_counter()
                 outputs[name] = way(frame)
                 seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
+            cut_planes.append(outputs["planes"])
             started = time.perf_counter()
             rgb = converter(torch.from_numpy(outputs["planes"])).permute(1, 2, 0).numpy()
             device_s += time.perf_counter() - started
@@ -132,6 +137,18 @@ def measure(path: Path, frames: int) -> None:
             line += f"  vs today: max {diff.max():3.0f} mean {diff.mean():.3f} PSNR {psnr:.1f} dB"
         print(line)
     print(f"  (planes -> RGB in torch on this CPU: {device_s / kept * 1000:.2f} ms a frame)")
+    if device is not None:
+        on_device = Converter(converter.plan, device)
+        batch = torch.from_numpy(np.stack(cut_planes[:64])).to(device)
+        sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
+        on_device(batch)  # warm-up
+        sync()
+        started = time.perf_counter()
+        for _ in range(10):
+            on_device(batch)
+        sync()
+        ms = (time.perf_counter() - started) / (10 * len(batch)) * 1000
+        print(f"  planes -> RGB on {device}: {ms:.3f} ms a frame (batches of {len(batch)})")
 
 
 def main() -> None:
@@ -139,13 +156,14 @@ def main() -> None:
     parser.add_argument("--heights", type=int, nargs="+", default=[360, 720])
     parser.add_argument("--frames", type=int, default=200, help="sampled frames per file")
     parser.add_argument("--workdir", default="/tmp/action100m-embed-pipeline")
+    parser.add_argument("--device", help="also time the conversion in batches there (cuda)")
     args = parser.parse_args()
     for height in args.heights:
         path = Path(args.workdir) / f"testsrc2_{height}p_90s_30fps.mp4"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             make_testsrc(path, height, 90, 30)
-        measure(path, args.frames)
+        measure(path, args.frames, args.device)
 
 
 if __name__ == "__main__":
