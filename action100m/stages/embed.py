@@ -133,7 +133,8 @@ def embed_file(
 
     features = embed_frames(
         frames(),
-        functools.partial(encoder.submit, planes=planes),
+        # An encoder is asked about planes only when it is given some (older ones lack the word).
+        functools.partial(encoder.submit, planes=planes) if planes else encoder.submit,
         window=cfg.window,
         stride=cfg.stride,
         batch_size=cfg.batch_size,
