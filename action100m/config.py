@@ -30,7 +30,7 @@ class EmbedConfig(_Section):
     # dtype and decoder change results only in rounding, not in what is computed.
     runtime_fields: ClassVar[frozenset[str]] = frozenset(
         {"batch_size", "device", "dtype", "decoder", "prefetch", "attn_implementation", "compile",
-         "backend", "service_url"}
+         "backend", "service_url", "convert"}
     )  # fmt: skip
     model: str = "facebook/vjepa2-vitg-fpc64-384"
     # Where the encoder runs: in the task's process (loaded per process), or in an encoder
@@ -54,6 +54,12 @@ class EmbedConfig(_Section):
     # kernels on a GPU by itself), its own loop (eager), or the flash-attn package's kernel.
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     compile: bool = Field(False, description="torch.compile the encoder on its first windows")
+    # Rounding only (within 2 of 255 of swscale's pixels): where YUV becomes the model's RGB.
+    convert: Literal["cpu", "device"] = Field(
+        "cpu",
+        description="cpu: swscale in the decoding thread; device: the crop's YUV planes are sent "
+        "and converted by the encoder (for a GPU; PyAV only)",
+    )
 
     @model_validator(mode="after")
     def _windows_cover_every_frame(self) -> EmbedConfig:

@@ -43,6 +43,12 @@ class VideoInfo:
     # Counter-clockwise degrees the display matrix turns stored frames (a phone held upright);
     # width and height above are the displayed ones.
     rotation: int = 0
+    # The first frame's pixel format and FFmpeg colour tags (AVColorSpace, AVColorRange), for a
+    # conversion done elsewhere than swscale (``planes``); "" where it could not be decoded.
+    pixel_format: str = ""
+    codec: str = ""  # the decoder's name (h264, vp9, libdav1d)
+    colorspace: int = 2  # unspecified
+    color_range: int = 0  # unspecified
 
 
 def quarter_turns(degrees: float) -> int:
@@ -90,24 +96,26 @@ def probe(path: str, video_id: str) -> VideoInfo:
             whole = container.duration / 1_000_000 if container.duration is not None else None
             duration = own if own is not None else whole
             frames = int(stream.frames or round((duration or 0.0) * fps))
-            rotation = _display_rotation(container, stream)
+            first = _first_frame(container, stream)
+            rotation = int(getattr(first, "rotation", 0) or 0)
             width, height = stream.width, stream.height
             if quarter_turns(rotation) % 2:
                 width, height = height, width
-            return VideoInfo(duration, fps, frames, width, height, own is not None, rotation)
+            codec = stream.codec_context.name
+            tags = (first.format.name, codec, first.colorspace, first.color_range) if first else ()
+            return VideoInfo(duration, fps, frames, width, height, own is not None, rotation, *tags)
     except VideoError:
         raise
     except Exception as exc:  # av.error.* for truncated or corrupt containers
         raise VideoError(video_id, f"cannot open the video ({type(exc).__name__}: {exc})") from exc
 
 
-def _display_rotation(container: Any, stream: Any) -> int:
-    """The first frame's display rotation (0 where it has none or cannot be decoded)."""
+def _first_frame(container: Any, stream: Any) -> Any:
+    """The first decoded frame (None where it cannot be decoded)."""
     try:
-        frame = next(container.decode(stream), None)
+        return next(container.decode(stream), None)
     except Exception:  # a corrupt start: the decoders will say so in their own words
-        return 0
-    return int(getattr(frame, "rotation", 0) or 0)
+        return None
 
 
 def _decord_frames(
@@ -131,7 +139,11 @@ def _decord_frames(
 
 
 def _pyav_frames(
-    path: str, step: int, size: tuple[int, int], after: float | None = None
+    path: str,
+    step: int,
+    size: tuple[int, int],
+    after: float | None = None,
+    convert: Callable[[Any], np.ndarray] | None = None,
 ) -> Iterator[tuple[float, np.ndarray]]:
     import av
 
@@ -146,7 +158,8 @@ def _pyav_frames(
             pts = (frame.pts - base) * time_base
             if after is not None and pts <= after:
                 continue
-            yield pts, display_frame(frame, size)  # each frame carries its own rotation
+            # Each frame carries its own rotation.
+            yield pts, convert(frame) if convert else display_frame(frame, size)
 
 
 DECODERS: dict[str, Callable[..., Iterator[tuple[float, np.ndarray]]]] = {
@@ -162,9 +175,11 @@ def iter_sampled_frames(
     short_side: int,
     decoder: str = "pyav",
     info: VideoInfo | None = None,
+    convert: Callable[[Any], np.ndarray] | None = None,
 ) -> Iterator[tuple[float, np.ndarray]]:
     """Every ``step``-th frame as (seconds from the stream's start, HxWx3 uint8), shortest side
     resized to ``short_side``. ``decoder`` first; the other one from wherever it stopped.
+    ``convert`` takes each decoded PyAV frame instead (``planes.cut``): PyAV only, no fallback.
 
     Raises VideoError when no frame decodes or when the frames stop well before the duration the
     video stream declares (a truncated file), so a partial video never passes as a whole one."""
@@ -172,10 +187,11 @@ def iter_sampled_frames(
     size = scaled_size(info.width, info.height, short_side)
     last: float | None = None
     produced = 0
-    order = [decoder, *(name for name in DECODERS if name != decoder)]
+    order = ["pyav"] if convert else [decoder, *(name for name in DECODERS if name != decoder)]
     for name in order:
         try:
-            for pts, frame in DECODERS[name](path, step, size, last):
+            options = {"convert": convert} if convert else {}
+            for pts, frame in DECODERS[name](path, step, size, last, **options):
                 last = pts
                 produced += 1
                 yield pts, frame

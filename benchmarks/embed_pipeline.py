@@ -5,18 +5,21 @@ seconds per window in place of the model (0.15 s is the H100 floor of ViT-g/384;
 a faster device, where decoding becomes the bound), working on its
 own thread the way a GPU works while the CPU goes on. Everything else is the stage's real code:
 PyAV decoding of generated 360p and 720p H.264 files (``testsrc2``), 1 frame in 4 at 779x438, the
-windows, the accumulator. Three ways, in the same run:
+windows, the accumulator. Four ways, in the same run:
 
 - ``today``: the code before issue 14 (``embed_baseline.py``): decode and encode in series, two
   ``np.stack`` copies per window, a float64 accumulator regrown on every window;
 - ``serial``: the current code with ``embed.prefetch=0`` (decoding in the stage's thread);
-- ``prefetch``: the current code as configured by default (a decoding thread 128 frames ahead).
+- ``prefetch``: the current code as configured by default (a decoding thread 128 frames ahead);
+- ``device``: ``prefetch`` with ``embed.convert=device``: the decoding thread only cuts the crop's
+  YUV planes; their conversion would be the GPU's (a few ms a batch, not modelled).
 
 Each prints wall seconds, the device's busy share, sampled frames/s and the speed-up over
-``today``; ``decode only`` (decode, convert and crop, nothing else) and the device's own time
-give the bound max(decode, encode). Then the accumulator at a one-hour video's 27k frames: ours
-measured, the old one measured at smaller counts and extrapolated as n^2 from the largest (a lower
-bound: it grows faster than n^2 once its arrays leave the caches; 27k takes many minutes).
+``today``; ``decode only`` (decode, convert and crop, nothing else; ``planes`` for ``device``)
+and the device's own time give the bound max(decode, encode). Then the accumulator at a one-hour
+video's 27k frames: ours measured, the old one measured at smaller counts and extrapolated as n^2
+from the largest (a lower bound: it grows faster than n^2 once its arrays leave the caches; 27k
+takes many minutes).
 
     python benchmarks/embed_pipeline.py [--seconds 90] [--heights 360 720] [--per-window 0.15 0.08]
 """
@@ -36,7 +39,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from embed_baseline import OldAccumulator, old_embed_frames  # noqa: E402
 
 from action100m.config import EmbedConfig  # noqa: E402
-from action100m.stages.embed import FrameFeatureAccumulator, embed_file, window_starts  # noqa: E402
+from action100m.planes import cut  # noqa: E402
+from action100m.stages.embed import (  # noqa: E402
+    FrameFeatureAccumulator,
+    device_planes,
+    embed_file,
+    window_starts,
+)
 from action100m.video import VideoInfo, iter_sampled_frames, probe  # noqa: E402
 
 WIDTH = 1408  # ViT-g's hidden size
@@ -91,7 +100,9 @@ class StandInDevice:
         self.busy += time.perf_counter() - started
         return np.ones((count, window, WIDTH), np.float32)
 
-    def submit(self, span: np.ndarray, offsets: list[int], window: int) -> Future[np.ndarray]:
+    def submit(
+        self, span: np.ndarray, offsets: list[int], window: int, *, planes: object = None
+    ) -> Future[np.ndarray]:
         # The real encoder copies the span into pinned memory before it returns.
         if self.staging.size < span.size:
             self.staging = np.empty(span.size, np.uint8)
@@ -116,47 +127,58 @@ def run_today(path: str, info: VideoInfo, device: StandInDevice, cfg: EmbedConfi
     return len(features)
 
 
+WAYS = {"serial": {"prefetch": 0}, "prefetch": {}, "device": {"convert": "device"}}
+
+
 def run_now(
-    path: str, info: VideoInfo, device: StandInDevice, cfg: EmbedConfig, prefetch: int
+    path: str, info: VideoInfo, device: StandInDevice, cfg: EmbedConfig, way: dict[str, object]
 ) -> int:
-    settings = cfg.model_copy(update={"prefetch": prefetch})
+    settings = cfg.model_copy(update=way)
     times, _ = embed_file(path, "bench", settings, info, device)  # type: ignore[arg-type]
     return len(times)
 
 
 def decode_only(path: str, info: VideoInfo, device: StandInDevice, cfg: EmbedConfig) -> int:
-    frames = iter_sampled_frames(path, "bench", cfg.frame_step, device.resize_size, "pyav", info)
-    return sum(1 for _, frame in frames if device.centre_crop(frame) is not None)
+    """Sampled frames decoded and converted as ``cfg.convert`` says, nothing else."""
+    planes = device_planes("bench", cfg, info, device)  # type: ignore[arg-type]
+    convert = (lambda frame: cut(frame, planes)) if planes else None
+    frames = iter_sampled_frames(
+        path, "bench", cfg.frame_step, device.resize_size, "pyav", info, convert
+    )
+    return sum(1 for _, frame in frames if planes or device.centre_crop(frame) is not None)
+
+
+def timed_decode(path: Path, info: VideoInfo, cfg: EmbedConfig) -> tuple[int, float]:
+    started = time.perf_counter()
+    sampled = decode_only(str(path), info, StandInDevice(0), cfg)
+    return sampled, time.perf_counter() - started
 
 
 def bench_file(path: Path, per_window: list[float]) -> list[str]:
     cfg = EmbedConfig()
     info = probe(str(path), "bench")
-    started = time.perf_counter()
-    sampled = decode_only(str(path), info, StandInDevice(0), cfg)
-    decode_s = time.perf_counter() - started
+    sampled, decode_s = timed_decode(path, info, cfg)
+    _, planes_s = timed_decode(path, info, cfg.model_copy(update={"convert": "device"}))
     windows = len(window_starts(sampled, cfg.window, cfg.stride))
     lines = [
         f"{path.name}: {sampled} sampled frames, {windows} windows; "
-        f"decode only {decode_s:.1f} s ({sampled / decode_s:.0f} f/s)"
+        f"decode only {decode_s:.1f} s ({sampled / decode_s:.0f} f/s), "
+        f"planes {planes_s:.1f} s ({sampled / planes_s:.0f} f/s)"
     ]
     print(lines[-1], flush=True)
     for seconds in per_window:
         encode_s = windows * seconds
-        bound = max(decode_s, encode_s)
-        lines.append(
-            f" device {seconds * 1000:.0f} ms/window: {encode_s:.1f} s; bound {bound:.1f} s"
-        )
+        lines.append(f" device {seconds * 1000:.0f} ms/window: {encode_s:.1f} s")
         print(lines[-1], flush=True)
         today = None
-        for name in ("today", "serial", "prefetch"):
+        for name in ("today", *WAYS):
             device = StandInDevice(seconds)
+            bound = max(planes_s if name == "device" else decode_s, encode_s)
             started = time.perf_counter()
             if name == "today":
                 frames = run_today(str(path), info, device, cfg)
             else:
-                prefetch = 0 if name == "serial" else cfg.prefetch
-                frames = run_now(str(path), info, device, cfg, prefetch)
+                frames = run_now(str(path), info, device, cfg, WAYS[name])
             wall = time.perf_counter() - started
             today = today or wall
             lines.append(

@@ -3,7 +3,9 @@
 The processor resizes the shortest side to ``crop * 256 / 224``, centre-crops ``crop`` and applies
 ImageNet normalisation; torchvision (which its video processor needs) does not load beside the CPU
 torch, so the same steps are done here. Frames arrive resized by the decoder and centre-cropped by
-the stage (``centre_crop``): only the crop travels to the device.
+the stage (``centre_crop``): only the crop travels to the device. With ``embed.convert=device``
+they arrive as the crop's YUV planes instead (``planes.cut``) and are resized and turned into RGB
+here, on the device (``planes.Converter``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from action100m.models import (
     resolve_model,
     save_converted,
 )
+from action100m.planes import Converter, PlaneCrop
 
 if TYPE_CHECKING:
     import torch
@@ -110,6 +113,7 @@ class VJEPA2Encoder:
         self.std = torch.tensor(IMAGENET_STD, device=self.device)
         self._staging: torch.Tensor | None = None  # pinned upload buffer (CUDA)
         self._uploaded: torch.cuda.Event | None = None  # its last copy to the device
+        self._converters: dict[PlaneCrop, Converter] = {}  # per video: its filter weights
         log.info(
             "V-JEPA 2 %s loaded on %s (%s, attention %s%s)",
             model,
@@ -126,12 +130,23 @@ class VJEPA2Encoder:
         top, left = (height - self.crop_size) // 2, (width - self.crop_size) // 2
         return np.ascontiguousarray(frame[top : top + self.crop_size, left : left + self.crop_size])
 
-    def preprocess(self, frames: np.ndarray) -> torch.Tensor:
+    def preprocess(self, frames: np.ndarray, planes: PlaneCrop | None = None) -> torch.Tensor:
         """(..., H, W, 3) uint8, shortest side already ``resize_size`` (or already centre-cropped
-        to ``crop``) -> (..., 3, crop, crop) normalised, on the device."""
-        return self._normalise(self._upload(frames))
+        to ``crop``), or packed planes cut by ``planes`` -> (..., 3, crop, crop) normalised, on
+        the device."""
+        return self._normalise(self._upload(frames), planes)
 
-    def _normalise(self, video: torch.Tensor) -> torch.Tensor:
+    def _normalise(self, video: torch.Tensor, planes: PlaneCrop | None = None) -> torch.Tensor:
+        mean, std = self.mean.view(3, 1, 1), self.std.view(3, 1, 1)
+        if planes is not None:
+            if planes.crop != self.crop_size:
+                raise ValueError(
+                    f"planes cut for a {planes.crop} crop, the model takes {self.crop_size}"
+                )
+            if planes not in self._converters:
+                self._converters[planes] = Converter(planes, self.device)
+            rgb = self._converters[planes](video)
+            return ((rgb / 255.0 - mean) / std).to(self.dtype)
         video = video.movedim(-1, -3)
         height, width = video.shape[-2:]
         if (height, width) != (self.crop_size, self.crop_size):
@@ -142,7 +157,6 @@ class VJEPA2Encoder:
             top = (height - self.crop_size) // 2
             left = (width - self.crop_size) // 2
             video = video[..., top : top + self.crop_size, left : left + self.crop_size]
-        mean, std = self.mean.view(3, 1, 1), self.std.view(3, 1, 1)
         return ((video.float() / 255.0 - mean) / std).to(self.dtype)
 
     def _upload(self, frames: np.ndarray) -> torch.Tensor:
@@ -164,15 +178,23 @@ class VJEPA2Encoder:
         self._uploaded.record()
         return on_device
 
-    def submit(self, span: np.ndarray, offsets: Sequence[int], window: int) -> Features:
-        """Encode the windows ``span[o : o + window]`` (o in ``offsets``) of a (N, H, W, 3) span:
-        the span goes to the device once and the windows are built there. Returns (B, window, D)
-        float32 vectors: tokens mean-pooled over space per tubelet, then each tubelet's vector
-        given to the frames it covers. On CUDA the result is read only when asked for."""
+    def submit(
+        self,
+        span: np.ndarray,
+        offsets: Sequence[int],
+        window: int,
+        *,
+        planes: PlaneCrop | None = None,
+    ) -> Features:
+        """Encode the windows ``span[o : o + window]`` (o in ``offsets``) of a (N, H, W, 3) span
+        (or of packed planes cut by ``planes``): the span goes to the device once and the windows
+        are built there. Returns (B, window, D) float32 vectors: tokens mean-pooled over space
+        per tubelet, then each tubelet's vector given to the frames it covers. On CUDA the result
+        is read only when asked for."""
         import torch
 
         with torch.inference_mode():
-            frames = self._normalise(self._upload(span))
+            frames = self._normalise(self._upload(span), planes)
             index = torch.as_tensor(offsets, device=self.device)[:, None]
             windows = frames[index + torch.arange(window, device=self.device)]
             tokens = self.model.get_vision_features(windows)

@@ -13,6 +13,7 @@ which runs the same :func:`encode_video` with the model it keeps loaded; the out
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
@@ -22,6 +23,7 @@ import numpy as np
 from action100m.config import EmbedConfig
 from action100m.errors import ConfigError, VideoError
 from action100m.models.vjepa2 import load_encoder
+from action100m.planes import PlaneCrop, cut
 from action100m.sources import save_metadata
 from action100m.stages.base import Runtime, Stage, StageContext, StageOutput
 from action100m.stages.embed_stream import (
@@ -34,7 +36,7 @@ from action100m.stages.embed_stream import (
 from action100m.stages.encoder_client import Encoded, encode_remote
 from action100m.stages.fetch import fetched_source
 from action100m.store import ArtifactStore
-from action100m.video import VideoInfo, iter_sampled_frames, probe
+from action100m.video import VideoInfo, iter_sampled_frames, probe, quarter_turns, scaled_size
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +44,20 @@ log = logging.getLogger(__name__)
 class FrameEncoder(Protocol):
     """What the stage needs of an encoder (``VJEPA2Encoder``; the benchmark's stand-in)."""
 
+    crop_size: int
     resize_size: int
     tubelet_size: int
 
     def centre_crop(self, frame: np.ndarray) -> np.ndarray: ...
 
-    def submit(self, span: np.ndarray, offsets: Sequence[int], window: int) -> Pending: ...
+    def submit(
+        self,
+        span: np.ndarray,
+        offsets: Sequence[int],
+        window: int,
+        *,
+        planes: PlaneCrop | None = None,
+    ) -> Pending: ...
 
 
 def _require_length(video_id: str, seconds: float, minimum: float) -> None:
@@ -143,16 +153,21 @@ def embed_file(
         if on_progress is not None:
             on_progress(done[0], n_windows)
 
+    planes = device_planes(video_id, cfg, info, encoder)
+    convert = (lambda frame: cut(frame, planes)) if planes else None
+
     def frames() -> Iterator[np.ndarray]:
         for pts, frame in iter_sampled_frames(
-            path, video_id, cfg.frame_step, encoder.resize_size, cfg.decoder, info
+            path, video_id, cfg.frame_step, encoder.resize_size, cfg.decoder, info, convert
         ):
             times.append(pts)
-            yield encoder.centre_crop(frame)  # only the pixels the encoder sees travel on
+            # Only the pixels the encoder sees (or its planes' source pixels) travel on.
+            yield frame if planes else encoder.centre_crop(frame)
 
     features = embed_frames(
         frames(),
-        encoder.submit,
+        # An encoder is asked about planes only when it is given some (older ones lack the word).
+        functools.partial(encoder.submit, planes=planes) if planes else encoder.submit,
         window=cfg.window,
         stride=cfg.stride,
         batch_size=cfg.batch_size,
@@ -161,6 +176,23 @@ def embed_file(
         prefetch=cfg.prefetch,
     )
     return times, features
+
+
+def device_planes(
+    video_id: str, cfg: EmbedConfig, info: VideoInfo, encoder: FrameEncoder
+) -> PlaneCrop | None:
+    """With ``embed.convert=device``, where the crop lies in the video's planes; None for the
+    CPU's conversion (asked for, or frames that are not 8-bit 4:2:0)."""
+    if cfg.convert != "device":
+        return None
+    size = (info.width, info.height)
+    resized = scaled_size(*size, encoder.resize_size)
+    tags = (info.pixel_format, info.colorspace, info.color_range)
+    turns = quarter_turns(info.rotation)
+    planes = PlaneCrop.for_video(size, resized, encoder.crop_size, turns, info.codec, tags)
+    if planes is None:
+        log.info("video %s: %s %s frames are converted on the CPU", video_id, info.codec, tags[0])
+    return planes
 
 
 STAGE = EmbedStage()

@@ -200,7 +200,10 @@ def embed_frames(
             while next_start + window <= base + count:
                 pending.append(next_start)
                 next_start += stride
-            if len(pending) >= batch_size:
+            # The first window goes alone as soon as it is complete, so the device starts after
+            # ``window`` frames, not ``window + (batch_size - 1) * stride``; later batches fill
+            # while it computes. The windows are the same, only the first batch is smaller.
+            if len(pending) >= batch_size or (pending and in_flight is None):
                 flush(pending)
                 pending = []
     finally:
