@@ -1,13 +1,18 @@
 """What Airflow adds per video: N tiny videos through the real scheduler vs ``action100m run``.
 
-    python benchmarks/orchestration.py [--sizes 1 8 32] [--gpu-slots 1] [--json OUT]
+    python benchmarks/orchestration.py [--sizes 1 32 128] [--probe 1 32 128] [--top-sql]
+                                       [--gpu-slots 1] [--json OUT]
 
 For each N, the same N short videos (fresh IDs, so nothing is reused) go (a) through one
 ``action100m --profile tiny run`` process and (b) through one ``action100m`` DAG run on a real
 Airflow (scheduler with LocalExecutor, DAG processor, API server, PostgreSQL; started once, its
 start-up reported apart). Printed per N: both wall times, their ratio, the overhead per video
-``(airflow - cli) / N``, and the scheduling latency per task (queued -> running), which is the
-part Airflow itself adds; the rest is each task being its own process (Python, torch, models).
+``(airflow - cli) / N``, then where it goes, from Airflow's database: the median waits of a task
+(scheduled -> queued, queued -> running), how long the 1-slot ``gpu`` pool sat idle between two
+embeds and how much of that passed before the next embed was queued, the median embed and task
+durations, SQL statements per task instance and per scheduler pass (``pg_stat_statements``), and
+CPU seconds per video of each service (counts that hold on a loaded machine, where timings do not).
+``--probe N…`` holds a run of N videos waiting and counts the scheduler's work per pass.
 No LLM is configured, so aggregate is skipped in both.
 """
 
