@@ -104,6 +104,11 @@ def breakdown(stack: AirflowStack, run_id: str) -> dict[str, Any]:
         "queued_to_running_s": median([seconds(t["queued"], t["start"]) for t in tis]),
         "gpu_idle_s": median([seconds(a["end"], b["start"]) for a, b in pairs]),
         "gpu_free_to_queued_s": median([seconds(a["end"], b["queued"]) for a, b in pairs]),
+        # of the idle time: the next embed not ready yet (its fetch not done), then Airflow's
+        # hand-over once it was (scheduled, or the slot freed, whichever came last -> running)
+        "gpu_no_input_s": median([max(0.0, seconds(a["end"], b["scheduled"])) for a, b in pairs]),
+        "gpu_handover_s": median([seconds(max(a["end"], b["scheduled"]), b["start"])
+                                  for a, b in pairs]),
         "embed_s": median([seconds(t["start"], t["end"]) for t in embeds]),
         "task_s": median([seconds(t["start"], t["end"]) for t in tis]),
         "sql_per_ti": round(int(statements) / len(tis), 1),
@@ -222,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         time_airflow(stack, warm)
         columns = ("n", "cli_s", "airflow_s", "ratio", "overhead_per_video_s",
                    "scheduled_to_queued_s", "queued_to_running_s", "gpu_idle_s",
-                   "gpu_free_to_queued_s", "embed_s", "task_s", "sql_per_ti", "passes",
+                   "gpu_free_to_queued_s", "gpu_no_input_s", "gpu_handover_s", "embed_s", "task_s", "sql_per_ti", "passes",
                    "task_map_per_pass", "cpu_scheduler", "cpu_tasks", "cpu_api-server",
                    "cpu_postgres", "cpu_dag-processor", "cpu_triggerer")  # fmt: skip
         print(" ".join(f"{name:>{max(len(name), 6)}}" for name in columns), flush=True)
