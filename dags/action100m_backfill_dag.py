@@ -4,7 +4,7 @@ Reads `manifest` (a list of video IDs, one a line, or the HowTo100M CSV with a `
 leaves out finished videos (`skip_done`: published with annotations; a video whose aggregation was
 skipped for want of an LLM is not finished), writes each shard of `shard_size` IDs to the store and
 triggers one `action100m` run per shard with that list's URI (`videos_uri`), a bounded number at a
-time (`ACTION100M_BACKFILL_MAX_ACTIVE_SHARDS`, default 4). One run plans at most `max_shards` shards
+time (`ACTION100M_BACKFILL_MAX_ACTIVE_SHARDS`, default 2). One run plans at most `max_shards` shards
 (`ACTION100M_BACKFILL_MAX_SHARDS_PER_RUN`, default 256, capped by `[core] max_map_length`) from
 manifest entry `offset`; **continue_backfill** triggers a run for the rest (run ID `…__fromNNNNNNNN`),
 which starts once this one is over (`max_active_runs=1`), so a 1.2M-video manifest goes through in
@@ -25,7 +25,9 @@ from action100m_airflow import backfill as backfill_tasks
 from action100m_airflow.params import backfill_params, run_params
 from airflow.sdk import TriggerRule, dag, task
 
-MAX_ACTIVE_SHARDS = int(os.environ.get("ACTION100M_BACKFILL_MAX_ACTIVE_SHARDS", "4"))
+# Two shards keep the pools fed across one shard's tail; each more lengthens every scheduler pass,
+# which re-checks every waiting task of every running run (benchmarks/RESULTS.md, Orchestration).
+MAX_ACTIVE_SHARDS = int(os.environ.get("ACTION100M_BACKFILL_MAX_ACTIVE_SHARDS", "2"))
 POKE_SECONDS = int(os.environ.get("ACTION100M_BACKFILL_POKE_SECONDS", "30"))
 
 

@@ -52,6 +52,17 @@ def descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
+def _tree_cpu(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its descendants, living and reaped."""
+    total = 0.0
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for process in [psutil.Process(pid), *descendants(pid)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = process.cpu_times()
+                total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
 def kill_tree(pid: int, known: Iterable[psutil.Process] = ()) -> None:
     """SIGKILL ``pid``, its process group and every descendant (task processes run in groups of
     their own): what happens to a container that dies. ``known``: descendants recorded earlier,
@@ -87,13 +98,30 @@ class PostgresCluster:
         self.folder.chmod(0o755)
         data = str(self.folder / "data")
         self._run(str(PG_BIN / "initdb"), "-D", data, "-A", "trust", "-U", "postgres")
-        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        # pg_stat_statements: benchmarks count the SQL statements Airflow sends per task.
+        options = (
+            f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+            " -c shared_preload_libraries=pg_stat_statements"
+        )
         self._run(
             str(PG_BIN / "pg_ctl"), "-D", data, "-o", options, "-w",
             "-l", str(self.folder / "postgres.log"), "start",
         )  # fmt: skip
         self._run(str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "airflow")
         return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/airflow"
+
+    def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """Rows of one statement on the ``airflow`` database (its own connection, committed)."""
+        import psycopg2
+
+        connection = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres",
+                                      dbname="airflow")  # fmt: skip
+        try:
+            with connection, connection.cursor() as cursor:
+                cursor.execute(sql, args)
+                return list(cursor.fetchall()) if cursor.description else []
+        finally:
+            connection.close()
 
     def stop(self) -> None:
         if self.folder is None:
@@ -223,6 +251,22 @@ class AirflowStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds used so far by each service, its task processes and PostgreSQL (user +
+        system, reaped children included): what a run costs, whatever else loads the machine."""
+        used = {name: _tree_cpu(process.pid) for name, process in self.processes.items()}
+        scheduler = self.processes.get("scheduler")
+        if scheduler is not None:  # the LocalExecutor's workers and their task processes apart
+            with contextlib.suppress(psutil.NoSuchProcess):
+                own = psutil.Process(scheduler.pid).cpu_times()
+                used["tasks"] = used["scheduler"] - own.user - own.system
+                used["scheduler"] = own.user + own.system
+        if self.postgres.folder is not None:
+            pid_file = self.postgres.folder / "data" / "postmaster.pid"
+            with contextlib.suppress(OSError, ValueError):
+                used["postgres"] = _tree_cpu(int(pid_file.read_text().split()[0]))
+        return used
 
     # -- REST API -----------------------------------------------------------------------------
     def request(self, method: str, path: str, body: Any = None, auth: bool = True) -> Any:

@@ -364,6 +364,16 @@ def test_videos_half_done_outrank_new_ones_and_runs_are_bounded(dags: dict[str, 
     assert 16 <= dag.max_active_tasks <= 256
 
 
+def test_a_backfill_keeps_the_scheduler_pass_short(dags: dict[str, Any]) -> None:
+    """Each scheduler pass re-checks every waiting task of every running run, several queries a
+    task (benchmarks/RESULTS.md, Orchestration): by default a backfill has at most 128 videos in
+    running shards, and at least two shards so the pools stay fed across one shard's tail."""
+    backfill = dags["action100m_backfill"]
+    shards = backfill.get_task("trigger_shard").partial_kwargs["max_active_tis_per_dag"]
+    assert shards >= 2
+    assert shards * backfill.params["shard_size"] <= 128
+
+
 @pytest.mark.usefixtures("plugins_on_path")
 def test_failures_and_overdue_runs_are_told(dags: dict[str, Any]) -> None:
     """A video failing for good (each stage task), a failed run, and a run queued more than the

@@ -86,8 +86,8 @@ def run_options(environ: dict[str, str] | None = None) -> dict[str, Any]:
     """``max_active_runs`` / ``max_active_tasks`` of the ``action100m`` DAG, its failure
     callback and its Deadline Alert (:mod:`action100m_airflow.notify`).
 
-    Runs: the backfill keeps ``ACTION100M_BACKFILL_MAX_ACTIVE_SHARDS`` (4) shard runs going, plus
-    room for as many manual runs, so 8 (``ACTION100M_MAX_ACTIVE_RUNS``); more would only spread
+    Runs: the backfill keeps ``ACTION100M_BACKFILL_MAX_ACTIVE_SHARDS`` (2) shard runs going, plus
+    room for manual runs, so 8 (``ACTION100M_MAX_ACTIVE_RUNS``); more would only spread
     the pools' slots over more half-done videos. Tasks per run: one run alone must be able to
     fill every pool (GPU hosts, the vLLM server, the LLM account, downloads) and keep the CPU
     stages going beside them; the pools, not this cap, bound each resource, so the cap is the
