@@ -158,7 +158,8 @@ class AirflowStack:
             "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
             "AIRFLOW_HOME": str(self.workdir / "home"),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database_url,
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            # Airflow's LocalExecutor holding a slot per started task, so priorities decide.
+            "AIRFLOW__CORE__EXECUTOR": "action100m_airflow.local_executor.LocalExecutor",
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",

@@ -5,7 +5,9 @@ the order tasks start in is the order the scheduler picked them by ``priority_we
 grow with the stage's position in the pipeline (``absolute`` rule), so each freed slot goes to the
 next stage of the video in progress: the videos run one after another, depth first. Airflow's
 default rule (``downstream``) would weigh the first stages most and start every video's first
-stage before any video's second one, which is what this test would then see."""
+stage before any video's second one, which is what this test would then see. So would Airflow
+3.3.2's own LocalExecutor, which queues every ready task at once: the stack runs ours
+(``action100m_airflow.local_executor``), which queues only what a free worker starts."""
 
 from __future__ import annotations
 
@@ -25,7 +27,6 @@ def one_slot_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow
     workdir = tmp_path_factory.mktemp("priority-stack")
     env = {
         "AIRFLOW__CORE__PARALLELISM": "1",  # one task at a time, whatever its pool
-        "AIRFLOW__CORE__EXECUTOR": "action100m_airflow.local_executor.LocalExecutor",
         "ACTION100M_STORE": (workdir / "store").as_uri(),
         "ACTION100M_ALLOWED_SOURCES": workdir.parent.as_uri(),
     }
