@@ -33,7 +33,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from llm_server import LLMServer, Reply, Request, _body
-from loopback import LoopbackServer, QuietHandler
+from loopback import ApiServer, QuietHandler
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Job:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-class BatchServer(LoopbackServer):
+class BatchServer(ApiServer):
     def __init__(self) -> None:
         self.llm = LLMServer()  # never started: its script, responder and usage make answers
         self.polls_before_done = 1
@@ -63,14 +63,6 @@ class BatchServer(LoopbackServer):
 
     def handler_class(self) -> type[BaseHTTPRequestHandler]:
         return _handler(self)
-
-    @property
-    def base_url(self) -> str:
-        return f"{self.origin}/v1"
-
-    @property
-    def anthropic_base_url(self) -> str:
-        return self.origin
 
     def fail_next(self, *codes: int) -> None:
         with self._lock:

@@ -38,7 +38,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from inflight import InFlight
-from loopback import LoopbackServer, QuietHandler
+from loopback import ApiServer, QuietHandler
 
 FIELDS = ("brief_action", "detailed_action", "actor", "brief_caption", "detailed_caption")
 BLOCK = 512  # characters per hashed block of the simulated OpenAI prefix cache
@@ -163,7 +163,7 @@ def valid_answer(request: Request) -> dict[str, str]:
     return {name: f"{name} of {request.segment or '[?]'} v{version}" for name in FIELDS}
 
 
-class LLMServer(LoopbackServer):
+class LLMServer(ApiServer):
     def __init__(self, mode: str = "valid", api_key: str | None = None) -> None:
         self.mode = mode
         self.api_key = api_key
@@ -183,14 +183,6 @@ class LLMServer(LoopbackServer):
     def stop(self) -> None:
         self._stopping.set()  # ends the waits of hanging answers first
         super().stop()
-
-    @property
-    def base_url(self) -> str:
-        return f"{self.origin}/v1"
-
-    @property
-    def anthropic_base_url(self) -> str:
-        return self.origin
 
     @property
     def max_in_flight(self) -> int:

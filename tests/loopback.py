@@ -75,3 +75,15 @@ class LoopbackServer:
     @property
     def origin(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+
+class ApiServer(LoopbackServer):
+    """A loopback server speaking OpenAI's API under ``/v1`` (and Anthropic's at the root)."""
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.origin}/v1"
+
+    @property
+    def anthropic_base_url(self) -> str:
+        return self.origin

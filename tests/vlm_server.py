@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 from inflight import InFlight
-from loopback import LoopbackServer, QuietHandler
+from loopback import ApiServer, QuietHandler
 from PIL import Image
 
 
@@ -179,7 +179,7 @@ def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-class _Loopback(LoopbackServer):
+class _Loopback(ApiServer):
     def __init__(self, state: ScriptedServer) -> None:
         self.state = state
 
@@ -192,7 +192,7 @@ def scripted_server(script: Script, model: str = "test/vlm") -> Iterator[Scripte
     """Serve on a free loopback port; ``server.url`` is the base URL (``.../v1``)."""
     state = ScriptedServer(script=script, model=model)
     with _Loopback(state) as httpd:
-        state.url = f"{httpd.origin}/v1"
+        state.url = httpd.base_url
         yield state
 
 
