@@ -323,6 +323,10 @@ def test_the_fetch_proxy_and_cookies_come_from_a_connection_and_hosts_from_the_d
     assert runtime.settings.fetch.allowed_hosts == ["www.youtube.com", "media.internal"]
     with pytest.raises(ConfigError, match="fetch.allowed_hosts is the deployment's"):
         build_runtime({"profile": "tiny", "overrides": ["fetch.allowed_hosts=10.0.0.1"]})
+    for setting in ("caption.base_url", "aggregate.base_url", "embed.service_url",
+                    "fetch.asr_base_url", "caption.api_key_env"):  # fmt: skip
+        with pytest.raises(ConfigError, match=rf"{setting} is the deployment's setting \(ACTION"):
+            build_runtime({"profile": "tiny", "overrides": [f"{setting}=http://10.0.0.1/v1"]})
 
 
 def _scheduled_weights(dag: Any, task_ids: list[str]) -> list[int]:

@@ -66,17 +66,31 @@ def build_runtime(params: dict[str, Any]) -> Any:
     return Runtime(settings, store, own.overlay(connection_keys))
 
 
+# Where workers connect and which keys they send: the deployment's (its variables and
+# connections), never a run parameter, so whoever may trigger a run can neither make a worker
+# fetch from internal addresses nor send a service's key to a server of their choosing.
+DEPLOYMENT_SETTINGS = {
+    "fetch": ("allowed_hosts", "asr_base_url", "asr_api_key_env"),
+    "caption": ("base_url", "api_key_env"),
+    "aggregate": ("base_url",),
+    "embed": ("service_url",),
+}
+
+
 def refuse_deployment_settings(overrides: dict[str, Any]) -> None:
-    """Whoever may trigger a run may not choose where workers fetch from: ``fetch.allowed_hosts``
-    is the deployment's (``ACTION100M_FETCH__ALLOWED_HOSTS``), never a run parameter."""
+    """A run's ``overrides`` may not set any of :data:`DEPLOYMENT_SETTINGS`."""
+    from action100m.config import ENV_PREFIX
     from action100m.errors import ConfigError
 
-    fetch = overrides.get("fetch")
-    if isinstance(fetch, dict) and "allowed_hosts" in fetch:
-        raise ConfigError(
-            "fetch.allowed_hosts is the deployment's setting (ACTION100M_FETCH__ALLOWED_HOSTS), "
-            "not a run parameter"
-        )
+    for section, names in DEPLOYMENT_SETTINGS.items():
+        given = overrides.get(section)
+        for name in names:
+            if isinstance(given, dict) and name in given:
+                variable = f"{ENV_PREFIX}{section}__{name}".upper()
+                raise ConfigError(
+                    f"{section}.{name} is the deployment's setting ({variable}), "
+                    "not a run parameter"
+                )
 
 
 def share_llm_limits(environ: dict[str, str]) -> None:
