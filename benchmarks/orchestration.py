@@ -1,7 +1,8 @@
 """What Airflow adds per video: N tiny videos through the real scheduler vs ``action100m run``.
 
     python benchmarks/orchestration.py [--sizes 1 32 128] [--probe 1 32 128] [--top-sql]
-                                       [--gpu-slots 1] [--json OUT]
+                                       [--gpu-slots 1] [--backfill 8 --active-shards 2]
+                                       [--json OUT]
 
 For each N, the same N short videos (fresh IDs, so nothing is reused) go (a) through one
 ``action100m --profile tiny run`` process and (b) through one ``action100m`` DAG run on a real
@@ -13,6 +14,9 @@ embeds and how much of that passed before the next embed was queued, the median 
 durations, SQL statements per task instance and per scheduler pass (``pg_stat_statements``), and
 CPU seconds per video of each service (counts that hold on a loaded machine, where timings do not).
 ``--probe N…`` holds a run of N videos waiting and counts the scheduler's work per pass.
+``--backfill S`` sends the N videos through ``action100m_backfill`` instead, in shard runs of S
+videos with ``--active-shards`` of them going at once: a fixed number of videos in flight, however
+large N (the breakdown then covers every shard run of the backfill).
 No LLM is configured, so aggregate is skipped in both.
 """
 
@@ -62,32 +66,58 @@ def time_cli(videos: list[str], store: Path) -> float:
     return time.monotonic() - started
 
 
-def time_airflow(stack: AirflowStack, videos: list[str]) -> tuple[float, str, dict[str, float]]:
-    """Wall seconds, run ID and CPU seconds per video of each part of the stack."""
+def time_airflow(
+    stack: AirflowStack, videos: list[str], shard_size: int = 0
+) -> tuple[float, list[str], dict[str, float]]:
+    """Wall seconds, the ``action100m`` run IDs and CPU seconds per video of each part of the
+    stack: one run of every video, or (``shard_size``) one backfill of them in shard runs."""
     stack.postgres.query("SELECT pg_stat_statements_reset()")
     cpu = stack.cpu_seconds()
     started = time.monotonic()
-    run_id = stack.trigger("action100m", {"videos": videos, "profile": "tiny"})
-    state = stack.wait(run_id, "action100m", timeout=3600)
+    if shard_size:
+        run_ids = _backfill(stack, videos, shard_size)
+    else:
+        run_ids = [stack.trigger("action100m", {"videos": videos, "profile": "tiny"})]
+        state = stack.wait(run_ids[0], "action100m", timeout=3600)
+        if state != "success":
+            raise RuntimeError(f"run {run_ids[0]} ended {state}; see {stack.workdir}/home/logs")
     seconds = time.monotonic() - started
-    if state != "success":
-        raise RuntimeError(f"run {run_id} ended {state}; see {stack.workdir}/home/logs")
     used = {name: (value - cpu.get(name, 0.0)) / len(videos)
             for name, value in stack.cpu_seconds().items()}  # fmt: skip
-    return seconds, run_id, used
+    return seconds, run_ids, used
+
+
+def _backfill(stack: AirflowStack, videos: list[str], shard_size: int) -> list[str]:
+    """One ``action100m_backfill`` run over a manifest of ``videos`` (files named by their IDs, in
+    one folder); the IDs of its shard runs, every one of them successful."""
+    folder = Path(videos[0]).parent
+    manifest = folder / f"manifest-{Path(videos[0]).stem}.txt"
+    manifest.write_text("\n".join(Path(video).stem for video in videos) + "\n")
+    conf = {"manifest": str(manifest), "shard_size": shard_size, "profile": "tiny",
+            "source": str(folder / "{video_id}.mp4")}  # fmt: skip
+    backfill = stack.trigger("action100m_backfill", conf)
+    state = stack.wait(backfill, "action100m_backfill", timeout=7200)
+    prefix = f"action100m_backfill__{backfill}__"
+    shards = [run for run in stack.runs("action100m") if run["dag_run_id"].startswith(prefix)]
+    if state != "success" or len(shards) != -(-len(videos) // shard_size):
+        raise RuntimeError(f"backfill {backfill} ended {state} with {len(shards)} shard runs")
+    failed = [run["dag_run_id"] for run in shards if run["state"] != "success"]
+    if failed:
+        raise RuntimeError(f"shard runs {failed} failed; see {stack.workdir}/home/logs")
+    return [run["dag_run_id"] for run in shards]
 
 
 def median(values: list[float]) -> float:
     return round(statistics.median(values), 3) if values else float("nan")
 
 
-def breakdown(stack: AirflowStack, run_id: str) -> dict[str, Any]:
-    """Where a run's time goes, from Airflow's database: per task instance its waits, and the
-    gaps in which the 1-slot gpu pool sat idle between two embeds (the run's critical path)."""
+def breakdown(stack: AirflowStack, run_ids: list[str]) -> dict[str, Any]:
+    """Where the runs' time goes, from Airflow's database: per task instance its waits, and the
+    gaps in which the 1-slot gpu pool sat idle between two embeds (the runs' critical path)."""
     rows = stack.postgres.query(
         "SELECT task_id, pool, scheduled_dttm, queued_dttm, start_date, end_date"
-        " FROM task_instance WHERE dag_id = 'action100m' AND run_id = %s",
-        run_id,
+        " FROM task_instance WHERE dag_id = 'action100m' AND run_id = ANY(%s)",
+        run_ids,
     )
     tis = [
         dict(zip(("task", "pool", "scheduled", "queued", "start", "end"), r, strict=True))
@@ -201,6 +231,14 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="also count the scheduler's work per pass with this many videos waiting",
     )
+    parser.add_argument(
+        "--backfill", type=int, default=0, metavar="SHARD_SIZE",
+        help="send each N through action100m_backfill in shard runs of this many videos",
+    )  # fmt: skip
+    parser.add_argument(
+        "--active-shards", type=int, default=2,
+        help="with --backfill: shard runs going at once (ACTION100M_BACKFILL_MAX_ACTIVE_SHARDS)",
+    )  # fmt: skip
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -209,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         work / "airflow",
         env={"ACTION100M_STORE": (work / "airflow-store").as_uri(),
              "ACTION100M_ALLOWED_SOURCES": work.as_uri(),
-             "ACTION100M_CACHE": str(work / "models"), "ACTION100M_PRELOAD": args.preload},
+             "ACTION100M_CACHE": str(work / "models"), "ACTION100M_PRELOAD": args.preload,
+             "ACTION100M_BACKFILL_MAX_ACTIVE_SHARDS": str(args.active_shards),
+             "ACTION100M_BACKFILL_POKE_SECONDS": "2"},
         pools={"gpu": args.gpu_slots, "llm": 4},
     )  # fmt: skip
     results: list[dict[str, Any]] = []
@@ -217,7 +257,12 @@ def main(argv: list[str] | None = None) -> int:
         stack.start()
         print(
             f"Airflow stack up in {stack.startup_seconds:.1f} s (not counted below); "
-            f"preload {args.preload}",
+            f"preload {args.preload}"
+            + (
+                f"; backfill shards of {args.backfill}, {args.active_shards} at once"
+                if args.backfill
+                else ""
+            ),
             flush=True,
         )
         # Warm-up: build the tiny models into the shared cache and parse the DAG once.
@@ -233,8 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         print(" ".join(f"{name:>{max(len(name), 6)}}" for name in columns), flush=True)
         for size in args.sizes:
             cli = time_cli(make_videos(work, f"cli{size}", size, args.seconds), work / "cli-store")
-            airflow, run_id, cpu = time_airflow(
-                stack, make_videos(work, f"af{size}", size, args.seconds)
+            airflow, run_ids, cpu = time_airflow(
+                stack, make_videos(work, f"af{size}", size, args.seconds), args.backfill
             )
             row = {
                 "n": size,
@@ -242,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                 "airflow_s": round(airflow, 2),
                 "ratio": round(airflow / cli, 2),
                 "overhead_per_video_s": round((airflow - cli) / size, 2),
-                **breakdown(stack, run_id),
+                **breakdown(stack, run_ids),
                 **{f"cpu_{name}": round(value, 2) for name, value in sorted(cpu.items())},
             }
             results.append(row)

@@ -351,17 +351,22 @@ def _scheduled_weights(dag: Any, task_ids: list[str]) -> list[int]:
     return weights
 
 
-def test_videos_half_done_outrank_new_ones_and_runs_are_bounded(dags: dict[str, Any]) -> None:
-    """Each stage weighs more than the one before it, whatever the DAG's shape (absolute rule), so
-    the scheduler queues a later stage of a begun video before an earlier stage of a new one
-    (Airflow's default, downstream, would rank fetch highest)."""
+def test_the_gpu_feed_leads_then_videos_half_done_outrank_new_ones(dags: dict[str, Any]) -> None:
+    """Fetch and embed (up to the GPU stage) outrank every later stage, so the GPU's next video is
+    ready when it frees; after them each stage weighs more than the one before it, whatever the
+    DAG's shape (absolute rule), so a later stage of a begun video goes before an earlier stage of
+    another (Airflow's default, downstream, would rank fetch highest and publish lowest)."""
     from action100m.stages import PIPELINE
 
     dag = dags["action100m"]
     stages = [f"video.{spec.name}" for spec in PIPELINE]
+    lead = 1 + [spec.resource for spec in PIPELINE].index("gpu")
+    assert stages[:lead] == ["video.fetch", "video.embed"]
     weights = _scheduled_weights(dag, ["resolve_videos", *stages])
     assert _scheduled_weights(dag, ["report"]) == [1]
-    assert weights == sorted(set(weights)), weights  # strictly increasing along the stages
+    resolve, leads, tail = weights[0], weights[1 : 1 + lead], weights[1 + lead :]
+    assert leads == sorted(set(leads)) and tail == sorted(set(tail)), weights  # strictly rising
+    assert resolve < min(tail) and max(tail) < min(leads), weights
     backfill = dags["action100m_backfill"]
     shards = backfill.get_task("trigger_shard").partial_kwargs["max_active_tis_per_dag"]
     assert shards <= dag.max_active_runs <= 16  # every shard run of a backfill can be active

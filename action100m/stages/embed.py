@@ -166,8 +166,7 @@ def embed_file(
 
     features = embed_frames(
         frames(),
-        # An encoder is asked about planes only when it is given some (older ones lack the word).
-        functools.partial(encoder.submit, planes=planes) if planes else encoder.submit,
+        functools.partial(encoder.submit, planes=planes),
         window=cfg.window,
         stride=cfg.stride,
         batch_size=cfg.batch_size,

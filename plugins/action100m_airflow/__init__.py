@@ -53,18 +53,24 @@ RESOURCE_OPTIONS: dict[str, dict[str, Any]] = {
     "download": {"pool": DOWNLOAD_POOL},
     "cpu": {},
 }
-# Videos already half done finish before new ones start: a stage weighs more the later it comes
-# (absolute weights, so a task's weight does not depend on how many siblings the DAG has). Among
-# tasks ready at once the scheduler queues the heaviest first, then the oldest run's, so a GPU
-# slot that frees goes to a caption of a video already embedded, not to a fresh video's embed.
-# Airflow's default rule (downstream) would do the opposite: fetch, with most tasks below it,
-# would weigh most, and every new video would start before any began one finished.
+# Priorities. The stages up to the first GPU stage (fetch, embed) lead: they outrank every later
+# stage, so the GPU's next video is downloaded while it encodes this one and a freed GPU slot never
+# waits for a download behind CPU work. Their pools (download, gpu) bound them, so leading takes
+# at most those slots from the others, and a fetched video is kept in the store anyway. After
+# them a stage weighs more the later it comes, so begun videos finish before later ones go on.
+# Weights are absolute (a task's weight does not depend on how many siblings the DAG has); among
+# tasks of one weight the scheduler queues the oldest run's, then the lowest map index, first.
+# Airflow's default rule (downstream) would rank fetch highest and every stage by how many tasks
+# follow it, so every video would start before any began one finished.
 STAGE_WEIGHT_STEP = 10
+# How many stages lead: the first ``gpu`` stage and those before it (none without a GPU stage).
+LEAD_STAGES = next((i + 1 for i, spec in enumerate(PIPELINE) if spec.resource == "gpu"), 0)
 
 
 def stage_weight(position: int) -> int:
     """The priority weight of the stage at ``position`` (0: the first) in ``PIPELINE``."""
-    return STAGE_WEIGHT_STEP * (position + 1)
+    lead = STAGE_WEIGHT_STEP * len(PIPELINE) if position < LEAD_STAGES else 0
+    return lead + STAGE_WEIGHT_STEP * (position + 1)
 
 
 # Each stage's task options, from the library's stage list: pool, queue, a timeout per try and
