@@ -343,12 +343,15 @@ _shared: dict[str, Any] = {}
 
 def shared_stack(config: Any, workdir: Path) -> tuple[AirflowStack, Any]:
     """One stack (and its scripted LLM server) per pytest session, shared by the test modules that
-    need a real scheduler; stopped when the session ends. ``config`` is ``request.config``."""
+    need a real scheduler; ``conftest.py`` runs those modules together and stops it after the last
+    (:func:`stop_shared_stack`), and the session's end stops it at the latest. ``config`` is
+    ``request.config``."""
     if "stack" not in _shared:
         from llm_server import LLMServer
 
         llm = LLMServer(api_key="sk-stack").start()
-        config.add_cleanup(llm.stop)
+        _shared["llm"] = llm
+        config.add_cleanup(stop_shared_stack)
         connection = {"conn_type": "generic", "password": "sk-stack",
                       "extra": {"base_url": llm.base_url, "model": "gpt-4o"}}  # fmt: skip
         stack = AirflowStack(
@@ -364,7 +367,20 @@ def shared_stack(config: Any, workdir: Path) -> tuple[AirflowStack, Any]:
             },
             pools={"gpu": 1, "llm": 2},
         )
-        config.add_cleanup(stack.stop)
-        stack.start()
-        _shared.update(stack=stack, llm=llm)
+        try:
+            stack.start()
+        except BaseException:  # a partial start still stops what it started
+            stack.stop()
+            raise
+        _shared["stack"] = stack
     return _shared["stack"], _shared["llm"]
+
+
+def stop_shared_stack() -> None:
+    """Stop the shared stack and its LLM server, if started: an idle stack still takes about a
+    fifth of a core (scheduler passes, DAG processor, PostgreSQL). Safe to call twice."""
+    stack, llm = _shared.pop("stack", None), _shared.pop("llm", None)
+    if stack is not None:
+        stack.stop()
+    if llm is not None:
+        llm.stop()

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from airflow_stack import shared_stack, stop_shared_stack
+from viewer_helpers import close_browser
 
 from action100m.config import Settings, load_settings
 from action100m.samples import make_video
@@ -16,6 +18,26 @@ from action100m.store import ArtifactStore
 os.environ.setdefault(
     "ACTION100M_CACHE", str(Path(__file__).parent.parent / ".pytest_cache" / "models")
 )
+
+
+def _on_shared_stack(item: pytest.Item) -> bool:
+    """Whether ``item``'s module runs on the session's shared Airflow stack (it imports it)."""
+    return getattr(getattr(item, "module", None), "shared_stack", None) is shared_stack
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The modules on the shared Airflow stack run first and one after another, so the stack stops
+    after the last of them instead of idling through the rest of the session."""
+    items.sort(key=lambda item: not _on_shared_stack(item))  # stable: their order is kept
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    if _on_shared_stack(item) and (nextitem is None or not _on_shared_stack(nextitem)):
+        stop_shared_stack()
+
+
+def pytest_sessionfinish() -> None:
+    close_browser()
 
 
 @pytest.fixture(scope="session")

@@ -82,7 +82,7 @@ def test_compose_topology_on_celery_survives_a_dead_gpu_worker(
         env={
             "ACTION100M_RETRY_DELAY_SECONDS": "1",
             # A killed worker's task stops heartbeating: notice it in seconds, not minutes.
-            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "12",
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
             "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "2",
             # No LLM: aggregate is skipped, the document is still published.

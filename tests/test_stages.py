@@ -16,7 +16,8 @@ import pytest
 
 import action100m.stages as stages_module
 from action100m import models
-from action100m.cli import _parser, main
+from action100m.cli import main
+from action100m.cli_args import build_parser
 from action100m.config import Settings, load_settings
 from action100m.errors import MissingArtifactError, PermanentError
 from action100m.samples import make_video
@@ -37,7 +38,7 @@ def no_llm(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _subcommands() -> list[str]:
-    actions = [a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    actions = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
     return list(actions[0].choices)
 
 
