@@ -34,10 +34,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     if _on_shared_stack(item) and (nextitem is None or not _on_shared_stack(nextitem)):
         stop_shared_stack()
-
-
-def pytest_sessionfinish() -> None:
-    close_browser()
+    if nextitem is None or getattr(nextitem, "module", None) is not getattr(item, "module", None):
+        # A started Playwright keeps its event loop running: asyncio.run() in a later module
+        # would refuse to start. So the Chromium the viewer tests share lasts one module.
+        close_browser()
 
 
 @pytest.fixture(scope="session")

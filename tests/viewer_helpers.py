@@ -64,8 +64,9 @@ _BROWSER: dict[str, Any] = {}
 
 
 def _browser() -> Any:
-    """One headless Chromium (Debian's package driven by Playwright) for the whole session: a
-    launch costs about 1.2 s more than the fresh context each page gets."""
+    """One headless Chromium (Debian's package driven by Playwright) for the tests of a module
+    (``conftest`` closes it after the module): a launch costs about 1.2 s more than the fresh
+    context each page gets."""
     if "browser" not in _BROWSER:
         # A missing browser is a broken set-up (`make test` installs both), never a skipped pass.
         from playwright import sync_api
@@ -82,7 +83,7 @@ def _browser() -> Any:
 
 
 def close_browser() -> None:
-    """End the session's Chromium, if one was started (``conftest.pytest_sessionfinish``)."""
+    """End the module's Chromium, if one was started."""
     browser, playwright = _BROWSER.pop("browser", None), _BROWSER.pop("playwright", None)
     if browser is not None:
         browser.close()
