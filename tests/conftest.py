@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from airflow_stack import shared_stack, stop_shared_stack
-from viewer_helpers import close_browser
 
 from action100m.config import Settings, load_settings
 from action100m.samples import make_video
@@ -34,10 +33,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     if _on_shared_stack(item) and (nextitem is None or not _on_shared_stack(nextitem)):
         stop_shared_stack()
-    if nextitem is None or getattr(nextitem, "module", None) is not getattr(item, "module", None):
-        # A started Playwright keeps its event loop running: asyncio.run() in a later module
-        # would refuse to start. So the Chromium the viewer tests share lasts one module.
-        close_browser()
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from viewer_helpers import (
     panel_fields,
     screenshot,
     settle,
+    shared_chromium,
     synthetic_document,
     tiny_jpeg,
     visible_range,
@@ -33,6 +35,13 @@ from action100m.store import ArtifactStore
 from action100m.viewer import publish_viewer, read_thumbnail, render_html
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "hySSAAw4t24.json"  # the official sample
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_chromium() -> Iterator[None]:
+    """This module's pages share one Chromium (nothing here runs asyncio)."""
+    with shared_chromium():
+        yield
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import random
@@ -60,50 +61,53 @@ def synthetic_document(
     }
 
 
-_BROWSER: dict[str, Any] = {}
+_SHARED: dict[str, Any] = {}
 
 
-def _browser() -> Any:
-    """One headless Chromium (Debian's package driven by Playwright) for the tests of a module
-    (``conftest`` closes it after the module): a launch costs about 1.2 s more than the fresh
-    context each page gets."""
-    if "browser" not in _BROWSER:
-        # A missing browser is a broken set-up (`make test` installs both), never a skipped pass.
-        from playwright import sync_api
+@contextmanager
+def _launched() -> Iterator[Any]:
+    """A headless Chromium (Debian's package driven by Playwright); closed at exit."""
+    # A missing browser is a broken set-up (`make test` installs both), never a skipped pass.
+    from playwright import sync_api
 
-        if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
-            pytest.fail(
-                f"no Chromium at {CHROMIUM}: `make test` installs it (apt-get install chromium)"
-            )
-        playwright = sync_api.sync_playwright().start()
-        _BROWSER["playwright"] = playwright
-        _BROWSER["browser"] = playwright.chromium.launch(executable_path=CHROMIUM,
-                                                         args=CHROMIUM_ARGS)  # fmt: skip
-    return _BROWSER["browser"]
+    if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
+        pytest.fail(
+            f"no Chromium at {CHROMIUM}: `make test` installs it (apt-get install chromium)"
+        )
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
-def close_browser() -> None:
-    """End the module's Chromium, if one was started."""
-    browser, playwright = _BROWSER.pop("browser", None), _BROWSER.pop("playwright", None)
-    if browser is not None:
-        browser.close()
-    if playwright is not None:
-        playwright.stop()
+@contextmanager
+def shared_chromium() -> Iterator[None]:
+    """Within it, :func:`chromium_page` opens its pages in one Chromium: a launch costs about
+    1.2 s more than a fresh context. Only around tests that run no asyncio meanwhile: a started
+    Playwright keeps its event loop running, and ``asyncio.run()`` refuses to start beside it."""
+    with _launched() as browser:
+        _SHARED["browser"] = browser
+        try:
+            yield
+        finally:
+            _SHARED.pop("browser", None)
 
 
 @contextmanager
 def chromium_page(width: int = 1280, height: int = 800) -> Iterator[Any]:
     """A page in a context of its own (cookies, storage, cache: nothing shared with other
-    pages) of the session's Chromium; closed at exit."""
-    context = _browser().new_context(viewport={"width": width, "height": height})
-    try:
+    pages), in the shared Chromium if there is one, else in one of its own; closed at exit."""
+    with contextlib.ExitStack() as stack:
+        browser = _SHARED.get("browser") or stack.enter_context(_launched())
+        context = browser.new_context(viewport={"width": width, "height": height})
+        stack.callback(context.close)
         page = context.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.errors = errors
         yield page
-    finally:
-        context.close()
 
 
 def click_node(page: Any, index: int) -> None:
