@@ -350,7 +350,6 @@ def shared_stack(config: Any, workdir: Path) -> tuple[AirflowStack, Any]:
         from llm_server import LLMServer
 
         llm = LLMServer(api_key="sk-stack").start()
-        _shared["llm"] = llm
         config.add_cleanup(stop_shared_stack)
         connection = {"conn_type": "generic", "password": "sk-stack",
                       "extra": {"base_url": llm.base_url, "model": "gpt-4o"}}  # fmt: skip
@@ -367,12 +366,12 @@ def shared_stack(config: Any, workdir: Path) -> tuple[AirflowStack, Any]:
             },
             pools={"gpu": 1, "llm": 2},
         )
+        _shared.update(stack=stack, llm=llm)
         try:
             stack.start()
-        except BaseException:  # a partial start still stops what it started
-            stack.stop()
+        except BaseException:  # a partial start still stops what it started, the LLM server too
+            stop_shared_stack()
             raise
-        _shared["stack"] = stack
     return _shared["stack"], _shared["llm"]
 
 
