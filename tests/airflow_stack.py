@@ -1,6 +1,6 @@
-"""A real Airflow on loopback for tests and benchmarks: a throwaway PostgreSQL cluster, then the
-scheduler (LocalExecutor), the DAG processor, the triggerer (deferred waits) and the API server,
-with a small REST client.
+"""A real Airflow on loopback for tests and benchmarks: a throwaway PostgreSQL cluster (a copy of
+a migrated template, :mod:`postgres_cluster`), then the scheduler (LocalExecutor), the DAG
+processor, the triggerer (deferred waits) and the API server, with a small REST client.
 
     with AirflowStack(workdir, env={...}, pools={"gpu": 1}) as stack:
         run_id = stack.trigger("action100m", {"videos": [...], "profile": "tiny"})
@@ -17,12 +17,9 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -31,17 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from postgres_cluster import PostgresCluster, free_port, migrated_template
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
-PG_BIN = Path(os.environ.get("ACTION100M_PG_BIN", "/usr/lib/postgresql/15/bin"))
 FINISHED = {"success", "failed"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def descendants(pid: int) -> list[psutil.Process]:
@@ -79,61 +70,12 @@ def kill_tree(pid: int, known: Iterable[psutil.Process] = ()) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-class PostgresCluster:
-    """``initdb`` + ``pg_ctl start`` as the ``postgres`` user in a temporary folder."""
+class ApiError(RuntimeError):
+    """An HTTP error answer of the REST API, its status kept."""
 
-    def __init__(self) -> None:
-        self.folder: Path | None = None  # made by start(), so an unstarted cluster leaves nothing
-        self.port = free_port()
-        self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-
-    def _run(self, *command: str) -> None:
-        subprocess.run([*self.as_postgres, *command], check=True, capture_output=True)
-
-    def start(self) -> str:
-        """Start the cluster; returns the SQLAlchemy URL of a fresh ``airflow`` database."""
-        self.folder = Path(tempfile.mkdtemp(prefix="a100m-pg-"))
-        if self.as_postgres:
-            shutil.chown(self.folder, "postgres")
-        self.folder.chmod(0o755)
-        data = str(self.folder / "data")
-        self._run(str(PG_BIN / "initdb"), "-D", data, "-A", "trust", "-U", "postgres")
-        # pg_stat_statements: benchmarks count the SQL statements Airflow sends per task.
-        options = (
-            f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-            " -c shared_preload_libraries=pg_stat_statements"
-        )
-        self._run(
-            str(PG_BIN / "pg_ctl"), "-D", data, "-o", options, "-w",
-            "-l", str(self.folder / "postgres.log"), "start",
-        )  # fmt: skip
-        self._run(str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "airflow")
-        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/airflow"
-
-    def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        """Rows of one statement on the ``airflow`` database (its own connection, committed)."""
-        import psycopg2
-
-        connection = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres",
-                                      dbname="airflow")  # fmt: skip
-        try:
-            with connection, connection.cursor() as cursor:
-                cursor.execute(sql, args)
-                return list(cursor.fetchall()) if cursor.description else []
-        finally:
-            connection.close()
-
-    def stop(self) -> None:
-        if self.folder is None:
-            return
-        if (self.folder / "data").exists():
-            subprocess.run(
-                [*self.as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(self.folder / "data"),
-                 "-m", "fast", "-w", "stop"],
-                capture_output=True,
-            )  # fmt: skip
-        shutil.rmtree(self.folder, ignore_errors=True)
-        self.folder = None
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class AirflowStack:
@@ -188,11 +130,12 @@ class AirflowStack:
 
     def start(self) -> AirflowStack:
         started = time.monotonic()
-        self.env = self.environment(self.postgres.start())
+        self.env = self.environment(self.postgres.url)
+        self.postgres.start(template=migrated_template(self.env))
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         pools = [arg for name, slots in self.pools.items() for arg in ("--pool", f"{name}={slots}")]
         subprocess.run(
-            [sys.executable, str(REPO / "scripts" / "airflow_setup.py"), *pools],
+            [sys.executable, str(REPO / "scripts" / "airflow_setup.py"), "--skip-migrate", *pools],
             env=self.env, check=True, capture_output=True,
         )  # fmt: skip
         for name in ("api-server", "scheduler", "dag-processor", "triggerer"):
@@ -281,7 +224,7 @@ class AirflowStack:
                 return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")[:500]
-            raise RuntimeError(f"{method} {path}: HTTP {exc.code}: {detail}") from exc
+            raise ApiError(exc.code, f"{method} {path}: HTTP {exc.code}: {detail}") from exc
 
     def fetch(self, path: str) -> tuple[str, str]:
         """``(final URL, body text)`` of a GET with the bearer token, redirects followed: pages
@@ -306,8 +249,12 @@ class AirflowStack:
             try:
                 self.request("GET", f"/api/v2/dags/{dag_id}")
                 return
+            except ApiError as exc:  # 404 until the DAG processor has stored it
+                if exc.status != 404:
+                    raise
             except OSError:
-                time.sleep(1)
+                pass
+            time.sleep(1)
         raise TimeoutError(f"DAG {dag_id} not parsed within {timeout} s")
 
     def trigger(self, dag_id: str, conf: dict[str, Any], run_id: str | None = None) -> str:

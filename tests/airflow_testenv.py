@@ -15,6 +15,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 _MARKER = "ACTION100M_TEST_AIRFLOW_HOME"
+_sqlite_template: list[Path] = []  # made once per process
 
 
 def use_test_airflow_home() -> Path:
@@ -39,12 +40,26 @@ def use_test_airflow_home() -> Path:
     return home
 
 
+def migrated_sqlite_database() -> Path:
+    """An ``airflow.db`` holding Airflow's migrated schema, made once per process in a home of
+    its own (removed at exit). A fresh home copies it instead of running ``db migrate``."""
+    if _sqlite_template:
+        return _sqlite_template[0]
+    home = Path(tempfile.mkdtemp(prefix="a100m-sqlite-template-"))
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    airflow = str(Path(sys.executable).parent / "airflow")
+    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
+    env.pop("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", None)  # the home's own airflow.db
+    subprocess.run([airflow, "db", "migrate"], check=True, capture_output=True, env=env)
+    _sqlite_template.append(home / "airflow.db")
+    return _sqlite_template[0]
+
+
 def migrated_airflow_home() -> Path:
     """The test home with its SQLite metadata database created (once per process)."""
     home = use_test_airflow_home()
     if not (home / ".migrated").exists():
-        airflow = str(Path(sys.executable).parent / "airflow")
-        subprocess.run([airflow, "db", "migrate"], check=True, capture_output=True, env=os.environ)
+        shutil.copyfile(migrated_sqlite_database(), home / "airflow.db")
         (home / ".migrated").touch()
     return home
 

@@ -30,15 +30,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
-from airflow_stack import (
-    PG_BIN,
-    REPO,
-    VENV_BIN,
-    AirflowStack,
-    PostgresCluster,
-    free_port,
-    kill_tree,
-)
+from airflow_stack import REPO, VENV_BIN, AirflowStack, free_port, kill_tree
+from postgres_cluster import PG_BIN, PostgresCluster
 
 COMPOSE_FILE = REPO / "docker-compose.yaml"
 WORKER_SERVICES = ("airflow-worker", "airflow-worker-gpu")
@@ -97,8 +90,8 @@ def worker_command(service: str) -> list[str]:
 class ComposePostgres(PostgresCluster):
     """The throwaway cluster with the compose file's role (``airflow``) and database."""
 
-    def start(self) -> str:
-        url = super().start()
+    def start(self, template: Path | None = None) -> str:
+        url = super().start(template)
         self._run(
             str(PG_BIN / "createuser"), "-h", "127.0.0.1", "-p", str(self.port), "-s", "airflow"
         )

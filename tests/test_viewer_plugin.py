@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from airflow_testenv import migrated_sqlite_database
 from viewer_helpers import chromium_page, click_node, panel_fields, screenshot, synthetic_document
 
 from action100m.samples import make_video
@@ -114,7 +116,7 @@ def _api_server(
         **settings,
     }
     env.pop("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", None)
-    subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True)
+    shutil.copyfile(migrated_sqlite_database(), home / "airflow.db")  # = `airflow db migrate`
     if seed:
         subprocess.run([sys.executable, "-c", seed], env=env, check=True, capture_output=True)
     log = open(home / "api-server.log", "wb")  # noqa: SIM115 (closed below)
