@@ -5,6 +5,7 @@ anything imports ``airflow`` (Airflow reads its configuration once, at import)."
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import shutil
 import subprocess
@@ -15,7 +16,6 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 _MARKER = "ACTION100M_TEST_AIRFLOW_HOME"
-_sqlite_template: list[Path] = []  # made once per process
 
 
 def use_test_airflow_home() -> Path:
@@ -40,19 +40,26 @@ def use_test_airflow_home() -> Path:
     return home
 
 
+def migrate_metadata_database(home: Path | str, settings: dict[str, str]) -> None:
+    """``airflow db migrate`` with ``home`` as ``AIRFLOW_HOME`` and ``settings`` (the database's
+    URL among them) over this process's environment."""
+    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
+    env.update(settings)
+    airflow = str(Path(sys.executable).parent / "airflow")
+    subprocess.run([airflow, "db", "migrate"], check=True, capture_output=True, env=env)
+
+
+@functools.cache
 def migrated_sqlite_database() -> Path:
     """An ``airflow.db`` holding Airflow's migrated schema, made once per process in a home of
     its own (removed at exit). A fresh home copies it instead of running ``db migrate``."""
-    if _sqlite_template:
-        return _sqlite_template[0]
     home = Path(tempfile.mkdtemp(prefix="a100m-sqlite-template-"))
     atexit.register(shutil.rmtree, home, ignore_errors=True)
-    airflow = str(Path(sys.executable).parent / "airflow")
-    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
-    env.pop("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", None)  # the home's own airflow.db
-    subprocess.run([airflow, "db", "migrate"], check=True, capture_output=True, env=env)
-    _sqlite_template.append(home / "airflow.db")
-    return _sqlite_template[0]
+    database = home / "airflow.db"
+    migrate_metadata_database(
+        home, {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{database}"}
+    )
+    return database
 
 
 def migrated_airflow_home() -> Path:

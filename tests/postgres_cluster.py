@@ -9,24 +9,24 @@ Airflow's migrated schema. Copying it takes well under a second where ``initdb``
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from airflow_testenv import migrate_metadata_database
+
 PG_BIN = Path(os.environ.get("ACTION100M_PG_BIN", "/usr/lib/postgresql/15/bin"))
-AIRFLOW = Path(sys.executable).parent / "airflow"
 # Settings that change what ``airflow db migrate`` creates (FAB adds its own tables), by default.
 _SCHEMA_SETTINGS = {
     "AIRFLOW__CORE__AUTH_MANAGER": (
         "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
     ),
 }
-_templates: dict[tuple[str, ...], Path] = {}
 
 
 def free_port() -> int:
@@ -110,24 +110,21 @@ class PostgresCluster:
 def migrated_template(env: dict[str, str]) -> Path:
     """The data folder of a stopped cluster whose ``airflow`` database Airflow's schema was
     migrated into under ``env``'s schema settings; made once per process, removed at its exit."""
-    settings = {name: env.get(name) or default for name, default in _SCHEMA_SETTINGS.items()}
-    key = tuple(settings.values())
-    if key in _templates:
-        return _templates[key]
+    return _migrated_template(
+        tuple((name, env.get(name) or default) for name, default in _SCHEMA_SETTINGS.items())
+    )
+
+
+@functools.cache
+def _migrated_template(settings: tuple[tuple[str, str], ...]) -> Path:
     cluster = PostgresCluster()
     try:
         url = cluster.start()
         home = tempfile.mkdtemp(prefix="a100m-pg-template-home-")
         try:
-            migrate_env = {
-                **os.environ,
-                **settings,
-                "AIRFLOW_HOME": home,
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": url,
-                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            }
-            subprocess.run([str(AIRFLOW), "db", "migrate"], env=migrate_env, check=True,
-                           capture_output=True)  # fmt: skip
+            migrate_metadata_database(
+                home, {**dict(settings), "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": url}
+            )
         finally:
             shutil.rmtree(home, ignore_errors=True)
         cluster.shut_down()
@@ -136,5 +133,4 @@ def migrated_template(env: dict[str, str]) -> Path:
         raise
     assert cluster.folder is not None
     atexit.register(shutil.rmtree, cluster.folder, ignore_errors=True)
-    _templates[key] = cluster.folder / "data"
-    return _templates[key]
+    return cluster.folder / "data"
